@@ -1,0 +1,43 @@
+"""Flat encodings of the policy records, for backends that store text."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from ..policies import budget
+from ..policies.adaptive import AdaptiveState
+from ..policies.admission import ServiceState
+from ..policies.breaker import BreakerState
+
+__all__ = ["dump_service", "dump_spends", "load_service", "load_spends"]
+
+
+def dump_service(s: ServiceState) -> str:
+    b, a = s.breaker, s.adaptive
+    return json.dumps([
+        s.req_tat, s.tok_tat, s.cost_tat, b.state, b.failures, b.successes, b.opened_at,
+        a.rate, a.successes, a.request_cap, a.token_cap, a.cap_until, a.blocked_until,
+        s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed,
+    ])
+
+
+def load_service(text: str | None) -> ServiceState:
+    if not text:
+        return ServiceState()
+    v = json.loads(text)
+    return ServiceState(
+        v[0], v[1], v[2], BreakerState(v[3], v[4], v[5], v[6]),
+        AdaptiveState(v[7], v[8], v[9], v[10], v[11], v[12]),
+        v[13], v[14], v[15], v[16], v[17],
+    )
+
+
+def dump_spends(spends: dict[str, budget.WindowSpend]) -> str:
+    return json.dumps({w: [s.start, str(s.spent)] for w, s in spends.items()})
+
+
+def load_spends(text: str | None) -> dict[str, budget.WindowSpend]:
+    if not text:
+        return {}
+    return {w: budget.WindowSpend(float(v[0]), Decimal(v[1])) for w, v in json.loads(text).items()}

@@ -1,0 +1,251 @@
+"""The backend contract, and the shared logic of the backends that run Python policies.
+
+A backend is where limiter state lives and what makes each step atomic. The
+governor asks three things per call: ``admit`` (one round trip: breaker,
+budget reservation, concurrency slot and every rate bucket, all or nothing),
+``observe`` for an attempt that will be retried, and ``settle`` (one round
+trip: release the lease, charge the real cost, fold in the last attempt's
+outcome, count). Everything else (status, counters, emergency flag, process
+heartbeats) serves the CLI, health and exports.
+
+:class:`TransactionalBackend` implements the contract once over a tiny
+transaction interface; memory (a lock over dicts) and SQLite (``BEGIN
+IMMEDIATE`` over tables) only say how to load and store records.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from ..policies import admission, budget
+from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
+
+__all__ = ["Backend", "CallRecord", "Lease", "TransactionalBackend", "Txn"]
+
+_ZERO = Decimal(0)
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """An admitted call's hold on budget and (optionally) a concurrency slot."""
+
+    id: str
+    service: str
+    amount: Decimal
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What a settled call adds to the shared counters."""
+
+    service: str
+    model: str
+    job: str | None
+    cost: Decimal
+    status: str  # "ok" | "error" | "cancelled"
+    error_type: str | None = None
+    attempts: int = 1
+
+
+class Backend(abc.ABC):
+    """Where state lives. Implementations: memory, SQLite, Redis."""
+
+    name: str = "backend"
+    url: str = ""
+
+    blocking: bool = False  # True when a step may wait on I/O (async callers use a thread)
+
+    @abc.abstractmethod
+    def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
+        """Decide ``req`` atomically; when admitted, hold a lease ``lease_id`` for ``ttl`` s."""
+
+    @abc.abstractmethod
+    def observe(self, service: str, limits: Limits, obs: Observation) -> None:
+        """Fold an intermediate attempt's outcome into the service state."""
+
+    @abc.abstractmethod
+    def settle(
+        self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
+    ) -> None:
+        """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call."""
+
+    @abc.abstractmethod
+    def count_decision(self, service: str, decision: str) -> None:
+        """Count a refusal that never reached ``admit`` (e.g. a shed queue entry)."""
+
+    @abc.abstractmethod
+    def emergency(self) -> bool: ...
+
+    @abc.abstractmethod
+    def set_emergency(self, enabled: bool) -> None: ...
+
+    @abc.abstractmethod
+    def service_state(self, service: str) -> ServiceState: ...
+
+    @abc.abstractmethod
+    def services(self) -> list[str]:
+        """Services that have stored state."""
+
+    @abc.abstractmethod
+    def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
+        """``(spend per window, reserved by live leases, live lease count)``."""
+
+    @abc.abstractmethod
+    def in_flight(self, service: str) -> int: ...
+
+    @abc.abstractmethod
+    def counters(self) -> dict[str, Any]:
+        """All counters: ``{"requests": {service: {decision: n}}, "calls": …, "cost": …}``."""
+
+    @abc.abstractmethod
+    def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
+        """Publish this process's live status (queues, in-flight) for ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def processes(self) -> dict[str, dict[str, Any]]:
+        """Live process documents published by every process on this backend."""
+
+    def now(self) -> float:
+        """The backend's clock (Redis: the server's ``TIME``)."""
+        return time.time()
+
+    def reset(self) -> None:  # noqa: B027 - optional
+        """Forget all state (tests, ``llm-governor reset``)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release connections and files."""
+
+
+class Txn(abc.ABC):
+    """The records one atomic step may read and write."""
+
+    @abc.abstractmethod
+    def service(self, name: str) -> ServiceState: ...
+
+    @abc.abstractmethod
+    def put_service(self, name: str, state: ServiceState) -> None: ...
+
+    @abc.abstractmethod
+    def spends(self) -> dict[str, budget.WindowSpend]: ...
+
+    @abc.abstractmethod
+    def put_spends(self, spends: dict[str, budget.WindowSpend]) -> None: ...
+
+    @abc.abstractmethod
+    def leases(self, now: float) -> list[Lease]:
+        """Live leases (expired ones are dropped on the way)."""
+
+    @abc.abstractmethod
+    def add_lease(self, lease: Lease) -> None: ...
+
+    @abc.abstractmethod
+    def pop_lease(self, lease_id: str) -> Lease | None: ...
+
+    @abc.abstractmethod
+    def emergency(self) -> bool: ...
+
+    @abc.abstractmethod
+    def incr(self, key: str, amount: int | Decimal) -> None:
+        """Add to the counter ``key`` (``|``-separated parts)."""
+
+
+class TransactionalBackend(Backend):
+    """The contract implemented once over :meth:`transaction`."""
+
+    def __init__(self, budget_limits: dict[str, Decimal], clock: Clock | None = None) -> None:
+        self.budget_limits = dict(budget_limits)
+        self._clock = clock or time.time
+
+    def now(self) -> float:
+        return self._clock()
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[Txn]: ...
+
+    def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
+        with self.transaction() as tx:
+            now = self._clock()
+            leases = tx.leases(now) if req.reserve else []
+            reserved = sum((le.amount for le in leases), _ZERO)
+            in_flight = sum(1 for le in leases if le.service == req.service)
+            state = tx.service(req.service)
+            spends = tx.spends() if self.budget_limits else {}
+            decision, new_state = admission.decide(
+                state, spends, self.budget_limits, reserved, in_flight, req, now,
+                emergency=tx.emergency(),
+            )
+            if decision.admitted:
+                if new_state is not state:
+                    tx.put_service(req.service, new_state)
+                if lease_id is not None:
+                    tx.add_lease(Lease(lease_id, req.service, req.cost, now + ttl))
+            tx.incr(f"requests|{req.service}|{decision.outcome}", 1)
+            return decision
+
+    def observe(self, service: str, limits: Limits, obs: Observation) -> None:
+        with self.transaction() as tx:
+            state = tx.service(service)
+            new_state = admission.observe(state, limits, obs, self._clock())
+            if new_state is not state:
+                tx.put_service(service, new_state)
+
+    def settle(
+        self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
+    ) -> None:
+        with self.transaction() as tx:
+            now = self._clock()
+            if lease_id is not None:
+                tx.pop_lease(lease_id)
+            if record.cost and self.budget_limits:
+                tx.put_spends(budget.settle(tx.spends(), self.budget_limits, record.cost, now))
+            if obs is not None:
+                state = tx.service(record.service)
+                new_state = admission.observe(state, limits, obs, now)
+                if new_state is not state:
+                    tx.put_service(record.service, new_state)
+            tx.incr(f"calls|{record.service}|{record.model}|{record.status}", 1)
+            if record.cost:
+                tx.incr(f"cost|{record.service}|{record.model}", record.cost)
+                if record.job:
+                    tx.incr(f"job|{record.job}", record.cost)
+            if record.attempts > 1:
+                tx.incr(f"retries|{record.service}", record.attempts - 1)
+
+    def count_decision(self, service: str, decision: str) -> None:
+        with self.transaction() as tx:
+            tx.incr(f"requests|{service}|{decision}", 1)
+
+    def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
+        with self.transaction() as tx:
+            now = self._clock()
+            leases = tx.leases(now)
+            spends = {w: budget.roll(s, w, now) for w, s in tx.spends().items()}
+            return spends, sum((le.amount for le in leases), _ZERO), len(leases)
+
+    def in_flight(self, service: str) -> int:
+        with self.transaction() as tx:
+            return sum(1 for le in tx.leases(self._clock()) if le.service == service)
+
+    def service_state(self, service: str) -> ServiceState:
+        with self.transaction() as tx:
+            return tx.service(service)
+
+
+def nest_counters(flat: Iterator[tuple[str, int | Decimal]]) -> dict[str, Any]:
+    """``{"requests|openai|admitted": 3}`` → ``{"requests": {"openai": {"admitted": 3}}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat:
+        parts = key.split("|")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out

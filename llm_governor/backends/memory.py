@@ -1,0 +1,115 @@
+"""In-process state: a lock over dicts. For tests, single-process apps and as the
+``local`` fallback when a shared backend is unreachable."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+from ..policies import budget
+from ..policies.admission import ServiceState
+from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
+
+__all__ = ["MemoryBackend"]
+
+
+class _MemoryTxn(Txn):
+    __slots__ = ("_b",)
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._b = backend
+
+    def service(self, name: str) -> ServiceState:
+        state = self._b._services.get(name)
+        if state is None:
+            state = self._b._services[name] = ServiceState()
+        return state
+
+    def put_service(self, name: str, state: ServiceState) -> None:
+        self._b._services[name] = state
+
+    def spends(self) -> dict[str, budget.WindowSpend]:
+        return self._b._spends
+
+    def put_spends(self, spends: dict[str, budget.WindowSpend]) -> None:
+        self._b._spends = spends
+
+    def leases(self, now: float) -> list[Lease]:
+        leases = self._b._leases
+        if not leases:
+            return []
+        expired = [k for k, le in leases.items() if le.expires_at <= now]
+        for k in expired:
+            del leases[k]
+        return list(leases.values())
+
+    def add_lease(self, lease: Lease) -> None:
+        self._b._leases[lease.id] = lease
+
+    def pop_lease(self, lease_id: str) -> Lease | None:
+        return self._b._leases.pop(lease_id, None)
+
+    def emergency(self) -> bool:
+        return self._b._emergency
+
+    def incr(self, key: str, amount: int | Decimal) -> None:
+        c = self._b._counters
+        c[key] = c.get(key, 0) + amount
+
+
+class MemoryBackend(TransactionalBackend):
+    """State in this process only; every step under one lock."""
+
+    name = "memory"
+
+    def __init__(
+        self, budget_limits: dict[str, Decimal] | None = None, clock: Clock | None = None
+    ) -> None:
+        super().__init__(budget_limits or {}, clock)
+        self.url = "memory"
+        self._lock = threading.Lock()
+        self._txn = _MemoryTxn(self)
+        self.reset()
+
+    def reset(self) -> None:
+        self._services: dict[str, ServiceState] = {}
+        self._spends: dict[str, budget.WindowSpend] = {}
+        self._leases: dict[str, Lease] = {}
+        self._counters: dict[str, int | Decimal] = {}
+        self._emergency = False
+        self._processes: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    @contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        with self._lock:
+            yield self._txn
+
+    def emergency(self) -> bool:
+        return self._emergency
+
+    def set_emergency(self, enabled: bool) -> None:
+        with self._lock:
+            self._emergency = bool(enabled)
+
+    def services(self) -> list[str]:
+        with self._lock:
+            names = set(self._services)
+            names.update(k.split("|")[1] for k in self._counters if k.startswith(("requests|",
+                                                                                 "calls|")))
+            return sorted(names)
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            return nest_counters(iter(list(self._counters.items())))
+
+    def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
+        with self._lock:
+            self._processes[process_id] = (self._clock() + ttl, doc)
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+        with self._lock:
+            return {k: doc for k, (exp, doc) in self._processes.items() if exp > now}

@@ -1,0 +1,216 @@
+"""One SQLite file shared by every process on the host (the default backend).
+
+WAL mode, one ``BEGIN IMMEDIATE`` transaction per step, so admission is
+atomic across threads and processes; budgets, breaker state and the emergency
+flag persist across restarts. The directory is created 0700 and the file
+0600: cost data and circuit states are sensitive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..policies import budget
+from ..policies.admission import ServiceState
+from ._codec import dump_service, dump_spends, load_service, load_spends
+from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
+
+__all__ = ["SQLiteBackend", "prepare_path"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, service TEXT NOT NULL,
+                                   amount TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS processes (id TEXT PRIMARY KEY, expires REAL NOT NULL,
+                                      doc TEXT NOT NULL);
+"""
+
+
+def prepare_path(path: Path) -> None:
+    """Create the state directory (0700) and file (0600), or raise ``OSError``."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{path} is not writable")
+
+
+class _SQLiteTxn(Txn):
+    def __init__(self, conn: sqlite3.Connection, namespace: str) -> None:
+        self._c = conn
+        self._ns = namespace
+
+    def service(self, name: str) -> ServiceState:
+        row = self._c.execute("SELECT state FROM services WHERE name=?",
+                              (f"{self._ns}|{name}",)).fetchone()
+        return load_service(row[0] if row else None)
+
+    def put_service(self, name: str, state: ServiceState) -> None:
+        self._c.execute("INSERT OR REPLACE INTO services VALUES (?, ?)",
+                        (f"{self._ns}|{name}", dump_service(state)))
+
+    def spends(self) -> dict[str, budget.WindowSpend]:
+        row = self._c.execute("SELECT value FROM kv WHERE key=?",
+                              (f"{self._ns}|spends",)).fetchone()
+        return load_spends(row[0] if row else None)
+
+    def put_spends(self, spends: dict[str, budget.WindowSpend]) -> None:
+        self._c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                        (f"{self._ns}|spends", dump_spends(spends)))
+
+    def leases(self, now: float) -> list[Lease]:
+        self._c.execute("DELETE FROM leases WHERE expires <= ?", (now,))
+        prefix = f"{self._ns}|"
+        return [
+            Lease(i, s.removeprefix(prefix), Decimal(a), e)
+            for i, s, a, e in self._c.execute(
+                "SELECT id, service, amount, expires FROM leases WHERE service >= ? AND service < ?",
+                (prefix, f"{self._ns}}}"),
+            )
+        ]
+
+    def add_lease(self, lease: Lease) -> None:
+        self._c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                        (lease.id, f"{self._ns}|{lease.service}", str(lease.amount),
+                         lease.expires_at))
+
+    def pop_lease(self, lease_id: str) -> Lease | None:
+        row = self._c.execute("DELETE FROM leases WHERE id=? RETURNING service, amount, expires",
+                              (lease_id,)).fetchone()
+        if row is None:
+            return None
+        return Lease(lease_id, row[0].split("|", 1)[1], Decimal(row[1]), row[2])
+
+    def emergency(self) -> bool:
+        row = self._c.execute("SELECT value FROM kv WHERE key=?",
+                              (f"{self._ns}|emergency",)).fetchone()
+        return bool(row and row[0] == "1")
+
+    def incr(self, key: str, amount: int | Decimal) -> None:
+        k = f"{self._ns}|{key}"
+        row = self._c.execute("SELECT value FROM counters WHERE key=?", (k,)).fetchone()
+        if isinstance(amount, Decimal):
+            value = str((Decimal(row[0]) if row else Decimal(0)) + amount)
+        else:
+            value = str((int(row[0]) if row else 0) + amount)
+        self._c.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (k, value))
+
+
+class SQLiteBackend(TransactionalBackend):
+    """State in one SQLite file; safe across threads, processes and ``fork()``."""
+
+    name = "sqlite"
+    blocking = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        budget_limits: dict[str, Decimal] | None = None,
+        clock: Clock | None = None,
+        namespace: str = "default",
+    ) -> None:
+        super().__init__(budget_limits or {}, clock)
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.namespace = namespace
+        prepare_path(self.path)
+        self._local = threading.local()
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        pid = os.getpid()
+        if conn is None or getattr(self._local, "pid", None) != pid:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            self._local.pid = pid
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Txn]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SQLiteTxn(conn, self.namespace)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _kv(self, key: str) -> str | None:
+        row = self._connect().execute("SELECT value FROM kv WHERE key=?",
+                                      (f"{self.namespace}|{key}",)).fetchone()
+        return row[0] if row else None
+
+    def emergency(self) -> bool:
+        return self._kv("emergency") == "1"
+
+    def set_emergency(self, enabled: bool) -> None:
+        with self.transaction():
+            self._connect().execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                                    (f"{self.namespace}|emergency", "1" if enabled else "0"))
+
+    def services(self) -> list[str]:
+        conn = self._connect()
+        prefix = f"{self.namespace}|"
+        names = {n.removeprefix(prefix) for (n,) in conn.execute(
+            "SELECT name FROM services WHERE name LIKE ?", (prefix + "%",))}
+        for (k,) in conn.execute("SELECT key FROM counters WHERE key LIKE ? OR key LIKE ?",
+                                 (prefix + "requests|%", prefix + "calls|%")):
+            names.add(k.split("|")[2])
+        return sorted(names)
+
+    def counters(self) -> dict[str, Any]:
+        prefix = f"{self.namespace}|"
+        rows = self._connect().execute("SELECT key, value FROM counters WHERE key LIKE ?",
+                                       (prefix + "%",)).fetchall()
+        flat: list[tuple[str, int | Decimal]] = []
+        for key, value in rows:
+            k = key.removeprefix(prefix)
+            flat.append((k, Decimal(value) if k.startswith(("cost|", "job|")) else int(value)))
+        return nest_counters(iter(flat))
+
+    def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
+        with self.transaction():
+            conn = self._connect()
+            now = self._clock()
+            conn.execute("DELETE FROM processes WHERE expires <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO processes VALUES (?, ?, ?)",
+                         (f"{self.namespace}|{process_id}", now + ttl, json.dumps(doc)))
+
+    def processes(self) -> dict[str, dict[str, Any]]:
+        prefix = f"{self.namespace}|"
+        rows = self._connect().execute(
+            "SELECT id, doc FROM processes WHERE id LIKE ? AND expires > ?",
+            (prefix + "%", self._clock())).fetchall()
+        return {i.removeprefix(prefix): json.loads(d) for i, d in rows}
+
+    def reset(self) -> None:
+        with self.transaction():
+            conn = self._connect()
+            for table, col in (("services", "name"), ("kv", "key"), ("leases", "service"),
+                               ("counters", "key"), ("processes", "id")):
+                conn.execute(f"DELETE FROM {table} WHERE {col} LIKE ?",
+                             (f"{self.namespace}|%",))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,406 @@
+"""Configuration: pydantic models, loading from nothing / TOML / mapping / env, validation.
+
+Everything a user can get wrong fails here, at ``instrument()`` or
+``llm-governor validate``, with a :class:`ConfigError` that names the key, the
+value and what is allowed, instead of misbehaving later on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomllib
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ConfigError
+from .presets import ENVIRONMENTS, preset_for
+
+__all__ = [
+    "BudgetConfig",
+    "GovernorConfig",
+    "MonitorConfig",
+    "PriceOverride",
+    "RateLimitConfig",
+    "RetryConfig",
+    "default_state_path",
+    "load_config",
+]
+
+Environment = Literal["development", "testing", "staging", "production"]
+
+
+def _to_money(value: Any) -> Any:
+    """Accept "1.50", 1, Decimal; floats via their shortest repr; refuse the rest."""
+    if isinstance(value, bool):
+        raise ValueError("a money amount, not a boolean")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, (int, float, str)):
+        try:
+            result = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError("a decimal amount in USD such as \"1.50\"") from None
+    else:
+        return value
+    if not result.is_finite():
+        raise ValueError("a finite decimal amount in USD such as \"1.50\"")
+    return result
+
+
+Money = Annotated[Decimal, BeforeValidator(_to_money)]
+PositiveMoney = Annotated[Decimal, BeforeValidator(_to_money), Field(gt=0)]
+NonNegativeMoney = Annotated[Decimal, BeforeValidator(_to_money), Field(ge=0)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RateLimitConfig(BaseModel):
+    """Limits of one service (or one model of a service).
+
+    The first thirteen fields are the seed's, with its defaults and meanings:
+    ``max_tokens`` is the request bucket's capacity (not LLM tokens).
+    """
+
+    model_config = _STRICT
+
+    # Token bucket parameters (requests)
+    max_tokens: int = Field(10, ge=1, description="Request bucket capacity")
+    refill_rate: float = Field(1.0, gt=0, description="Requests added per second")
+    burst_capacity: int = Field(5, ge=0, description="Additional burst requests")
+    # Cost-based limiting
+    max_cost_per_minute: PositiveMoney = Decimal("1.00")
+    cost_per_request: NonNegativeMoney = Decimal("0.01")
+    # Circuit breaker
+    failure_threshold: int = Field(5, ge=1)
+    recovery_timeout: float = Field(30, gt=0)
+    success_threshold: int = Field(3, ge=1)
+    # Queue
+    max_queue_size: int = Field(100, ge=1)
+    request_timeout: float = Field(300, gt=0)
+    # Adaptive
+    min_interval: float = Field(0.1, gt=0)
+    max_interval: float = Field(5.0, gt=0)
+    backoff_multiplier: float = Field(1.5, gt=1)
+    # New in llm-governor
+    llm_tokens_per_minute: int = Field(0, ge=0, description="Provider TPM limit, 0 = none")
+    max_concurrency: int = Field(0, ge=0, description="In-flight cap, 0 = none")
+    max_retries: int | None = Field(None, ge=0, le=20, description="None = the client's own")
+    audio_bytes_per_second: int = Field(
+        16000, ge=1, description="Assumed bitrate bounding an audio file's duration"
+    )
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _intervals_ordered(self) -> RateLimitConfig:
+        if self.max_interval < self.min_interval:
+            raise ValueError(
+                f"max_interval ({self.max_interval}) must be >= min_interval ({self.min_interval})"
+            )
+        for model, override in self.models.items():
+            if not isinstance(override, dict) or "models" in override:
+                raise ValueError(f"models.{model} must be a table of service fields")
+            try:
+                self.for_model(model)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                raise ValueError(
+                    f"models.{model}.{key} = {first.get('input')!r}: {first['msg']}"
+                ) from None
+        return self
+
+    @property
+    def capacity(self) -> int:
+        """Request bucket capacity: ``max_tokens + burst_capacity``."""
+        return self.max_tokens + self.burst_capacity
+
+    def for_model(self, model: str | None) -> RateLimitConfig:
+        """This config with the overrides of ``model`` applied (itself when none)."""
+        if not model or not self.models:
+            return self
+        override = self.models.get(model)
+        if override is None:
+            return self
+        cache: dict[str, RateLimitConfig] = self.__dict__.setdefault("_model_cache", {})
+        if model not in cache:
+            fields = self.model_dump(exclude={"models"})
+            cache[model] = RateLimitConfig.model_validate({**fields, **override})
+        return cache[model]
+
+
+class BudgetConfig(BaseModel):
+    """Hard global budgets per calendar-aligned UTC window, all services together."""
+
+    model_config = _STRICT
+
+    per_minute: PositiveMoney | None = None
+    per_hour: PositiveMoney | None = None
+    per_day: PositiveMoney | None = None
+
+    def windows(self) -> dict[str, Decimal]:
+        """The configured windows: name → limit."""
+        out: dict[str, Decimal] = {}
+        for name, value in (("minute", self.per_minute), ("hour", self.per_hour),
+                            ("day", self.per_day)):
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class PriceOverride(BaseModel):
+    """USD per million tokens, per audio minute or per request; overrides bundled prices."""
+
+    model_config = _STRICT
+
+    input: NonNegativeMoney | None = None
+    output: NonNegativeMoney | None = None
+    cached_input: NonNegativeMoney | None = None
+    per_audio_minute: NonNegativeMoney | None = None
+    per_request: NonNegativeMoney | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _something_priced(self) -> PriceOverride:
+        if all(v is None for v in (self.input, self.output, self.per_audio_minute,
+                                   self.per_request)):
+            raise ValueError("give at least one of input, output, per_audio_minute, per_request")
+        return self
+
+
+class MonitorConfig(BaseModel):
+    """Alert thresholds of the in-process monitor (and the shipped Prometheus rules)."""
+
+    model_config = _STRICT
+
+    interval: float = Field(5.0, gt=0)
+    failure_rate_threshold: float = Field(0.2, gt=0, le=1, description="error share that alerts")
+    min_calls_for_failure_rate: int = Field(5, ge=1)
+    queue_backup_threshold: float = Field(0.8, gt=0, le=1, description="queue fill that alerts")
+    cost_spike_multiplier: float = Field(3.0, gt=1, description="recent $/min vs baseline")
+    cost_spike_min_per_minute: NonNegativeMoney = Decimal("0.05")
+    low_tokens_threshold: float = Field(0.1, ge=0, lt=1, description="bucket fill that alerts")
+    budget_nearly_exhausted_threshold: float = Field(0.1, ge=0, lt=1)
+
+
+class RetryConfig(BaseModel):
+    """Retry budget: retries may add at most ``budget_ratio`` of recent calls (plus a floor)."""
+
+    model_config = _STRICT
+
+    budget_ratio: float = Field(0.2, ge=0, le=10)
+    budget_min_per_minute: int = Field(10, ge=0)
+    max_wait: float = Field(60.0, gt=0, description="never sleep longer than this between tries")
+
+
+def default_state_path() -> Path:
+    """Where the SQLite file lives by default: the user's state directory."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return Path(base) / "llm-governor" / "governor.db"
+
+
+_BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+
+
+def _check_backend(url: str) -> str:
+    scheme = url.split(":", 1)[0].lower()
+    if url == "memory" or url == "sqlite" or (scheme in ("sqlite", "redis", "rediss") and "://" in url):
+        return url
+    raise ValueError(
+        "one of \"memory\", \"sqlite\", \"sqlite:///path/to/file.db\", \"redis://host:6379/0\","
+        " \"rediss://…\""
+    )
+
+
+class GovernorConfig(BaseModel):
+    """The whole configuration: environment, backend, budgets, services, prices."""
+
+    model_config = _STRICT
+
+    environment: Environment = "development"
+    backend: Annotated[str, AfterValidator(_check_backend)] = "sqlite"
+    namespace: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    on_backend_error: Literal["local", "closed", "open"] = "local"
+    degraded_budget_share: float = Field(
+        0.25, gt=0, le=1, description="share of each budget a process may spend while degraded"
+    )
+    emergency_action: Literal["throttle", "refuse"] = "throttle"
+    max_retries: int | None = Field(None, ge=0, le=20)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    services: dict[str, RateLimitConfig] = Field(default_factory=dict)
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
+    monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
+    # Raw per-service overrides as the user gave them, kept to build services
+    # that appear later (e.g. a decorator's custom name) from the same preset.
+    service_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_presets(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        env = data.get("environment", "development")
+        if env not in ENVIRONMENTS:
+            return data  # the field validator reports it
+        raw_services = data.get("services") or {}
+        if not isinstance(raw_services, Mapping):
+            return data
+        merged: dict[str, Any] = {}
+        overrides: dict[str, dict[str, Any]] = {}
+        for name in {"openai", "anthropic", "gemini", "deepgram", *raw_services}:
+            given = raw_services.get(name, {})
+            if isinstance(given, RateLimitConfig):
+                merged[name] = given
+                continue
+            if not isinstance(given, Mapping):
+                merged[name] = given  # reported by validation
+                continue
+            overrides[name] = dict(given)
+            merged[name] = {**preset_for(env, name), **given}
+        data["services"] = merged
+        data["service_overrides"] = overrides
+        return data
+
+    @model_validator(mode="after")
+    def _service_names(self) -> GovernorConfig:
+        for name in self.services:
+            if not name or len(name) > 64:
+                raise ValueError(f"service name {name!r} must be 1-64 characters")
+        return self
+
+    def service(self, name: str, model: str | None = None) -> RateLimitConfig:
+        """The limits of ``name`` (its preset when not configured), with ``model``'s overrides."""
+        cfg = self.services.get(name)
+        if cfg is None:
+            cfg = self._extra_services.get(name)
+            if cfg is None:
+                cfg = RateLimitConfig.model_validate(preset_for(self.environment, name))
+                self._extra_services[name] = cfg
+        return cfg.for_model(model)
+
+    @cached_property
+    def _extra_services(self) -> dict[str, RateLimitConfig]:
+        return {}
+
+    def emergency_service(self, name: str) -> RateLimitConfig:
+        """The emergency preset's limits, never looser than the service's normal ones."""
+        normal = self.service(name)
+        floor = RateLimitConfig.model_validate(preset_for("emergency", name))
+        return floor.model_copy(update={
+            "max_tokens": min(floor.max_tokens, normal.max_tokens),
+            "refill_rate": min(floor.refill_rate, normal.refill_rate),
+            "max_cost_per_minute": min(floor.max_cost_per_minute, normal.max_cost_per_minute),
+            "llm_tokens_per_minute": normal.llm_tokens_per_minute,
+            "cost_per_request": normal.cost_per_request,
+            "audio_bytes_per_second": normal.audio_bytes_per_second,
+        })
+
+    def redacted_backend(self) -> str:
+        """The backend URL with any password replaced by ``***``."""
+        return redact_url(self.backend)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` → ``redis://user:***@host``; other URLs unchanged."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, _, host = rest.rpartition("@")
+    if ":" in creds:
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return f"{scheme}://***@{host}"
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after[_intervals_ordered()]",))
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error":
+            msg = f"allowed: {err.get('ctx', {}).get('expected', msg)}"
+        if isinstance(value, Mapping):
+            value_text = "{…}"
+        else:
+            value_text = repr(value)
+        if isinstance(value, str) and "://" in value:
+            value_text = repr(redact_url(value))
+        key = loc or "(top level)"
+        lines.append(f"{key} = {value_text}: {msg}")
+    return f"invalid llm-governor configuration{source}:\n  " + "\n  ".join(lines)
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(
+    source: GovernorConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    environment: str | None = None,
+    backend: str | None = None,
+) -> GovernorConfig:
+    """Build a :class:`GovernorConfig` from what the user gave, the environment and presets.
+
+    ``source`` None reads ``$LLM_GOVERNOR_CONFIG`` when set. The environment is
+    the explicit argument, else the source's ``environment``, else
+    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV``, else development. The backend
+    is the explicit argument, else ``$LLM_GOVERNOR_BACKEND``, else the source's,
+    else the SQLite file in the user's state directory.
+    """
+    where = ""
+    if isinstance(source, GovernorConfig):
+        raw: dict[str, Any] = source.model_dump(exclude={"services", "service_overrides"})
+        raw["services"] = source.service_overrides
+    elif source is None:
+        path = os.environ.get("LLM_GOVERNOR_CONFIG")
+        raw = _read_toml(path) if path else {}
+        where = f" in {path}" if path else ""
+    elif isinstance(source, (str, os.PathLike)):
+        raw = _read_toml(source)
+        where = f" in {os.fspath(source)}"
+    elif isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        raise ConfigError(
+            f"config must be None, a TOML file path, a mapping or a GovernorConfig, "
+            f"got {type(source).__name__}"
+        )
+    env = environment or raw.get("environment") or os.environ.get("LLM_GOVERNOR_ENV") \
+        or os.environ.get("MONTAGE_ENV") or "development"
+    if isinstance(env, str):
+        env = env.strip().lower()
+    raw["environment"] = env
+    chosen_backend = backend or os.environ.get("LLM_GOVERNOR_BACKEND") or raw.get("backend")
+    if chosen_backend:
+        raw["backend"] = chosen_backend
+    try:
+        return GovernorConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, where)) from None

@@ -1,0 +1,1 @@
+"""What leaves the process: OTel metrics and spans, alerts, JSON export, rules."""

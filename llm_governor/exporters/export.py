@@ -1,0 +1,61 @@
+"""The JSON metrics export: per-service state, counters, costs by service/model/job,
+budgets and live processes. Money as decimal strings; no secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .monitor import health
+
+if TYPE_CHECKING:
+    from ..governor import Governor
+
+__all__ = ["export_document", "export_json"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def export_document(gov: Governor) -> Any:
+    counters = gov.backend.counters()
+    h = health(gov)
+    costs = counters.get("cost", {})
+    by_service = {s: sum((Decimal(v) for v in models.values()), Decimal(0))
+                  for s, models in costs.items()}
+    by_model: dict[str, Decimal] = {}
+    for models in costs.values():
+        for model, v in models.items():
+            by_model[model] = by_model.get(model, Decimal(0)) + Decimal(v)
+    return _plain({
+        "generated_at": time.time(),
+        "environment": gov.config.environment,
+        "backend": gov.config.redacted_backend(),
+        "namespace": gov.config.namespace,
+        "emergency_mode": h["emergency_mode"],
+        "health": {"overall_status": h["overall_status"], "health_score": h["health_score"]},
+        "services": {
+            name: {**r, "requests": counters.get("requests", {}).get(name, {}),
+                   "calls": counters.get("calls", {}).get(name, {}),
+                   "retries": counters.get("retries", {}).get(name, 0)}
+            for name, r in h["services"].items()
+        },
+        "costs": {"total": sum(by_service.values(), Decimal(0)), "by_service": by_service,
+                  "by_model": by_model, "by_service_model": costs,
+                  "by_job": counters.get("job", {})},
+        "budgets": gov.budget_report(),
+        "processes": gov.backend.processes(),
+    })
+
+
+def export_json(gov: Governor) -> str:
+    return json.dumps(export_document(gov), indent=2, sort_keys=True)

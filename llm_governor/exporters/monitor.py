@@ -1,0 +1,255 @@
+"""Health score, alert evaluation and the background monitor.
+
+Health (0-100) per service::
+
+    100 - 50·[circuit open] - 25·[half-open]
+        - 30·(1 - recent success rate)      # attempts in the last 1-2 minutes
+        - 10·queue fill                     # waiting / max_queue_size
+        - 10·(1 - request bucket fill)      # tokens available / capacity
+
+Overall score: ``(min + mean) / 2`` over services, minus
+``40·max(0, 0.5 - budget left fraction)`` for the tightest budget window.
+Status: ``critical`` below 50 or with a budget exhausted; ``degraded`` below 80,
+with any circuit not closed, in emergency mode or with the backend degraded;
+otherwise ``healthy``.
+
+Alerts: the seed's five types (``circuit_breaker_open``, ``high_failure_rate``,
+``queue_backup``, ``cost_spike``, ``low_tokens``) plus
+``budget_nearly_exhausted`` and ``backend_degraded``, each a
+:class:`RateLimitAlert`, repeated at most once a minute per service while the
+condition lasts. Log lines carry the ``RATE_LIMIT`` marker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ..policies import admission
+
+if TYPE_CHECKING:
+    from ..governor import Governor
+
+__all__ = ["RateLimitAlert", "RateLimitMonitor", "health", "log_alert_handler", "service_report"]
+
+logger = logging.getLogger("llm_governor")
+AlertCallback = Callable[["RateLimitAlert"], Any]
+
+
+@dataclass(frozen=True)
+class RateLimitAlert:
+    """One alert: what, where, how bad, the value that crossed which threshold, when."""
+
+    alert_type: str
+    service: str
+    severity: str  # "info" | "warning" | "critical"
+    message: str
+    value: float
+    threshold: float
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log_alert_handler(alert: RateLimitAlert) -> None:
+    """Ready-made callback: one structured ``RATE_LIMIT`` log line per alert."""
+    level = logging.CRITICAL if alert.severity == "critical" else (
+        logging.WARNING if alert.severity == "warning" else logging.INFO)
+    logger.log(level, "RATE_LIMIT ALERT [%s] %s service=%s value=%.4g threshold=%.4g: %s",
+               alert.severity.upper(), alert.alert_type, alert.service, alert.value,
+               alert.threshold, alert.message)
+
+
+def service_report(gov: Governor, service: str, now: float | None = None) -> dict[str, Any]:
+    """State of one service: bucket, circuit, recent outcomes, queue, config summary."""
+    now = gov.backend.now() if now is None else now
+    cfg, limits, _ = gov._resolve(service, None)
+    snap = admission.snapshot(gov.backend.service_state(service), limits, now)
+    q = gov._queues.get(service)
+    ok, failed = int(snap["recent_ok"]), int(snap["recent_failed"])
+    total = ok + failed
+    return {
+        **snap,
+        "success_rate": ok / total if total else 1.0,
+        "recent_calls": total,
+        "queue_size": len(q) if q else 0,
+        "max_queue_size": cfg.max_queue_size,
+        "configured_rate": cfg.refill_rate,
+        "max_cost_per_minute": str(cfg.max_cost_per_minute),
+        "in_flight": gov.backend.in_flight(service),
+    }
+
+
+def _service_score(r: dict[str, Any]) -> float:
+    score: float = 100.0
+    if r["circuit_state"] == "open":
+        score -= 50
+    elif r["circuit_state"] == "half_open":
+        score -= 25
+    score -= 30 * (1 - r["success_rate"])
+    score -= 10 * min(1.0, r["queue_size"] / max(1, r["max_queue_size"]))
+    cap = float(r["tokens_capacity"]) or 1.0
+    score -= 10 * (1 - min(1.0, float(r["tokens_available"]) / cap))
+    return max(0.0, min(100.0, float(score)))
+
+
+def health(gov: Governor) -> dict[str, Any]:
+    """The documented health score and status, per service and overall."""
+    now = gov.backend.now()
+    names = sorted(set(gov.config.services) | set(gov.backend.services()))
+    services: dict[str, Any] = {}
+    for name in names:
+        r = service_report(gov, name, now)
+        r["health_score"] = round(_service_score(r), 1)
+        services[name] = r
+    scores = [s["health_score"] for s in services.values()] or [100.0]
+    overall = (min(scores) + sum(scores) / len(scores)) / 2
+    budgets = gov.budget_report()
+    exhausted = False
+    if budgets:
+        fraction = min(float(b["remaining"] / b["limit"]) for b in budgets.values())
+        overall -= 40 * max(0.0, 0.5 - fraction)
+        exhausted = fraction <= 0
+    overall = max(0.0, min(100.0, overall))
+    emergency = gov.emergency()
+    degraded_backend = bool(getattr(gov.backend, "degraded", False))
+    if overall < 50 or exhausted:
+        status = "critical"
+    elif (overall < 80 or emergency or degraded_backend
+          or any(s["circuit_state"] != "closed" for s in services.values())):
+        status = "degraded"
+    else:
+        status = "healthy"
+    return {
+        "overall_status": status,
+        "health_score": round(overall, 1),
+        "emergency_mode": emergency,
+        "backend_degraded": degraded_backend,
+        "services": services,
+        "budgets": {w: {k: str(v) for k, v in b.items()} for w, b in budgets.items()},
+    }
+
+
+class RateLimitMonitor:
+    """Evaluates alerts every ``interval`` seconds on a daemon thread."""
+
+    REPEAT_AFTER = 60.0
+
+    def __init__(self, gov: Governor, callback: AlertCallback | None = None,
+                 interval: float | None = None) -> None:
+        self.gov = gov
+        self.callback = callback or log_alert_handler
+        self.interval = interval if interval is not None else gov.config.monitor.interval
+        if self.interval <= 0:
+            raise ValueError(f"monitor interval must be > 0 seconds, got {interval!r}")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sent: dict[tuple[str, str], float] = {}
+        self._cost_samples: list[tuple[float, Decimal]] = []
+        self.alerts: list[RateLimitAlert] = []
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="llm-governor-monitor",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 5)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.evaluate()
+            except Exception:
+                logger.exception("RATE_LIMIT monitor evaluation failed")
+            self._stop.wait(self.interval)
+
+    def _emit(self, alert: RateLimitAlert) -> None:
+        key = (alert.alert_type, alert.service)
+        last = self._last_sent.get(key)
+        if last is not None and alert.timestamp - last < self.REPEAT_AFTER:
+            return
+        self._last_sent[key] = alert.timestamp
+        self.alerts.append(alert)
+        if len(self.alerts) > 1000:
+            del self.alerts[:500]
+        try:
+            self.callback(alert)
+        except Exception:
+            logger.exception("RATE_LIMIT alert callback failed")
+
+    def _total_cost(self) -> Decimal:
+        costs = self.gov.backend.counters().get("cost", {})
+        return sum((Decimal(v) for models in costs.values() for v in models.values()),
+                   Decimal(0))
+
+    def evaluate(self) -> list[RateLimitAlert]:
+        """Check every condition once; returns the alerts raised by this evaluation."""
+        before = len(self.alerts)
+        m = self.gov.config.monitor
+        h = health(self.gov)
+        for name, r in h["services"].items():
+            if r["circuit_state"] == "open":
+                self._emit(RateLimitAlert(
+                    "circuit_breaker_open", name, "critical",
+                    f"Circuit breaker open for {name} after {r['consecutive_failures']} "
+                    "consecutive failures", 2.0, 2.0))
+            total = r["recent_calls"]
+            failure_rate = 1 - r["success_rate"]
+            if total >= m.min_calls_for_failure_rate and failure_rate > m.failure_rate_threshold:
+                self._emit(RateLimitAlert(
+                    "high_failure_rate", name, "warning",
+                    f"High failure rate for {name}: {failure_rate:.0%} of the last {total} "
+                    "attempts failed", failure_rate, m.failure_rate_threshold))
+            fill = r["queue_size"] / max(1, r["max_queue_size"])
+            if fill >= m.queue_backup_threshold:
+                self._emit(RateLimitAlert(
+                    "queue_backup", name, "warning",
+                    f"Queue backup for {name}: {r['queue_size']}/{r['max_queue_size']} waiting",
+                    fill, m.queue_backup_threshold))
+            cap = float(r["tokens_capacity"]) or 1.0
+            tokens_fill = float(r["tokens_available"]) / cap
+            if r["recent_calls"] and tokens_fill < m.low_tokens_threshold:
+                self._emit(RateLimitAlert(
+                    "low_tokens", name, "info",
+                    f"Low tokens for {name}: {float(r['tokens_available']):.2f} of {cap:g} left",
+                    tokens_fill, m.low_tokens_threshold))
+        now = time.time()
+        self._cost_samples.append((now, self._total_cost()))
+        self._cost_samples = [(t, c) for t, c in self._cost_samples if now - t <= 3600]
+        if len(self._cost_samples) >= 3:
+            (t0, c0), (t1, c1), (t2, c2) = (self._cost_samples[0], self._cost_samples[-2],
+                                            self._cost_samples[-1])
+            recent = float(c2 - c1) / max(t2 - t1, 1e-6) * 60
+            baseline = float(c1 - c0) / max(t1 - t0, 1e-6) * 60
+            if recent > float(m.cost_spike_min_per_minute) and \
+                    recent > m.cost_spike_multiplier * baseline:
+                self._emit(RateLimitAlert(
+                    "cost_spike", "all", "warning",
+                    f"Cost spike: spending ${recent:.4f}/min vs ${baseline:.4f}/min before",
+                    recent, m.cost_spike_multiplier * baseline))
+        for window, b in self.gov.budget_report().items():
+            left = float(b["remaining"] / b["limit"])
+            if left < m.budget_nearly_exhausted_threshold:
+                self._emit(RateLimitAlert(
+                    "budget_nearly_exhausted", "all", "critical" if left <= 0 else "warning",
+                    f"Budget nearly exhausted: ${b['remaining']} of ${b['limit']} left this "
+                    f"{window}", left, m.budget_nearly_exhausted_threshold))
+        if h["backend_degraded"]:
+            self._emit(RateLimitAlert(
+                "backend_degraded", "all", "critical",
+                f"Backend {self.gov.config.redacted_backend()} unreachable: limits are local "
+                "to each process", 1.0, 0.0))
+        return self.alerts[before:]

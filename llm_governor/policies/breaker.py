@@ -1,0 +1,71 @@
+"""Circuit breaker state machine.
+
+closed → open after ``failure_threshold`` consecutive failures; open →
+half-open once ``recovery_timeout`` has passed; half-open → closed after
+``success_threshold`` successes; any failure in half-open re-opens.
+Only failures that say the provider is unwell count (5xx, timeouts,
+connection errors): the instrumentation classifies, this module counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerState", "allow", "record", "state_code"]
+
+CLOSED: Literal["closed"] = "closed"
+OPEN: Literal["open"] = "open"
+HALF_OPEN: Literal["half_open"] = "half_open"
+BreakerName = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    state: BreakerName = CLOSED
+    failures: int = 0
+    successes: int = 0
+    opened_at: float = 0.0
+
+
+def state_code(state: str) -> int:
+    """The gauge value: 0 closed, 1 half-open, 2 open."""
+    return {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}[state]
+
+
+def allow(
+    s: BreakerState, now: float, recovery_timeout: float
+) -> tuple[bool, BreakerState, float]:
+    """May a call pass? Returns ``(allowed, new_state, retry_after)``."""
+    if s.state != OPEN:
+        return True, s, 0.0
+    reopen_at = s.opened_at + recovery_timeout
+    if now >= reopen_at:
+        return True, BreakerState(HALF_OPEN, 0, 0, s.opened_at), 0.0
+    return False, s, reopen_at - now
+
+
+def record(
+    s: BreakerState,
+    success: bool,
+    now: float,
+    failure_threshold: int,
+    success_threshold: int,
+) -> BreakerState:
+    """The state after one call outcome."""
+    if success:
+        if s.state == HALF_OPEN:
+            if s.successes + 1 >= success_threshold:
+                return BreakerState()
+            return replace(s, successes=s.successes + 1)
+        if s.state == OPEN:
+            return s  # a straggler admitted before the circuit opened
+        return s if s.failures == 0 else BreakerState()
+    if s.state == HALF_OPEN:
+        return BreakerState(OPEN, failure_threshold, 0, now)
+    if s.state == OPEN:
+        return s
+    failures = s.failures + 1
+    if failures >= failure_threshold:
+        return BreakerState(OPEN, failures, 0, now)
+    return replace(s, failures=failures)

@@ -1,0 +1,101 @@
+"""Hard budgets over calendar-aligned UTC windows, with reservations.
+
+Before a call, its upper-bound cost is reserved; after, the real cost is
+settled and the rest released. A reservation fits only if, in every window,
+``spent + reserved + amount <= limit``, so settled plus reserved spend never
+exceeds any budget, whatever the concurrency. Reservations are held as leases
+by the backend (with an expiry, so a crashed process cannot pin budget
+forever); this module sees only their total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+__all__ = ["WINDOW_SECONDS", "WindowSpend", "check", "pacing_factor", "remaining", "roll",
+           "settle", "window_start"]
+
+WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+_ZERO = Decimal(0)
+
+
+def window_start(window: str, now: float) -> float:
+    """Start of the UTC-aligned ``window`` containing ``now`` (epoch seconds)."""
+    length = WINDOW_SECONDS[window]
+    return float(int(now // length) * length)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpend:
+    """Settled spend in one window instance."""
+
+    start: float = 0.0
+    spent: Decimal = _ZERO
+
+
+def roll(spend: WindowSpend, window: str, now: float) -> WindowSpend:
+    """The spend record for the window instance containing ``now``."""
+    start = window_start(window, now)
+    return spend if spend.start == start else WindowSpend(start, _ZERO)
+
+
+def remaining(
+    spends: dict[str, WindowSpend], limits: dict[str, Decimal], reserved: Decimal, now: float
+) -> tuple[Decimal | None, str | None]:
+    """The tightest window's room left after reservations: ``(amount, window)``."""
+    best: Decimal | None = None
+    best_window: str | None = None
+    for window, limit in limits.items():
+        spend = roll(spends.get(window, WindowSpend()), window, now)
+        left = limit - spend.spent - reserved
+        if best is None or left < best:
+            best, best_window = left, window
+    return best, best_window
+
+
+def check(
+    spends: dict[str, WindowSpend],
+    limits: dict[str, Decimal],
+    reserved: Decimal,
+    amount: Decimal,
+    now: float,
+) -> tuple[bool, Decimal | None, str | None, float]:
+    """Can ``amount`` be reserved? ``(ok, remaining, refusing_window, seconds_to_reset)``."""
+    for window, limit in limits.items():
+        spend = roll(spends.get(window, WindowSpend()), window, now)
+        left = limit - spend.spent - reserved
+        if amount > left:
+            reset = window_start(window, now) + WINDOW_SECONDS[window] - now
+            tightest, _ = remaining(spends, limits, reserved, now)
+            return False, max(tightest if tightest is not None else left, _ZERO), window, reset
+    left_now, _ = remaining(spends, limits, reserved, now)
+    return True, left_now, None, 0.0
+
+
+def settle(
+    spends: dict[str, WindowSpend], limits: dict[str, Decimal], amount: Decimal, now: float
+) -> dict[str, WindowSpend]:
+    """Spends after charging ``amount`` to every configured window at ``now``."""
+    out = dict(spends)
+    for window in limits:
+        spend = roll(spends.get(window, WindowSpend()), window, now)
+        out[window] = WindowSpend(spend.start, spend.spent + amount)
+    return out
+
+
+def pacing_factor(spends: dict[str, WindowSpend], limits: dict[str, Decimal], now: float) -> float:
+    """How much to tighten the cost-rate limit as the day's budget drains.
+
+    1.0 while at least half of the day budget is left, then falling linearly
+    with what remains (a quarter left → 0.5), never below 0.05: the budget is
+    stretched over the day instead of hitting a cliff at 100%.
+    """
+    limit = limits.get("day")
+    if not limit:
+        return 1.0
+    spend = roll(spends.get("day", WindowSpend()), "day", now)
+    fraction = float((limit - spend.spent) / limit)
+    if fraction >= 0.5:
+        return 1.0
+    return max(0.05, fraction / 0.5)
