@@ -109,8 +109,10 @@ def set_governor(gov: Governor | None) -> Governor | None:
 @overload
 def rate_limited(service: F) -> F: ...
 @overload
-def rate_limited(service: str, priority: Priority | int = ...,
-                 cost: Decimal | str | None = ..., *, model: str | None = ...) -> Callable[[F], F]: ...
+def rate_limited(
+    service: str, priority: Priority | int = ..., cost: Decimal | str | None = ...,
+    *, model: str | None = ...,
+) -> Callable[[F], F]: ...
 
 
 def rate_limited(

@@ -8,13 +8,13 @@ value and what is allowed, instead of misbehaving later on the hot path.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import tomllib
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -217,7 +217,7 @@ _BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
 def _check_backend(url: str) -> str:
     scheme = url.split(":", 1)[0].lower()
-    if url == "memory" or url == "sqlite" or (scheme in ("sqlite", "redis", "rediss") and "://" in url):
+    if url in ("memory", "sqlite") or (scheme in ("sqlite", "redis", "rediss") and "://" in url):
         return url
     raise ValueError(
         "one of \"memory\", \"sqlite\", \"sqlite:///path/to/file.db\", \"redis://host:6379/0\","
@@ -330,17 +330,14 @@ def redact_url(url: str) -> str:
 def _format_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-after[_intervals_ordered()]",))
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "literal_error":
             msg = f"allowed: {err.get('ctx', {}).get('expected', msg)}"
-        if isinstance(value, Mapping):
-            value_text = "{…}"
-        else:
-            value_text = repr(value)
+        value_text = "{…}" if isinstance(value, Mapping) else repr(value)
         if isinstance(value, str) and "://" in value:
             value_text = repr(redact_url(value))
         key = loc or "(top level)"

@@ -127,7 +127,8 @@ class Pricer:
             self._warned.add(key)
             logger.warning(
                 "RATE_LIMIT no price known for %s model %r: using cost_per_request=%s per call "
-                "(add it under [prices] to account it exactly)", service, model, cfg.cost_per_request,
+                "(add it under [prices] to account it exactly)", service, model,
+                cfg.cost_per_request,
             )
         return cfg.cost_per_request
 

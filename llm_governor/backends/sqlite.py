@@ -75,7 +75,8 @@ class _SQLiteTxn(Txn):
         return [
             Lease(i, s.removeprefix(prefix), Decimal(a), e)
             for i, s, a, e in self._c.execute(
-                "SELECT id, service, amount, expires FROM leases WHERE service >= ? AND service < ?",
+                "SELECT id, service, amount, expires FROM leases"
+                " WHERE service >= ? AND service < ?",
                 (prefix, f"{self._ns}}}"),
             )
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import threading
 
@@ -39,10 +40,8 @@ class Waiter:
         if self._event is not None:
             self._event.set()
         elif self._loop is not None and self._aevent is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed: the waiter went with it
                 self._loop.call_soon_threadsafe(self._aevent.set)
-            except RuntimeError:  # loop closed: the waiter is gone with it
-                pass
 
     def wait(self, timeout: float) -> None:
         """Block the thread until woken or ``timeout`` seconds pass."""
@@ -53,10 +52,8 @@ class Waiter:
     async def await_(self, timeout: float) -> None:
         """Suspend the task until woken or ``timeout`` seconds pass."""
         assert self._aevent is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._aevent.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         self._aevent.clear()
 
 

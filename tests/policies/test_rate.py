@@ -1,0 +1,78 @@
+"""GCRA buckets: exact admission times, headroom, and the capacity + rate·d property."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_governor.policies import rate
+
+
+def test_full_bucket_admits_capacity_then_waits_exactly_one_interval() -> None:
+    tat, now = 0.0, 100.0
+    for _ in range(3):
+        ok, tat, wait = rate.gcra(tat, now, 1.0, rate=2.0, capacity=3.0)
+        assert ok and wait == 0.0
+    ok, same, wait = rate.gcra(tat, now, 1.0, rate=2.0, capacity=3.0)
+    assert not ok and same == tat
+    assert abs(wait - 0.5) < 1e-9
+    ok, tat, _ = rate.gcra(tat, now + 0.5, 1.0, rate=2.0, capacity=3.0)
+    assert ok
+
+
+def test_cost_above_capacity_is_clamped_so_it_can_ever_pass() -> None:
+    ok, tat, _ = rate.gcra(0.0, 10.0, 500.0, rate=1.0, capacity=100.0)
+    assert ok
+    assert rate.available(tat, 10.0, 1.0, 100.0) == 0.0
+
+
+def test_reserve_keeps_headroom_for_higher_priorities() -> None:
+    cap, r = 10.0, 1.0
+    tat = 0.0
+    admitted_low = 0
+    for _ in range(20):
+        ok, tat, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=rate.headroom(cap - 1, 0, 3))
+        admitted_low += ok
+    ok_critical, _, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=rate.headroom(cap - 1, 0, 0))
+    assert admitted_low < cap
+    assert ok_critical
+
+
+def test_headroom_never_blocks_a_full_bucket() -> None:
+    for prio in range(4):
+        assert rate.headroom(1.0, 1.0, prio) == 0.0
+        ok, _, _ = rate.gcra(0.0, 5.0, 1.0, 0.25, 1.0, rate.headroom(0.0, 0.0, prio))
+        assert ok
+
+
+def test_available_refills_linearly() -> None:
+    tat = 0.0
+    for _ in range(4):
+        _, tat, _ = rate.gcra(tat, 0.0, 1.0, 2.0, 4.0)
+    assert rate.available(tat, 0.0, 2.0, 4.0) == 0.0
+    assert abs(rate.available(tat, 1.0, 2.0, 4.0) - 2.0) < 1e-9
+    assert rate.available(tat, 10.0, 2.0, 4.0) == 4.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 20),
+    per_second=st.floats(0.1, 50.0),
+    gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
+    priorities=st.lists(st.integers(0, 3), min_size=200, max_size=200),
+)
+def test_admitted_in_any_interval_never_exceed_capacity_plus_rate_times_length(
+    capacity: int, per_second: float, gaps: list[float], priorities: list[int]
+) -> None:
+    tat, now = 0.0, 1000.0
+    admitted: list[float] = []
+    for i, gap in enumerate(gaps):
+        now += gap
+        reserve = rate.headroom(capacity - 1.0, 0.0, priorities[i])
+        ok, tat, _ = rate.gcra(tat, now, 1.0, per_second, float(capacity), reserve)
+        if ok:
+            admitted.append(now)
+    for i, start in enumerate(admitted):
+        for j in range(i, len(admitted)):
+            d = admitted[j] - start
+            assert j - i + 1 <= capacity + per_second * d + 1e-6
