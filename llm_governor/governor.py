@@ -11,6 +11,7 @@ module only sequences them, for threads and asyncio alike.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -54,6 +55,9 @@ logger = logging.getLogger("llm_governor")
 T = TypeVar("T")
 _ZERO = Decimal(0)
 FAILURE_ATTR = "llm_governor_failure"
+# Lease ids: unique per process run, cheap to make (uuid4 per call costs ~4 µs).
+_LEASE_PREFIX = f"{uuid.uuid4().hex[:12]}-"
+_lease_seq = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,7 @@ class Ticket:
         self.llm_tokens = llm_tokens
         self.priority = priority
         self.job = job
-        self.lease_id = uuid.uuid4().hex
+        self.lease_id = f"{_LEASE_PREFIX}{os.getpid()}-{next(_lease_seq)}"
         self.started = time.monotonic()
         self.queue_wait = 0.0
         self.attempts = 1
@@ -111,7 +115,8 @@ def limits_of(cfg: RateLimitConfig) -> Limits:
         capacity=float(cfg.capacity), refill_rate=cfg.refill_rate, rate_floor=floor,
         rate_ceiling=ceiling, backoff_multiplier=cfg.backoff_multiplier,
         tokens_per_minute=float(cfg.llm_tokens_per_minute),
-        cost_per_minute=cfg.max_cost_per_minute, max_concurrency=cfg.max_concurrency,
+        cost_per_minute=cfg.max_cost_per_minute,
+        cost_per_minute_f=float(cfg.max_cost_per_minute), max_concurrency=cfg.max_concurrency,
         failure_threshold=cfg.failure_threshold, success_threshold=cfg.success_threshold,
         recovery_timeout=float(cfg.recovery_timeout),
     )

@@ -173,9 +173,13 @@ class TransactionalBackend(Backend):
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         with self.transaction() as tx:
             now = self._clock()
-            leases = tx.leases(now) if req.reserve else []
-            reserved = sum((le.amount for le in leases), _ZERO)
-            in_flight = sum(1 for le in leases if le.service == req.service)
+            need_leases = req.reserve and (self.budget_limits or req.limits.max_concurrency
+                                           or req.emergency_limits.max_concurrency)
+            if need_leases and (leases := tx.leases(now)):
+                reserved = sum((le.amount for le in leases), _ZERO)
+                in_flight = sum(1 for le in leases if le.service == req.service)
+            else:
+                reserved, in_flight = _ZERO, 0
             state = tx.service(req.service)
             spends = tx.spends() if self.budget_limits else {}
             decision, new_state = admission.decide(

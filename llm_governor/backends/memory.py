@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -60,6 +58,23 @@ class _MemoryTxn(Txn):
         c[key] = c.get(key, 0) + amount
 
 
+class _Locked:
+    """A lock that yields the transaction: cheaper than a generator context manager."""
+
+    __slots__ = ("_lock", "_txn")
+
+    def __init__(self, lock: threading.Lock, txn: Txn) -> None:
+        self._lock = lock
+        self._txn = txn
+
+    def __enter__(self) -> Txn:
+        self._lock.acquire()
+        return self._txn
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class MemoryBackend(TransactionalBackend):
     """State in this process only; every step under one lock."""
 
@@ -72,6 +87,7 @@ class MemoryBackend(TransactionalBackend):
         self.url = "memory"
         self._lock = threading.Lock()
         self._txn = _MemoryTxn(self)
+        self._locked = _Locked(self._lock, self._txn)
         self.reset()
 
     def reset(self) -> None:
@@ -82,10 +98,8 @@ class MemoryBackend(TransactionalBackend):
         self._emergency = False
         self._processes: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    @contextmanager
-    def transaction(self) -> Iterator[Txn]:
-        with self._lock:
-            yield self._txn
+    def transaction(self) -> _Locked:
+        return self._locked
 
     def emergency(self) -> bool:
         return self._emergency

@@ -36,6 +36,7 @@ class Limits:
     backoff_multiplier: float
     tokens_per_minute: float
     cost_per_minute: Decimal
+    cost_per_minute_f: float  # the same as a float, for the bucket arithmetic
     max_concurrency: int
     failure_threshold: int
     success_threshold: int
@@ -68,6 +69,10 @@ class AdmitRequest:
     emergency_limits: Limits
     reserve: bool = True  # False for a retry attempt: buckets only, no budget, no slot
     refuse_in_emergency: bool = False
+
+    @property
+    def cost_f(self) -> float:
+        return float(self.cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ def decide(
         waits.append(blocked)
     ok_r, req_tat, w = rate.gcra(
         s.req_tat, now, 1.0, req_rate, lim.capacity,
-        rate.headroom(lim.capacity - 1.0, 0.0, req.priority),
+        rate.headroom(lim.capacity - 1.0, 0.0, req.priority) if req.priority else 0.0,
     )
     if not ok_r:
         waits.append(w)
@@ -131,21 +136,25 @@ def decide(
         cap = lim.tokens_per_minute
         cost = min(req.llm_tokens, cap)
         ok_t, tok_tat, w = rate.gcra(s.tok_tat, now, cost, tok_rate, cap,
-                                     rate.headroom(cap, cost, req.priority))
+                                     rate.headroom(cap, cost, req.priority) if req.priority
+                                     else 0.0)
         if not ok_t:
             waits.append(w)
     cost_tat = s.cost_tat
     if req.cost > 0:
         pacing = budget.pacing_factor(spends, budget_limits, now) if budget_limits else 1.0
-        per_min = float(lim.cost_per_minute) * pacing
-        cost = min(float(req.cost), per_min)
+        per_min = lim.cost_per_minute_f * pacing
+        cost = min(req.cost_f, per_min)
         ok_c, cost_tat, w = rate.gcra(s.cost_tat, now, cost, per_min / 60.0, per_min,
-                                      rate.headroom(per_min, cost, req.priority))
+                                      rate.headroom(per_min, cost, req.priority) if req.priority
+                                      else 0.0)
         if not ok_c:
             waits.append(w)
     if waits:
         return Decision(False, "rate_limited", max(waits), emergency=emergency), s
-    new = replace(s, req_tat=req_tat, tok_tat=tok_tat, cost_tat=cost_tat, breaker=new_breaker)
+    # Direct construction: dataclasses.replace costs more than the whole decision.
+    new = ServiceState(req_tat, tok_tat, cost_tat, new_breaker, s.adaptive, s.minute, s.ok,
+                       s.failed, s.prev_ok, s.prev_failed)
     return Decision(True, "admitted", emergency=emergency), new
 
 
@@ -158,9 +167,13 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float) -> Servi
                     prev_ok=s.ok if carry else 0, prev_failed=s.failed if carry else 0)
     a = s.adaptive
     if obs.outcome == "success":
-        s = replace(s, ok=s.ok + 1, breaker=breaker.record(
-            s.breaker, True, now, lim.failure_threshold, lim.success_threshold))
-        a = adaptive.on_success(a, lim.rate_floor, lim.rate_ceiling)
+        b = s.breaker
+        if b.state != breaker.CLOSED or b.failures:
+            b = breaker.record(b, True, now, lim.failure_threshold, lim.success_threshold)
+        s = ServiceState(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
+                         s.failed, s.prev_ok, s.prev_failed)
+        if a.rate > 0 or a.successes:
+            a = adaptive.on_success(a, lim.rate_floor, lim.rate_ceiling)
     elif obs.outcome == "failure":
         s = replace(s, failed=s.failed + 1, breaker=breaker.record(
             s.breaker, False, now, lim.failure_threshold, lim.success_threshold))
