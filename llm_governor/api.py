@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast, overload
 
 from .backends import Backend
 from .config import GovernorConfig, RateLimitConfig, load_config
-from .context import Priority
+from .context import Priority, current_cost_override
 from .errors import GovernorError
 from .exporters.monitor import RateLimitAlert, RateLimitMonitor, health
 from .governor import CallSpec, Governor
@@ -140,7 +140,7 @@ def rate_limited(
 
     def decorate(fn: F) -> F:
         def spec() -> CallSpec:
-            s = stated
+            s = stated if stated is not None else current_cost_override()
             if s is None:
                 s = get_governor().service_config(service, model).cost_per_request
             return CallSpec(service, operation=fn.__name__, model=model, priority=prio, cost=s) \
@@ -175,8 +175,10 @@ def graceful_api_call(
     the error propagates. Async functions give a coroutine to await.
     """
     gov = get_governor()
+    stated = current_cost_override()
     spec = CallSpec(service_name, operation=getattr(service_func, "__name__", "call"),
-                    cost=gov.service_config(service_name).cost_per_request)
+                    cost=stated if stated is not None else
+                    gov.service_config(service_name).cost_per_request)
 
     def _log(exc: BaseException) -> None:
         kind = "rejected" if isinstance(exc, GovernorError) else "failed"

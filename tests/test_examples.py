@@ -1,0 +1,28 @@
+"""Every example runs offline and does what its docstring says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+EXPECTED = {
+    "decorator_budget.py": ["10 calls fit the $0.10 budget", "processed item-x locally"],
+    "priorities_jobs.py": ["'user-request'", "'video_123': '0.002'"],
+    "monitoring.py": ["circuit_breaker_open", "emergency mode: True"],
+}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    env.pop("LLM_GOVERNOR_CONFIG", None)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for needle in EXPECTED.get(path.name, []):
+        assert needle in proc.stdout + proc.stderr, (needle, proc.stdout[-2000:])
