@@ -1,0 +1,83 @@
+"""SDK errors → retry classification, and governor rejections → SDK errors.
+
+Classification decides what the governor's retry loop and circuit breaker
+make of a failed attempt: a 429 is ``throttled`` (retried after what the
+provider asked, slows the adaptive rate), a 5xx / timeout / connection error
+is a ``failure`` (retried, counted by the breaker), anything else is
+``fatal`` (neither). ``insufficient_quota`` is a 429 no wait will fix.
+
+Rejections go the other way: a :class:`GovernorError` raised from inside an
+SDK call is re-raised as an instance of a class deriving from both the
+governor error and the SDK's own ``RateLimitError``, so handlers written for
+either keep working.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import GovernorError
+from ..policies.adaptive import ProviderLimits
+from ..policies.retry import AttemptFailure
+from ._headers import retry_after
+
+__all__ = ["classify_status", "sdk_rejection"]
+
+_QUOTA_CODES = frozenset({"insufficient_quota"})
+
+
+def classify_status(
+    status: int,
+    headers: Mapping[str, str],
+    code: str | None,
+    limits: Callable[[Mapping[str, str]], ProviderLimits | None],
+) -> AttemptFailure:
+    """Classify an HTTP error status the way design §3 step 7 prescribes."""
+    provider = limits(headers)
+    if status == 429:
+        if code in _QUOTA_CODES:
+            return AttemptFailure("fatal", provider=provider, reason="insufficient_quota")
+        return AttemptFailure("throttled", retry_after(headers), provider, "rate_limit")
+    if status == 408:
+        return AttemptFailure("failure", retry_after(headers), provider, "timeout")
+    if status >= 500:
+        return AttemptFailure("failure", retry_after(headers), provider, "server_error")
+    return AttemptFailure("fatal", provider=provider, reason=f"http_{status}")
+
+
+_classes: dict[tuple[type[GovernorError], type[Exception]], type[Exception]] = {}
+_classes_lock = threading.Lock()
+
+
+def _rejection_class(gov_cls: type[GovernorError], sdk_cls: type[Exception],
+                     prefix: str) -> type[Exception]:
+    key = (gov_cls, sdk_cls)
+    cls = _classes.get(key)
+    if cls is None:
+        with _classes_lock:
+            cls = _classes.get(key)
+            if cls is None:
+                name = f"{prefix}{gov_cls.__name__}"
+                cls = type(name, (gov_cls, sdk_cls), {
+                    "__module__": __name__.rsplit(".", 1)[0], "__qualname__": name,
+                    "__doc__": f"{gov_cls.__name__} raised from inside the {prefix} SDK: "
+                               f"also a {sdk_cls.__module__}.{sdk_cls.__qualname__}."})
+                _classes[key] = cls
+    return cls
+
+
+def sdk_rejection(exc: GovernorError, sdk_cls: type[Exception], prefix: str,
+                  *args: Any, **kwargs: Any) -> Exception:
+    """``exc`` as an instance of both its own class and ``sdk_cls``.
+
+    ``sdk_cls.__init__(*args, **kwargs)`` builds the SDK side (message,
+    synthetic response, body); the governor side keeps ``exc``'s attributes
+    (``retry_after``, ``remaining``…).
+    """
+    cls = _rejection_class(type(exc), sdk_cls, prefix)
+    err: Exception = cls.__new__(cls)
+    sdk_cls.__init__(err, *args, **kwargs)
+    err.__dict__.update(vars(exc))
+    return err

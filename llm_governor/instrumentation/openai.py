@@ -1,0 +1,127 @@
+"""The openai SDK (``OpenAI``, ``AsyncOpenAI``, ``AzureOpenAI``, ``AsyncAzureOpenAI``).
+
+Governed: chat completions, Responses, embeddings, legacy completions, images
+and audio (every POST to one of those endpoints, whichever helper made it:
+``create``, ``parse``, ``stream``, ``with_raw_response``,
+``with_streaming_response``). Everything else (files, models, batches,
+moderations, retrievals) passes through ungoverned.
+
+Azure clients are the service ``azure_openai``: their deployments have quotas
+of their own. The governor asks OpenAI chat and completion streams for their
+usage (``stream_options.include_usage``) and hides the extra chunk it brings,
+so the user sees exactly the chunks they would have seen. Azure streams are
+not asked (older api-versions reject the option): without a usage chunk they
+settle at their reserved upper bound.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import BudgetExceededError, GovernorError
+from ..policies.adaptive import ProviderLimits
+from ..pricing import Usage
+from ._base import Call
+from ._headers import openai_limits
+from ._stainless import StainlessAdapter
+from .streams import UsageTracker, count, field
+
+__all__ = ["OpenAIAdapter"]
+
+OPERATIONS = {
+    "/chat/completions": "chat",
+    "/responses": "responses",
+    "/embeddings": "embeddings",
+    "/completions": "text_completion",
+    "/images/generations": "images",
+    "/images/edits": "images",
+    "/images/variations": "images",
+    "/audio/transcriptions": "audio",
+    "/audio/translations": "audio",
+    "/audio/speech": "audio",
+}
+_INJECTABLE = frozenset({"chat", "text_completion"})
+
+
+def openai_usage(u: Any) -> Usage | None:
+    """Chat/completions (``prompt_tokens``…) and Responses/images (``input_tokens``…) usage."""
+    if u is None:
+        return None
+    prompt = field(u, "prompt_tokens")
+    if prompt is not None:
+        details = field(u, "prompt_tokens_details")
+        return Usage(count(prompt), count(field(u, "completion_tokens")),
+                     count(field(details, "cached_tokens")))
+    details = field(u, "input_tokens_details")
+    return Usage(count(field(u, "input_tokens")), count(field(u, "output_tokens")),
+                 count(field(details, "cached_tokens")))
+
+
+class OpenAITracker(UsageTracker):
+    """Usage of chat chunks (last chunk) and Responses events (``response.completed``…)."""
+
+    __slots__ = ("injected",)
+
+    def __init__(self, injected: bool) -> None:
+        super().__init__()
+        self.injected = injected
+
+    def see(self, event: Any) -> bool:
+        u = field(event, "usage")
+        if u is None:
+            u = field(field(event, "response"), "usage")
+        if u is not None:
+            self.usage = openai_usage(u)
+        if not self.injected:
+            return True
+        choices = field(event, "choices")
+        if u is not None and isinstance(choices, list) and not choices:
+            return False  # the usage chunk the governor asked for
+        fields_set = getattr(event, "__pydantic_fields_set__", None)
+        if fields_set is not None:  # "usage": null came only because we asked
+            fields_set.discard("usage")
+        return True
+
+    def final(self, response: Any) -> Usage | None:
+        return openai_usage(field(response, "usage"))
+
+
+class OpenAIAdapter(StainlessAdapter):
+    module = "openai"
+    operations = OPERATIONS
+    error_prefix = "OpenAI"
+
+    def service(self, instance: Any) -> str:
+        azure = sys.modules.get("openai.lib.azure")
+        if azure is not None and isinstance(instance, azure.BaseAzureClient):
+            return "azure_openai"
+        return "openai"
+
+    def provider_limits(self, headers: Mapping[str, str]) -> ProviderLimits | None:
+        return openai_limits(headers)
+
+    def max_output_tokens(self, operation: str, body: Mapping[str, Any]) -> int | None:
+        per_choice = super().max_output_tokens(operation, body)
+        if per_choice is None or operation not in _INJECTABLE:
+            return per_choice
+        choices = [c for c in (body.get("n"), body.get("best_of"))
+                   if isinstance(c, int) and not isinstance(c, bool) and c > 1]
+        return per_choice * max(choices, default=1)
+
+    def inject_usage(self, service: str, operation: str, body: Mapping[str, Any]) -> bool:
+        if service != "openai" or operation not in _INJECTABLE:
+            return False
+        asked = body.get("stream_options")
+        return not (isinstance(asked, Mapping) and asked.get("include_usage") is True)
+
+    def tracker(self, call: Call) -> UsageTracker:
+        return OpenAITracker(bool(call.context.get("injected")))
+
+    def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
+        # A budget refusal is OpenAI's own "out of credit" situation: insufficient_quota.
+        code = "insufficient_quota" if isinstance(exc, BudgetExceededError) \
+            else "rate_limit_exceeded"
+        error = {"message": message, "type": code, "param": None, "code": code}
+        return {"error": error}, error

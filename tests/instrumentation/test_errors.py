@@ -1,0 +1,109 @@
+"""A governor rejection inside an SDK call is also that SDK's RateLimitError (429, retry-after).
+
+Handlers written for the SDK (``except openai.RateLimitError``) and for the
+governor (``except llm_governor.GovernorError``) both catch it; nothing reaches
+the provider; budget refusals read as OpenAI's own ``insufficient_quota``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import llm_governor
+from llm_governor import (
+    BudgetExceededError,
+    CircuitBreakerOpenError,
+    GovernorError,
+    RateLimitExceededError,
+)
+from llm_governor.testing import FakeProvider
+
+from .conftest import Driver, Governed
+
+GPT = "gpt-4o"
+CLAUDE = "claude-3-5-haiku-latest"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def call(d: Driver, sdk: str, max_tokens: int = 4) -> Any:
+    if sdk == "openai":
+        return await d.call(d.openai.chat.completions.create, model=GPT, messages=MESSAGES,
+                            max_tokens=max_tokens)
+    return await d.call(d.anthropic.messages.create, model=CLAUDE, messages=MESSAGES,
+                        max_tokens=max_tokens)
+
+
+SDK_ERRORS: dict[str, type[Exception]] = {"openai": openai.RateLimitError,
+                                          "anthropic": anthropic.RateLimitError}
+
+
+def assert_429(exc: BaseException, sdk: str) -> None:
+    assert isinstance(exc, SDK_ERRORS[sdk]) and isinstance(exc, GovernorError)
+    err: Any = exc
+    assert err.status_code == 429
+    assert int(err.response.headers["retry-after"]) >= 1
+    assert err.response.status_code == 429
+    assert str(err) == err.message and "RATE_LIMIT" in str(err)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_open_circuit_is_a_rate_limit_error(sdk: str, driver: Driver, fake: FakeProvider,
+                                                  governed: Governed) -> None:
+    governed({"services": {sdk: {"failure_threshold": 1, "recovery_timeout": 30}}})
+    fake.set_fault("error", status=500)
+    with pytest.raises(Exception) as first:
+        await call(driver, sdk, 4)
+    assert not isinstance(first.value, GovernorError)  # the provider's own 500
+    seen = len(fake.ledger)
+
+    try:
+        await call(driver, sdk)
+    except SDK_ERRORS[sdk] as err:  # the handler the app already has
+        assert_429(err, sdk)
+        assert isinstance(err, CircuitBreakerOpenError)
+        assert err.retry_after is not None and 0 < err.retry_after <= 30
+    else:
+        pytest.fail("the open circuit let the call through")
+    assert len(fake.ledger) == seen  # failing fast: the provider saw nothing
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_budget_refusal_is_a_rate_limit_error(sdk: str, driver: Driver, fake: FakeProvider,
+                                                    governed: Governed) -> None:
+    governed({"budget": {"per_day": "0.01"}})
+    with pytest.raises(GovernorError) as caught:  # the governor's own handler works too
+        await call(driver, sdk, max_tokens=20_000)
+    assert_429(caught.value, sdk)
+    assert isinstance(caught.value, BudgetExceededError)
+    err: Any = caught.value
+    assert err.requested is not None and err.remaining is not None
+    assert err.requested > err.remaining
+    if sdk == "openai":
+        assert err.code == "insufficient_quota"  # OpenAI's word for "out of credit"
+    assert len(fake.ledger) == 0
+
+
+async def test_queue_deadline_is_a_rate_limit_error(driver: Driver, fake: FakeProvider,
+                                                    governed: Governed) -> None:
+    governed({"services": {"openai": {"refill_rate": 0.2, "max_tokens": 1,
+                                      "request_timeout": 0.2}}})
+    await call(driver, "openai")
+    with pytest.raises(openai.RateLimitError) as caught:
+        await call(driver, "openai")
+    assert isinstance(caught.value, RateLimitExceededError)
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert len(fake.ledger) == 1
+
+
+async def test_emergency_refusal_is_a_rate_limit_error(driver: Driver, fake: FakeProvider,
+                                                       governed: Governed) -> None:
+    governed({"emergency_action": "refuse"})
+    llm_governor.enable_emergency_mode()
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        await call(driver, "anthropic")
+    assert isinstance(caught.value, llm_governor.EmergencyModeError)
+    assert caught.value.response.headers["retry-after"] == "60"
