@@ -103,7 +103,7 @@ def governed_config(rpm: int, window: float, budget: str) -> dict[str, Any]:
     """The governor told the provider's limit, with a little headroom for jitter."""
     rate = rpm / window * 0.92
     service = {"refill_rate": rate, "max_tokens": 1, "burst_capacity": 0,
-               "min_interval": 0.01, "max_interval": 1 / rate, "max_cost_per_minute": "10",
+               "min_interval": 0.01, "max_cost_per_minute": "10",
                "request_timeout": 120, "max_queue_size": 10_000}
     return {"backend": "memory", "budget": {"per_day": budget},
             "services": {"openai": service, "anthropic": service}}

@@ -1,10 +1,22 @@
 """Adaptive request rate: AIMD plus the provider's own rate-limit headers.
 
-Multiplicative decrease by ``backoff_multiplier`` on a 429 or when the
-provider says little is left; additive increase after a run of successes;
-bounded by ``[1/max_interval, min(refill_rate, 1/min_interval)]``. Provider
-headers additionally clamp the rate to "what is left ÷ time to reset" until
-that reset, and ``remaining == 0`` blocks until it.
+Multiplicative decrease by ``backoff_multiplier`` on a 429; additive increase
+after a run of successes; bounded by ``[1/max_interval, min(refill_rate,
+1/min_interval)]``.
+
+Provider headers say ``limit``, ``remaining`` and the time until the limit is
+fully replenished (OpenAI ``x-ratelimit-reset-*``, Anthropic
+``anthropic-ratelimit-*-reset``). ``limit / reset`` bounds the provider's
+refill rate from above whether it refills continuously (a drained bucket
+reports ``reset = limit / rate``) or by window (``reset`` is the window): the
+local rate is clamped to it until that reset, and ``remaining == 0`` blocks
+for one refill interval, ``reset / limit``. Two tighter-looking rules fail in
+practice: ``remaining / reset`` halves throughput under steady load, where
+``remaining`` hovers near zero while capacity keeps flowing back, and
+``(limit - remaining) / reset`` measures our own recent rate against a window
+provider, so the clamp feeds on itself and only ever falls. Without a
+``limit`` header the conservative ``remaining / reset`` is used. 429s still
+drive the multiplicative decrease.
 """
 
 from __future__ import annotations
@@ -12,10 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 __all__ = ["AdaptiveState", "ProviderLimits", "bounds", "effective_rates", "on_provider_limits",
-           "on_success", "on_throttled"]
+           "on_success", "on_throttled", "provider_rate"]
 
 SUCCESS_RUN = 10  # successes between additive increases
-LOW_REMAINING = 0.1  # provider fraction left that counts as a throttle signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +97,32 @@ def _positive(x: float | None) -> bool:
     return x is not None and x == x and x >= 0  # NaN-safe
 
 
+def provider_rate(limit: float | None, remaining: float | None,
+                  reset: float | None) -> float | None:
+    """The provider's refill rate per second from one set of headers (None: no signal)."""
+    if not _positive(remaining) or reset is None or not reset > 0:
+        return None
+    assert remaining is not None
+    if _positive(limit) and limit:
+        assert limit is not None
+        return limit / reset
+    return max(remaining, 1.0) / reset
+
+
 def on_provider_limits(
     s: AdaptiveState, p: ProviderLimits, now: float, floor: float, ceiling: float,
     multiplier: float,
 ) -> AdaptiveState:
-    """Clamp to what the provider says is left before its reset; ignore nonsense values."""
+    """Clamp to the provider's refill rate until its reset; ignore nonsense values."""
     new = s
-    if _positive(p.remaining_requests) and p.reset_requests and p.reset_requests > 0:
+    req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
+    if req_rate is not None and p.reset_requests is not None:
         assert p.remaining_requests is not None
+        new = replace(new, request_cap=req_rate,
+                      cap_until=max(new.cap_until, now + p.reset_requests))
         if p.remaining_requests < 1:
-            new = replace(new, blocked_until=max(new.blocked_until, now + p.reset_requests))
-        else:
-            new = replace(new, request_cap=p.remaining_requests / p.reset_requests,
-                          cap_until=max(new.cap_until, now + p.reset_requests))
-        if (_positive(p.limit_requests) and p.limit_requests
-                and p.remaining_requests / p.limit_requests < LOW_REMAINING):
-            current = new.rate if new.rate > 0 else ceiling
-            new = replace(new, rate=max(floor, current / multiplier), successes=0)
-    if _positive(p.remaining_tokens) and p.reset_tokens and p.reset_tokens > 0:
-        assert p.remaining_tokens is not None
-        new = replace(new, token_cap=max(p.remaining_tokens, 1.0) / p.reset_tokens,
-                      cap_until=max(new.cap_until, now + p.reset_tokens))
+            new = replace(new, blocked_until=max(new.blocked_until, now + 1.0 / req_rate))
+    tok_rate = provider_rate(p.limit_tokens, p.remaining_tokens, p.reset_tokens)
+    if tok_rate is not None and p.reset_tokens is not None:
+        new = replace(new, token_cap=tok_rate, cap_until=max(new.cap_until, now + p.reset_tokens))
     return new

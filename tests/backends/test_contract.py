@@ -150,7 +150,7 @@ def test_throttle_and_headers_lower_the_rate(make_backend: BackendFactory,
     assert b.service_state("svc").adaptive.rate == 1.0
     b.observe("svc", lim, Observation("success", ProviderLimits(
         limit_requests=100, remaining_requests=30, reset_requests=60.0)))
-    assert abs(b.service_state("svc").adaptive.request_cap - 0.5) < 1e-9
+    assert abs(b.service_state("svc").adaptive.request_cap - 100 / 60) < 1e-9
 
 
 def test_counters_costs_and_jobs(make_backend: BackendFactory, clock: FakeClock) -> None:

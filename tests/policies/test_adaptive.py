@@ -29,17 +29,31 @@ def test_retry_after_blocks() -> None:
     assert adaptive.effective_rates(s, 11.0, FLOOR, CEIL, 0.0)[2] == 2.0
 
 
-def test_provider_headers_clamp_until_reset() -> None:
-    p = ProviderLimits(limit_requests=100, remaining_requests=50, reset_requests=100.0)
+def test_provider_headers_clamp_to_limit_over_reset_until_reset() -> None:
+    # 60 requests per 60 s: at most 1 request/s however many are left
+    p = ProviderLimits(limit_requests=60, remaining_requests=5, reset_requests=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert adaptive.effective_rates(s, 1.0, FLOOR, CEIL, 0.0)[0] == 0.5
-    assert adaptive.effective_rates(s, 101.0, FLOOR, CEIL, 0.0)[0] == CEIL
+    assert adaptive.effective_rates(s, 1.0, FLOOR, CEIL, 0.0)[0] == 1.0
+    assert adaptive.effective_rates(s, 61.0, FLOOR, CEIL, 0.0)[0] == CEIL
 
 
-def test_remaining_zero_blocks_until_reset() -> None:
-    p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=4.0)
+def test_light_use_of_a_window_provider_does_not_feed_back() -> None:
+    # one request used of 60 per 2 s window: the cap stays at the provider's 30/s
+    p = ProviderLimits(limit_requests=60, remaining_requests=59, reset_requests=2.0)
+    s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, 100.0, 1.5)
+    assert s.request_cap == 30.0
+
+
+def test_without_a_limit_header_remaining_over_reset_is_used() -> None:
+    p = ProviderLimits(remaining_requests=30, reset_requests=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert adaptive.effective_rates(s, 1.0, FLOOR, CEIL, 0.0)[2] == 3.0
+    assert s.request_cap == 0.5
+
+
+def test_remaining_zero_blocks_for_one_refill_interval() -> None:
+    p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=50.0)
+    s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
+    assert adaptive.effective_rates(s, 0.25, FLOOR, CEIL, 0.0)[2] == 0.25
 
 
 def test_nonsense_header_values_are_ignored() -> None:
