@@ -42,6 +42,7 @@ def export_document(gov: Governor) -> Any:
         "backend": gov.config.redacted_backend(),
         "namespace": gov.config.namespace,
         "emergency_mode": h["emergency_mode"],
+        "backend_degraded": h["backend_degraded"],
         "health": {"overall_status": h["overall_status"], "health_score": h["health_score"]},
         "services": {
             name: {**r, "requests": counters.get("requests", {}).get(name, {}),

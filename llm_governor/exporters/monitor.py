@@ -4,7 +4,7 @@ Health (0-100) per service::
 
     100 - 50·[circuit open] - 25·[half-open]
         - 30·(1 - recent success rate)      # attempts in the last 1-2 minutes
-        - 10·queue fill                     # waiting / max_queue_size
+        - 10·queue fill                     # fullest queue of any live process / max_queue_size
         - 10·(1 - request bucket fill)      # tokens available / capacity
 
 Overall score: ``(min + mean) / 2`` over services, minus
@@ -66,19 +66,37 @@ def log_alert_handler(alert: RateLimitAlert) -> None:
                alert.threshold, alert.message)
 
 
-def service_report(gov: Governor, service: str, now: float | None = None) -> dict[str, Any]:
-    """State of one service: bucket, circuit, recent outcomes, queue, config summary."""
+def service_report(gov: Governor, service: str, now: float | None = None,
+                   processes: dict[str, dict[str, Any]] | None = None,
+                   emergency: bool | None = None) -> dict[str, Any]:
+    """State of one service: bucket, circuit, recent outcomes, queues, config summary.
+
+    Bucket and circuit come from the shared backend, so they are every
+    process's. Queues live in each process: ``queue_size_local`` is this
+    process's, ``queue_size`` adds what the other live processes published
+    (``processes``, from ``backend.processes()``), ``queue_fill`` is the
+    fullest single queue as a fraction of ``max_queue_size``. In emergency
+    mode the emergency limits are the ones in force.
+    """
     now = gov.backend.now() if now is None else now
-    cfg, limits, _ = gov._resolve(service, None)
-    snap = admission.snapshot(gov.backend.service_state(service), limits, now)
+    if emergency is None:
+        emergency = gov.emergency()
+    cfg, limits, emergency_limits = gov._resolve(service, None)
+    snap = admission.snapshot(gov.backend.service_state(service),
+                              emergency_limits if emergency else limits, now)
     q = gov._queues.get(service)
+    local = len(q) if q else 0
+    others = [int(doc.get("queues", {}).get(service, 0))
+              for pid, doc in (processes or {}).items() if pid != gov.process_id]
     ok, failed = int(snap["recent_ok"]), int(snap["recent_failed"])
     total = ok + failed
     return {
         **snap,
         "success_rate": ok / total if total else 1.0,
         "recent_calls": total,
-        "queue_size": len(q) if q else 0,
+        "queue_size": local + sum(others),
+        "queue_size_local": local,
+        "queue_fill": max([local, *others]) / max(1, cfg.max_queue_size),
         "max_queue_size": cfg.max_queue_size,
         "configured_rate": cfg.refill_rate,
         "max_cost_per_minute": str(cfg.max_cost_per_minute),
@@ -93,7 +111,7 @@ def _service_score(r: dict[str, Any]) -> float:
     elif r["circuit_state"] == "half_open":
         score -= 25
     score -= 30 * (1 - r["success_rate"])
-    score -= 10 * min(1.0, r["queue_size"] / max(1, r["max_queue_size"]))
+    score -= 10 * min(1.0, r["queue_fill"])
     cap = float(r["tokens_capacity"]) or 1.0
     score -= 10 * (1 - min(1.0, float(r["tokens_available"]) / cap))
     return max(0.0, min(100.0, float(score)))
@@ -102,10 +120,16 @@ def _service_score(r: dict[str, Any]) -> float:
 def health(gov: Governor) -> dict[str, Any]:
     """The documented health score and status, per service and overall."""
     now = gov.backend.now()
+    emergency = gov.emergency()
     names = sorted(set(gov.config.services) | set(gov.backend.services()))
+    try:
+        processes = gov.backend.processes()
+    except Exception:  # status of other processes is best effort
+        logger.debug("reading live processes failed", exc_info=True)
+        processes = {}
     services: dict[str, Any] = {}
     for name in names:
-        r = service_report(gov, name, now)
+        r = service_report(gov, name, now, processes, emergency)
         r["health_score"] = round(_service_score(r), 1)
         services[name] = r
     scores = [s["health_score"] for s in services.values()] or [100.0]
@@ -117,7 +141,6 @@ def health(gov: Governor) -> dict[str, Any]:
         overall -= 40 * max(0.0, 0.5 - fraction)
         exhausted = fraction <= 0
     overall = max(0.0, min(100.0, overall))
-    emergency = gov.emergency()
     degraded_backend = bool(getattr(gov.backend, "degraded", False))
     if overall < 50 or exhausted:
         status = "critical"
@@ -142,8 +165,9 @@ class RateLimitMonitor:
     REPEAT_AFTER = 60.0
 
     def __init__(self, gov: Governor, callback: AlertCallback | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, *, publish: bool = True) -> None:
         self.gov = gov
+        self.publish = publish  # heartbeat this process to the backend (off for the CLI)
         self.callback = callback or log_alert_handler
         self.interval = interval if interval is not None else gov.config.monitor.interval
         if self.interval <= 0:
@@ -176,12 +200,13 @@ class RateLimitMonitor:
                 logger.exception("RATE_LIMIT monitor evaluation failed")
             self._stop.wait(self.interval)
 
-    def _emit(self, alert: RateLimitAlert) -> None:
+    def _emit(self, alert: RateLimitAlert, raised: list[RateLimitAlert]) -> None:
         key = (alert.alert_type, alert.service)
         last = self._last_sent.get(key)
         if last is not None and alert.timestamp - last < self.REPEAT_AFTER:
             return
         self._last_sent[key] = alert.timestamp
+        raised.append(alert)
         self.alerts.append(alert)
         if len(self.alerts) > 1000:
             del self.alerts[:500]
@@ -196,37 +221,48 @@ class RateLimitMonitor:
                    Decimal(0))
 
     def evaluate(self) -> list[RateLimitAlert]:
-        """Check every condition once; returns the alerts raised by this evaluation."""
-        before = len(self.alerts)
+        """Check every condition once; returns the alerts raised by this evaluation.
+
+        Time is the backend's clock (Redis: the server's), so every process
+        and the CLI agree on rates and on when an alert may repeat.
+        """
+        raised: list[RateLimitAlert] = []
         m = self.gov.config.monitor
+        now = self.gov.backend.now()
+        # Keep this process listed (with its queues) by `llm-governor status`
+        # while it lives, even when it makes no calls.
+        if self.publish:
+            self.gov._maybe_publish()
+
+        def emit(alert_type: str, service: str, severity: str, message: str, value: float,
+                 threshold: float) -> None:
+            self._emit(RateLimitAlert(alert_type, service, severity, message, value, threshold,
+                                      now), raised)
+
         h = health(self.gov)
         for name, r in h["services"].items():
             if r["circuit_state"] == "open":
-                self._emit(RateLimitAlert(
-                    "circuit_breaker_open", name, "critical",
-                    f"Circuit breaker open for {name} after {r['consecutive_failures']} "
-                    "consecutive failures", 2.0, 2.0))
+                emit("circuit_breaker_open", name, "critical",
+                     f"Circuit breaker open for {name} after {r['consecutive_failures']} "
+                     "consecutive failures", 2.0, 2.0)
             total = r["recent_calls"]
             failure_rate = 1 - r["success_rate"]
             if total >= m.min_calls_for_failure_rate and failure_rate > m.failure_rate_threshold:
-                self._emit(RateLimitAlert(
-                    "high_failure_rate", name, "warning",
-                    f"High failure rate for {name}: {failure_rate:.0%} of the last {total} "
-                    "attempts failed", failure_rate, m.failure_rate_threshold))
-            fill = r["queue_size"] / max(1, r["max_queue_size"])
+                emit("high_failure_rate", name, "warning",
+                     f"High failure rate for {name}: {failure_rate:.0%} of the last {total} "
+                     "attempts failed", failure_rate, m.failure_rate_threshold)
+            fill = r["queue_fill"]
             if fill >= m.queue_backup_threshold:
-                self._emit(RateLimitAlert(
-                    "queue_backup", name, "warning",
-                    f"Queue backup for {name}: {r['queue_size']}/{r['max_queue_size']} waiting",
-                    fill, m.queue_backup_threshold))
+                emit("queue_backup", name, "warning",
+                     f"Queue backup for {name}: fullest queue {fill:.0%} of "
+                     f"max_queue_size={r['max_queue_size']} ({r['queue_size']} waiting in all "
+                     "processes)", fill, m.queue_backup_threshold)
             cap = float(r["tokens_capacity"]) or 1.0
             tokens_fill = float(r["tokens_available"]) / cap
             if r["recent_calls"] and tokens_fill < m.low_tokens_threshold:
-                self._emit(RateLimitAlert(
-                    "low_tokens", name, "info",
-                    f"Low tokens for {name}: {float(r['tokens_available']):.2f} of {cap:g} left",
-                    tokens_fill, m.low_tokens_threshold))
-        now = time.time()
+                emit("low_tokens", name, "info",
+                     f"Low tokens for {name}: {float(r['tokens_available']):.2f} of {cap:g} left",
+                     tokens_fill, m.low_tokens_threshold)
         self._cost_samples.append((now, self._total_cost()))
         self._cost_samples = [(t, c) for t, c in self._cost_samples if now - t <= 3600]
         if len(self._cost_samples) >= 3:
@@ -236,20 +272,17 @@ class RateLimitMonitor:
             baseline = float(c1 - c0) / max(t1 - t0, 1e-6) * 60
             if recent > float(m.cost_spike_min_per_minute) and \
                     recent > m.cost_spike_multiplier * baseline:
-                self._emit(RateLimitAlert(
-                    "cost_spike", "all", "warning",
-                    f"Cost spike: spending ${recent:.4f}/min vs ${baseline:.4f}/min before",
-                    recent, m.cost_spike_multiplier * baseline))
+                emit("cost_spike", "all", "warning",
+                     f"Cost spike: spending ${recent:.4f}/min vs ${baseline:.4f}/min before",
+                     recent, m.cost_spike_multiplier * baseline)
         for window, b in self.gov.budget_report().items():
             left = float(b["remaining"] / b["limit"])
             if left < m.budget_nearly_exhausted_threshold:
-                self._emit(RateLimitAlert(
-                    "budget_nearly_exhausted", "all", "critical" if left <= 0 else "warning",
-                    f"Budget nearly exhausted: ${b['remaining']} of ${b['limit']} left this "
-                    f"{window}", left, m.budget_nearly_exhausted_threshold))
+                emit("budget_nearly_exhausted", "all", "critical" if left <= 0 else "warning",
+                     f"Budget nearly exhausted: ${b['remaining']} of ${b['limit']} left this "
+                     f"{window}", left, m.budget_nearly_exhausted_threshold)
         if h["backend_degraded"]:
-            self._emit(RateLimitAlert(
-                "backend_degraded", "all", "critical",
-                f"Backend {self.gov.config.redacted_backend()} unreachable: limits are local "
-                "to each process", 1.0, 0.0))
-        return self.alerts[before:]
+            emit("backend_degraded", "all", "critical",
+                 f"Backend {self.gov.config.redacted_backend()} unreachable: limits are local "
+                 "to each process", 1.0, 0.0)
+        return raised

@@ -92,6 +92,9 @@ class Telemetry:
         g("llm_governor.backend.degraded", [self._degraded], unit="",
           description="1 while the shared backend is unreachable and limits are local")
         self._provider: dict[tuple[str, str], float] = {}
+        # Queue wait already recorded per ticket (lease id): a retry's re-admission
+        # records only its own wait, not the call's cumulative one again.
+        self._waited: dict[str, float] = {}
 
     # ------------------------------------------------------------ per call
     def start_call(self, t: Ticket) -> None:
@@ -113,20 +116,27 @@ class Telemetry:
         t.span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
 
     def decision(self, t: Ticket, outcome: str, retry_after: float) -> None:
-        self.requests.add(1, {"service": t.service, "model": t.model,
-                              "priority": t.priority.name.lower(), "decision": outcome})
+        prio = t.priority.name.lower()
+        self.requests.add(1, {"service": t.service, "model": t.model, "priority": prio,
+                              "decision": outcome})
+        # t.queue_wait is cumulative over the call's admissions (first one and retries).
+        waited = t.queue_wait - self._waited.get(t.lease_id, 0.0)
         if outcome == "admitted":
-            self.queue_wait.record(t.queue_wait, {"service": t.service,
-                                                  "priority": t.priority.name.lower()})
+            self._waited[t.lease_id] = t.queue_wait
+            self.queue_wait.record(waited, {"service": t.service, "priority": prio})
         span = t.span
-        if span is not None and (outcome != "admitted" or t.queue_wait > 0):
+        if span is not None and (outcome != "admitted" or waited > 0):
             span.add_event("llm_governor.throttle", {
                 "llm_governor.decision": outcome, "llm_governor.retry_after_s": retry_after,
-                "llm_governor.queue_wait_s": t.queue_wait})
-        if outcome in ("circuit_open",):
+                "llm_governor.queue_wait_s": waited})
+        if outcome == "circuit_open":
             logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
 
     def retry(self, t: Ticket, reason: str, wait: float | None) -> None:
+        # tenacity asks the retry predicate before its stop condition, so this is
+        # also called after the last allowed attempt: no retry follows then.
+        if t.attempts >= self._gov.max_attempts(t):
+            return
         self.retries.add(1, {"service": t.service, "reason": reason})
         if t.span is not None:
             t.span.add_event("llm_governor.retry", {
@@ -141,10 +151,16 @@ class Telemetry:
     def end_call(self, t: Ticket, status: str, error_type: str | None, usage: Usage | None,
                  cost: Decimal) -> None:
         duration = time.monotonic() - t.started
-        call_attrs: dict[str, Any] = {"service": t.service, "model": t.model, "status": status}
-        if error_type:
-            call_attrs["error.type"] = error_type
-        self.calls.add(1, call_attrs)
+        self._waited.pop(t.lease_id, None)
+        # Only calls that were admitted and ran count in llm_governor.calls (settle()
+        # marks the ticket first); a refusal at admission is already counted by its
+        # decision in llm_governor.requests and must not look like a provider failure.
+        if t.settled:
+            call_attrs: dict[str, Any] = {"service": t.service, "model": t.model,
+                                          "status": status}
+            if error_type:
+                call_attrs["error.type"] = error_type
+            self.calls.add(1, call_attrs)
         if cost:
             self.cost.add(float(cost), {"service": t.service, "model": t.model})
         genai: dict[str, Any] = {"gen_ai.operation.name": t.spec.operation,
@@ -182,46 +198,68 @@ class Telemetry:
         names = set(self._gov.config.services) | set(self._gov.backend.services())
         return sorted(names)
 
+    def _snapshots(self) -> dict[str, dict[str, Any]]:
+        """Every service's state from the backend (so every process's), read now.
+
+        In emergency mode the emergency limits are the ones in force, so bucket
+        capacity and rate come from them.
+        """
+        gov = self._gov
+        now = gov.backend.now()
+        emergency = gov.emergency()
+        snaps = {}
+        for svc in self._services():
+            _, limits, emergency_limits = gov._resolve(svc, None)
+            snaps[svc] = admission.snapshot(gov.backend.service_state(svc),
+                                            emergency_limits if emergency else limits, now)
+        return snaps
+
     def _svc(self, key: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             try:
-                now = self._gov.backend.now()
-                for svc in self._services():
-                    snap = admission.snapshot(self._gov.backend.service_state(svc),
-                                              self._gov._resolve(svc, None)[1], now)
-                    yield Observation(float(snap[key]), {"service": svc})
+                snaps = self._snapshots()
             except Exception:
                 logger.debug("gauge %s failed", key, exc_info=True)
+                return []
+            return [Observation(float(snap[key]), {"service": svc})
+                    for svc, snap in snaps.items()]
         return callback
 
     def _circuit(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            now = self._gov.backend.now()
-            for svc in self._services():
-                snap = admission.snapshot(self._gov.backend.service_state(svc),
-                                          self._gov._resolve(svc, None)[1], now)
-                yield Observation(breaker.state_code(str(snap["circuit_state"])),
-                                  {"service": svc})
+            snaps = self._snapshots()
         except Exception:
             logger.debug("circuit gauge failed", exc_info=True)
+            return []
+        return [Observation(breaker.state_code(str(snap["circuit_state"])), {"service": svc})
+                for svc, snap in snaps.items()]
 
     def _budget(self, key: str) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             try:
-                for window, row in self._gov.budget_report().items():
-                    yield Observation(float(row[key]), {"window": window})
+                report = self._gov.budget_report()
             except Exception:
                 logger.debug("budget gauge failed", exc_info=True)
+                return []
+            return [Observation(float(row[key]), {"window": window})
+                    for window, row in report.items()]
         return callback
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
-        for svc in self._services():
-            q = self._gov._queues.get(svc)
-            yield Observation(len(q) if q else 0, {"service": svc})
+        try:
+            return [Observation(len(q) if (q := self._gov._queues.get(svc)) else 0,
+                                {"service": svc}) for svc in self._services()]
+        except Exception:
+            logger.debug("queue gauge failed", exc_info=True)
+            return []
 
     def _queue_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
-        for svc in self._services():
-            yield Observation(self._gov.service_config(svc).max_queue_size, {"service": svc})
+        try:
+            return [Observation(self._gov.service_config(svc).max_queue_size, {"service": svc})
+                    for svc in self._services()]
+        except Exception:
+            logger.debug("queue capacity gauge failed", exc_info=True)
+            return []
 
     def _provider_remaining(self, options: CallbackOptions) -> Iterable[Observation]:
         for (svc, resource), value in list(self._provider.items()):
@@ -229,9 +267,10 @@ class Telemetry:
 
     def _emergency(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            yield Observation(1 if self._gov.emergency() else 0)
+            return [Observation(1 if self._gov.emergency() else 0)]
         except Exception:
             logger.debug("emergency gauge failed", exc_info=True)
+            return []
 
     def _degraded(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(1 if getattr(self._gov.backend, "degraded", False) else 0,

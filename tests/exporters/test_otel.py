@@ -1,0 +1,560 @@
+"""OpenTelemetry metrics and spans by the names of the contract (design §4,
+"Telemetry names"), read back through the SDK's in-memory reader and exporter:
+each instrument's name, kind, unit and attributes, the CLIENT span of a
+governed call with its GenAI and ``llm_governor.*`` attributes, and the retry
+and throttle events. First driven by ``@rate_limited`` and the governor's own
+call API, then by real openai/anthropic SDK calls through the fake provider
+(skipped only while ``llm_governor/instrumentation/openai.py`` does not exist).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Metric, Sum
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+import llm_governor
+from llm_governor import Priority
+from llm_governor.governor import FAILURE_ATTR, CallSpec, Governor
+from llm_governor.policies.queue import Waiter
+from llm_governor.policies.retry import AttemptFailure
+from llm_governor.pricing import Usage
+
+GovFactory = Callable[..., Governor]
+FAST = {"max_tokens": 100, "refill_rate": 100.0, "burst_capacity": 0, "min_interval": 0.001,
+        "max_cost_per_minute": "100"}
+
+# The contract: OTel name -> (kind, unit, attribute keys). "+error.type" marks the
+# attribute present on errors only.
+CONTRACT: dict[str, tuple[str, str, set[str]]] = {
+    "llm_governor.requests": ("counter", "", {"service", "model", "priority", "decision"}),
+    "llm_governor.calls": ("counter", "", {"service", "model", "status"}),
+    "llm_governor.retries": ("counter", "", {"service", "reason"}),
+    "llm_governor.cost": ("counter", "USD", {"service", "model"}),
+    "llm_governor.budget.remaining": ("gauge", "USD", {"window"}),
+    "llm_governor.budget.limit": ("gauge", "USD", {"window"}),
+    "llm_governor.tokens.available": ("gauge", "", {"service"}),
+    "llm_governor.tokens.capacity": ("gauge", "", {"service"}),
+    "llm_governor.queue.size": ("gauge", "", {"service"}),
+    "llm_governor.queue.capacity": ("gauge", "", {"service"}),
+    "llm_governor.queue.wait": ("histogram", "s", {"service", "priority"}),
+    "llm_governor.circuit.state": ("gauge", "", {"service"}),
+    "llm_governor.limit.rate": ("gauge", "", {"service"}),
+    "llm_governor.emergency": ("gauge", "", set()),
+    "gen_ai.client.operation.duration": ("histogram", "s", {
+        "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model"}),
+    "gen_ai.client.token.usage": ("histogram", "{token}", {
+        "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
+        "gen_ai.token.type"}),
+}
+
+
+@dataclass
+class Otel:
+    reader: InMemoryMetricReader
+    spans: InMemorySpanExporter
+    meter_provider: MeterProvider
+    tracer_provider: TracerProvider
+
+    def metrics(self) -> dict[str, Metric]:
+        data = self.reader.get_metrics_data()
+        out: dict[str, Metric] = {}
+        if data is None:
+            return out
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    out[m.name] = m
+        return out
+
+    def points(self, name: str) -> list[Any]:
+        m = self.metrics().get(name)
+        return list(m.data.data_points) if m is not None else []
+
+    def value(self, name: str, **attrs: Any) -> float:
+        """Sum of the matching points' values (counts for histograms)."""
+        total = 0.0
+        for p in self.points(name):
+            if all(p.attributes.get(k) == v for k, v in attrs.items()):
+                total += p.count if hasattr(p, "bucket_counts") else p.value
+        return total
+
+    def finished(self) -> list[ReadableSpan]:
+        return list(self.spans.get_finished_spans())
+
+
+@pytest.fixture
+def otel() -> Iterator[Otel]:
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    yield Otel(reader, exporter, mp, tp)
+    mp.shutdown()
+    tp.shutdown()
+
+
+@pytest.fixture
+def gov(governor_factory: GovFactory, otel: Otel) -> Governor:
+    return governor_factory(
+        {"budget": {"per_day": "10.00", "per_hour": "5.00"},
+         "services": {"svc": {**FAST, "failure_threshold": 2, "recovery_timeout": 600}}},
+        meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+
+
+def kind_of(m: Metric) -> str:
+    if isinstance(m.data, Sum):
+        return "counter" if m.data.is_monotonic else "updowncounter"
+    if isinstance(m.data, Gauge):
+        return "gauge"
+    if isinstance(m.data, Histogram):
+        return "histogram"
+    return type(m.data).__name__
+
+
+def failing(reason: str, kind: str = "failure", retry_after: float | None = 0.0) -> Exception:
+    exc = RuntimeError(f"attempt failed: {reason}")
+    setattr(exc, FAILURE_ATTR, AttemptFailure(kind, retry_after, None, reason))  # type: ignore[arg-type]
+    return exc
+
+
+def sdk_like_call(gov: Governor, spec: CallSpec, failures: list[Exception],
+                  usage: Usage | None) -> str:
+    """What an SDK adapter does: admit, attempts with retries, settle with usage."""
+    t = gov.admit(spec)
+    pending = list(failures)
+
+    def attempt() -> str:
+        if pending:
+            raise pending.pop(0)
+        return "response"
+
+    try:
+        result = gov.run_attempts(t, attempt)
+    except BaseException as exc:
+        gov.settle(t, error=exc, outcome="failure")
+        raise
+    gov.settle(t, usage)
+    return result
+
+
+# ------------------------------------------------------------------ metrics
+def test_every_contract_instrument_has_its_kind_unit_and_attributes(
+        gov: Governor, otel: Otel) -> None:
+    @llm_governor.rate_limited("svc", Priority.HIGH, Decimal("0.02"), model="m1")
+    def ok() -> str:
+        return "ok"
+
+    @llm_governor.rate_limited("svc", model="m1")
+    def broken() -> None:
+        raise ValueError("boom")
+
+    assert ok() == "ok"
+    with pytest.raises(ValueError):
+        broken()
+    sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_output_tokens=50,
+                                cost=Decimal("0.01")),
+                  [failing("server_error")], Usage(input_tokens=12, output_tokens=7))
+
+    metrics = otel.metrics()
+    for name, (kind, unit, keys) in CONTRACT.items():
+        assert name in metrics, f"{name} not emitted"
+        m = metrics[name]
+        assert kind_of(m) == kind, name
+        assert (m.unit or "") == unit, (name, m.unit)
+        assert m.data.data_points, name
+        for p in m.data.data_points:
+            got = set(p.attributes)
+            extra = got - keys
+            assert keys <= got, (name, got)
+            assert extra <= {"error.type"}, (name, extra)
+
+    assert otel.value("llm_governor.requests", service="svc", model="m1", priority="high",
+                      decision="admitted") == 1
+    assert otel.value("llm_governor.calls", service="svc", model="m1", status="ok") == 1
+    errors = [p for p in otel.points("llm_governor.calls") if p.attributes["status"] == "error"]
+    assert [dict(p.attributes) for p in errors] == [
+        {"service": "svc", "model": "m1", "status": "error", "error.type": "ValueError"}]
+    assert otel.value("llm_governor.cost", service="svc", model="m1") == pytest.approx(0.02)
+    assert otel.value("llm_governor.retries", service="openai", reason="server_error") == 1
+    assert otel.value("gen_ai.client.token.usage", **{"gen_ai.token.type": "input"}) == 1
+    usage = {p.attributes["gen_ai.token.type"]: p.sum
+             for p in otel.points("gen_ai.client.token.usage")}
+    assert usage == {"input": 12, "output": 7}
+    duration = otel.points("gen_ai.client.operation.duration")
+    assert {p.attributes["gen_ai.provider.name"] for p in duration} == {"svc", "openai"}
+    assert any(p.attributes.get("error.type") == "ValueError" for p in duration)
+
+
+def test_gauges_read_the_shared_state(gov: Governor, otel: Otel) -> None:
+    @llm_governor.rate_limited("svc", cost=Decimal("0.50"))
+    def spend() -> None:
+        return None
+
+    @llm_governor.rate_limited("svc")
+    def broken() -> None:
+        raise ConnectionError("down")
+
+    spend()
+
+    def gauge(name: str, **attrs: Any) -> float:
+        pts = [p for p in otel.points(name)
+               if all(p.attributes.get(k) == v for k, v in attrs.items())]
+        assert len(pts) == 1, (name, attrs, pts)
+        return float(pts[0].value)
+
+    assert gauge("llm_governor.budget.limit", window="day") == 10.0
+    assert gauge("llm_governor.budget.remaining", window="day") == pytest.approx(9.5)
+    assert gauge("llm_governor.budget.remaining", window="hour") == pytest.approx(4.5)
+    assert gauge("llm_governor.tokens.capacity", service="svc") == 100.0
+    assert 98.0 <= gauge("llm_governor.tokens.available", service="svc") <= 100.0
+    assert gauge("llm_governor.limit.rate", service="svc") == pytest.approx(100.0)
+    assert gauge("llm_governor.queue.size", service="svc") == 0
+    assert gauge("llm_governor.queue.capacity", service="svc") == 200  # development preset
+    assert gauge("llm_governor.circuit.state", service="svc") == 0
+    assert gauge("llm_governor.emergency") == 0
+    # built-in services are always reported, so dashboards show them before any call
+    assert {p.attributes["service"] for p in otel.points("llm_governor.circuit.state")} >= {
+        "openai", "anthropic", "gemini", "deepgram", "svc"}
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            broken()
+    assert gauge("llm_governor.circuit.state", service="svc") == 2  # open
+
+    gov.set_emergency(True)
+    assert gauge("llm_governor.emergency") == 1
+    # the emergency limits are the ones in force
+    assert gauge("llm_governor.tokens.capacity", service="svc") == 1
+    assert gauge("llm_governor.limit.rate", service="svc") == pytest.approx(0.1)
+
+
+def test_ratio_alert_pairs_carry_identical_attributes(gov: Governor, otel: Otel) -> None:
+    """The shipped ratio alerts divide these pairs one-to-one on every label."""
+    @llm_governor.rate_limited("svc")
+    def ok() -> None:
+        return None
+
+    ok()
+    for num, den in (("llm_governor.tokens.available", "llm_governor.tokens.capacity"),
+                     ("llm_governor.queue.size", "llm_governor.queue.capacity"),
+                     ("llm_governor.budget.remaining", "llm_governor.budget.limit")):
+        a = sorted(tuple(sorted(p.attributes.items())) for p in otel.points(num))
+        b = sorted(tuple(sorted(p.attributes.items())) for p in otel.points(den))
+        assert a and a == b, (num, den)
+
+
+def test_each_refusal_is_a_decision_not_a_failed_call(
+        governor_factory: GovFactory, otel: Otel) -> None:
+    gov = governor_factory(
+        {"budget": {"per_day": "1.00"}, "emergency_action": "refuse", "services": {
+            "svc": {**FAST, "failure_threshold": 1, "recovery_timeout": 600},
+            "slow": {"max_tokens": 1, "burst_capacity": 0, "refill_rate": 0.01,
+                     "max_interval": 100, "request_timeout": 0.05},
+            "full": {**FAST, "max_queue_size": 1}}},
+        meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+
+    def run(service: str, cost: str = "0.01") -> None:
+        llm_governor.rate_limited(service, cost=Decimal(cost))(lambda: None)()
+
+    with pytest.raises(llm_governor.BudgetExceededError):
+        run("svc", "2.00")
+    run("slow")
+    with pytest.raises(llm_governor.RateLimitExceededError):
+        run("slow")
+    blocker = Waiter(int(Priority.CRITICAL))
+    assert gov.queue("full").enter(blocker)
+    try:
+        with pytest.raises(llm_governor.QueueFullError):
+            run("full")
+    finally:
+        gov.queue("full").leave(blocker)
+    with pytest.raises(ConnectionError):
+        llm_governor.rate_limited("svc")(lambda: (_ for _ in ()).throw(ConnectionError()))()
+    with pytest.raises(llm_governor.CircuitBreakerOpenError):
+        run("svc")
+    gov.set_emergency(True)
+    with pytest.raises(llm_governor.EmergencyModeError):
+        run("full")
+
+    decisions = {(p.attributes["service"], p.attributes["decision"]): p.value
+                 for p in otel.points("llm_governor.requests")}
+    for key in [("svc", "budget_exceeded"), ("slow", "rate_limited"), ("full", "queue_full"),
+                ("svc", "circuit_open"), ("full", "emergency")]:
+        assert decisions.get(key) == 1, (key, decisions)
+    # llm_governor.calls counts calls that ran: one ok ("slow"), one failed ("svc")
+    calls = {(p.attributes["service"], p.attributes["status"]): p.value
+             for p in otel.points("llm_governor.calls")}
+    assert calls == {("slow", "ok"): 1, ("svc", "error"): 1}
+    refused = [s for s in otel.finished() if s.status.status_code is StatusCode.ERROR
+               and s.attributes.get("error.type") != "ConnectionError"]
+    assert len(refused) == 5
+    for span in refused:
+        events = [e for e in span.events if e.name == "llm_governor.throttle"]
+        assert len(events) == 1, span.name
+        assert events[0].attributes["llm_governor.decision"] != "admitted"
+
+
+def test_metric_attributes_stay_bounded(gov: Governor, otel: Otel) -> None:
+    """No job ids or prompt text on metrics: those live in spans and the JSON export."""
+    @llm_governor.rate_limited("svc", cost=Decimal("0.01"))
+    def ok(prompt: str) -> str:
+        return prompt
+
+    for i in range(5):
+        with llm_governor.job(f"job-{i}-unique"):
+            ok("a secret prompt text")
+    for name, m in otel.metrics().items():
+        for p in m.data.data_points:
+            for value in p.attributes.values():
+                assert "job-" not in str(value) and "prompt" not in str(value), name
+    jobs = {s.attributes.get("llm_governor.job") for s in otel.finished()}
+    assert jobs == {f"job-{i}-unique" for i in range(5)}
+
+
+# ------------------------------------------------------------------ spans
+def test_span_of_a_governed_call(gov: Governor, otel: Otel) -> None:
+    with llm_governor.priority(Priority.HIGH):
+        sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_output_tokens=64,
+                                    cost=Decimal("0.003")),
+                      [], Usage(input_tokens=30, output_tokens=12))
+    (span,) = otel.finished()
+    assert span.name == "chat gpt-4o-mini"
+    assert span.kind is SpanKind.CLIENT
+    assert span.status.status_code is not StatusCode.ERROR
+    a = span.attributes
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini"
+    assert a["gen_ai.request.max_tokens"] == 64
+    assert a["gen_ai.usage.input_tokens"] == 30
+    assert a["gen_ai.usage.output_tokens"] == 12
+    assert a["llm_governor.priority"] == "high"
+    assert a["llm_governor.reserved_usd"] == pytest.approx(0.003)
+    assert a["llm_governor.cost_usd"] > 0
+    assert a["llm_governor.attempts"] == 1
+    assert a["llm_governor.queue_wait_s"] == 0.0
+    assert a["llm_governor.emergency"] is False
+    assert not span.events
+
+
+def test_span_without_model_is_named_by_operation(gov: Governor, otel: Otel) -> None:
+    @llm_governor.rate_limited("svc")
+    def transcribe_batch() -> None:
+        return None
+
+    transcribe_batch()
+    (span,) = otel.finished()
+    assert span.name == "transcribe_batch"
+    assert "gen_ai.request.model" not in span.attributes
+
+
+def test_retry_events_and_attempts(gov: Governor, otel: Otel) -> None:
+    sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_retries=3,
+                                cost=Decimal("0.001")),
+                  [failing("server_error"), failing("rate_limited", "throttled", 0.01)],
+                  Usage(input_tokens=5, output_tokens=5))
+    (span,) = otel.finished()
+    assert span.attributes["llm_governor.attempts"] == 3
+    retries = [e for e in span.events if e.name == "llm_governor.retry"]
+    assert [e.attributes["llm_governor.reason"] for e in retries] == ["server_error",
+                                                                       "rate_limited"]
+    assert [e.attributes["llm_governor.attempt"] for e in retries] == [1, 2]
+    assert retries[1].attributes["llm_governor.wait_s"] == pytest.approx(0.01)
+    assert otel.value("llm_governor.retries", service="openai") == 2
+    # one call, one completed call, whatever the number of attempts
+    assert otel.value("llm_governor.calls", service="openai", status="ok") == 1
+
+
+def test_failed_call_span_has_error_status(gov: Governor, otel: Otel) -> None:
+    with pytest.raises(RuntimeError):
+        sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o", max_retries=1,
+                                    cost=Decimal("0.001")),
+                      [failing("server_error"), failing("server_error")], None)
+    (span,) = otel.finished()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "RuntimeError"
+    assert span.attributes["llm_governor.attempts"] == 2
+    assert span.attributes["llm_governor.cost_usd"] == 0.0
+    # the last failure is not followed by a retry: one retry, not two
+    assert [e.name for e in span.events] == ["llm_governor.retry"]
+    assert otel.value("llm_governor.retries", service="openai") == 1
+    assert otel.value("llm_governor.calls", service="openai", status="error") == 1
+
+
+def test_throttle_event_when_a_call_waits_for_admission(
+        governor_factory: GovFactory, otel: Otel) -> None:
+    governor_factory({"services": {"svc": {"max_tokens": 1, "burst_capacity": 0,
+                                           "refill_rate": 20.0, "min_interval": 0.01,
+                                           "max_cost_per_minute": "100"}}},
+                     meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+
+    @llm_governor.rate_limited("svc", cost=Decimal("0.001"))
+    def ok() -> None:
+        return None
+
+    ok()
+    ok()  # the bucket holds one request: this one waits ~50 ms
+    first, second = otel.finished()
+    assert not [e for e in first.events if e.name == "llm_governor.throttle"]
+    (event,) = [e for e in second.events if e.name == "llm_governor.throttle"]
+    assert event.attributes["llm_governor.decision"] == "admitted"
+    assert 0.01 < event.attributes["llm_governor.queue_wait_s"] < 1.0
+    assert second.attributes["llm_governor.queue_wait_s"] == \
+        event.attributes["llm_governor.queue_wait_s"]
+    waits = otel.points("llm_governor.queue.wait")
+    assert sum(p.count for p in waits) == 2
+    assert sum(p.sum for p in waits) == pytest.approx(
+        event.attributes["llm_governor.queue_wait_s"])
+
+
+def test_queue_wait_is_recorded_once_per_admission(gov: Governor, otel: Otel) -> None:
+    """A retry's re-admission records its own wait, not the call's total again."""
+    t = gov.admit(CallSpec("svc", cost=Decimal("0.001")))
+    t.queue_wait = 0.25  # as if the first admission had waited
+    gov.telemetry.decision(t, "admitted", 0.0)
+    gov.telemetry.decision(t, "admitted", 0.0)  # a re-admission that did not wait
+    gov.settle(t)
+    waits = otel.points("llm_governor.queue.wait")
+    assert sum(p.sum for p in waits) == pytest.approx(0.25)
+    assert sum(p.count for p in waits) == 3
+
+
+def test_without_sdk_providers_it_is_a_no_op(governor_factory: GovFactory) -> None:
+    """Only the OTel API (global no-op providers): calls work, nothing is recorded."""
+    governor_factory({"services": {"svc": FAST}})
+
+    @llm_governor.rate_limited("svc")
+    def ok() -> int:
+        return 1
+
+    assert sum(ok() for _ in range(50)) == 50
+
+
+# ------------------------------------------------------------------ real SDKs
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_INSTRUMENTATION = (ROOT / "llm_governor" / "instrumentation" / "openai.py").exists()
+needs_instrumentation = pytest.mark.skipif(
+    not HAVE_INSTRUMENTATION, reason="llm_governor/instrumentation/openai.py not written yet")
+API_KEY = "sk-test-otel-0123456789abcdef"
+
+
+@pytest.fixture
+def fake() -> Iterator[Any]:
+    from llm_governor.testing import FakeProvider
+
+    with FakeProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def instrumented(otel: Otel) -> Iterator[Governor]:
+    from llm_governor.api import set_governor
+
+    previous = set_governor(None)
+    svc = {**FAST, "failure_threshold": 50}
+    gov = llm_governor.instrument(
+        {"backend": "memory", "services": {"openai": svc, "anthropic": svc}},
+        meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+    try:
+        yield gov
+    finally:
+        llm_governor.uninstrument()
+        set_governor(previous)
+        gov.close()
+
+
+@needs_instrumentation
+def test_openai_sdk_call_emits_the_contract(instrumented: Governor, otel: Otel,
+                                            fake: Any) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key=API_KEY, max_retries=2)
+    fake.fail_next(1, 500)
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", max_tokens=16,
+        messages=[{"role": "user", "content": "Say hi"}])
+    assert reply.usage is not None
+    spans = [s for s in otel.finished() if s.name == "chat gpt-4o-mini"]
+    assert len(spans) == 1, [s.name for s in otel.finished()]
+    span = spans[0]
+    assert span.kind is SpanKind.CLIENT
+    a = span.attributes
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini"
+    assert a["gen_ai.usage.input_tokens"] == reply.usage.prompt_tokens
+    assert a["gen_ai.usage.output_tokens"] == reply.usage.completion_tokens
+    assert a["llm_governor.attempts"] == 2
+    assert a["llm_governor.cost_usd"] > 0
+    assert a["llm_governor.reserved_usd"] >= a["llm_governor.cost_usd"]
+    assert [e.name for e in span.events].count("llm_governor.retry") == 1
+    assert otel.value("llm_governor.requests", service="openai", model="gpt-4o-mini",
+                      decision="admitted") >= 1
+    assert otel.value("llm_governor.calls", service="openai", status="ok") == 1
+    assert otel.value("llm_governor.retries", service="openai") == 1
+    assert otel.value("llm_governor.cost", service="openai", model="gpt-4o-mini") > 0
+    tokens = {p.attributes["gen_ai.token.type"]: p.sum
+              for p in otel.points("gen_ai.client.token.usage")
+              if p.attributes["gen_ai.provider.name"] == "openai"}
+    assert tokens == {"input": reply.usage.prompt_tokens,
+                      "output": reply.usage.completion_tokens}
+    assert fake.ledger.count_by_status("openai") == {500: 1, 200: 1}
+
+
+@needs_instrumentation
+def test_anthropic_sdk_call_emits_the_contract(instrumented: Governor, otel: Otel,
+                                               fake: Any) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key=API_KEY)
+    model = "claude-3-5-haiku-latest"
+    reply = client.messages.create(model=model, max_tokens=32,
+                                   messages=[{"role": "user", "content": "Say hi"}])
+    spans = [s for s in otel.finished() if s.attributes.get("gen_ai.provider.name")
+             == "anthropic"]
+    assert len(spans) == 1
+    span = spans[0]
+    assert span.name == f"chat {model}"
+    assert span.kind is SpanKind.CLIENT
+    assert span.attributes["gen_ai.usage.input_tokens"] == reply.usage.input_tokens
+    assert span.attributes["gen_ai.usage.output_tokens"] == reply.usage.output_tokens
+    assert span.attributes["gen_ai.request.max_tokens"] == 32
+    assert otel.value("llm_governor.calls", service="anthropic", status="ok") == 1
+
+
+@needs_instrumentation
+def test_sdk_rejection_is_a_throttle_event(governor_factory: GovFactory, otel: Otel,
+                                           fake: Any) -> None:
+    openai = pytest.importorskip("openai")
+    from llm_governor.api import set_governor
+
+    previous = set_governor(None)
+    gov = llm_governor.instrument(
+        {"backend": "memory", "budget": {"per_day": "0.0000001"},
+         "services": {"openai": FAST}},
+        meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+    try:
+        client = openai.OpenAI(base_url=fake.openai_base_url, api_key=API_KEY)
+        with pytest.raises(llm_governor.BudgetExceededError):
+            client.chat.completions.create(model="gpt-4o", max_tokens=500,
+                                           messages=[{"role": "user", "content": "x"}])
+    finally:
+        llm_governor.uninstrument()
+        set_governor(previous)
+        gov.close()
+    (span,) = [s for s in otel.finished() if s.name == "chat gpt-4o"]
+    (event,) = [e for e in span.events if e.name == "llm_governor.throttle"]
+    assert event.attributes["llm_governor.decision"] == "budget_exceeded"
+    assert otel.value("llm_governor.requests", decision="budget_exceeded") == 1
+    assert otel.value("llm_governor.calls", service="openai") == 0
+
