@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
@@ -27,7 +27,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     Retrying,
-    retry_if_exception,
     stop_after_attempt,
 )
 
@@ -268,7 +267,6 @@ class Governor:
             d = self.backend.admit(req, lease, ttl)
             if d.admitted:
                 self._after_decision(t, d, reserve)
-                self._maybe_publish()
                 return
             if d.outcome != "rate_limited":
                 self._after_decision(t, d, reserve)
@@ -330,7 +328,6 @@ class Governor:
             d = await self._backend_admit(req, lease, ttl)
             if d.admitted:
                 self._after_decision(t, d, reserve)
-                self._maybe_publish()
                 return
             if d.outcome != "rate_limited":
                 self._after_decision(t, d, reserve)
@@ -364,8 +361,13 @@ class Governor:
             q.leave(w)
 
     # ---------------------------------------------------------------- retries
-    def _should_retry(self, t: Ticket, exc: BaseException) -> bool:
-        """Observe a failed attempt and decide whether another one is worth it."""
+    def _should_retry(self, t: Ticket, exc: BaseException, last: bool) -> bool:
+        """Observe a failed attempt and decide whether another one is worth it.
+
+        Every classified failure is observed (breaker, adaptive rate); only a
+        retry that will really happen (``last`` False) takes from the retry
+        budget and is reported.
+        """
         failure: AttemptFailure | None = getattr(exc, FAILURE_ATTR, None)
         if failure is None or isinstance(exc, GovernorError):
             return False
@@ -375,12 +377,9 @@ class Governor:
             "throttled" if failure.kind == "throttled" else "neutral")
         provider = failure.provider
         if failure.kind == "throttled" and failure.retry_after is not None:
-            provider = provider or ProviderLimits()
-            provider = ProviderLimits(**{**{f: getattr(provider, f) for f in
-                                            provider.__dataclass_fields__},
-                                         "retry_after": failure.retry_after})
+            provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
         self.backend.observe(t.service, t.limits, Observation(outcome, provider))
-        if failure.kind == "fatal":
+        if failure.kind == "fatal" or last:
             return False
         if not self.retry_budget(t.service).try_retry(time.monotonic()):
             logger.warning("RATE_LIMIT retry budget of %s exhausted: not retrying %s",
@@ -396,39 +395,67 @@ class Governor:
             t.spec.max_retries if t.spec.max_retries is not None else 2)
         return retries + 1
 
+    def _retry_policy(self, t: Ticket) -> dict[str, Any]:
+        """The tenacity strategies of one call's retries."""
+        attempts = self.max_attempts(t)
+
+        def retry(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            return exc is not None and self._should_retry(t, exc,
+                                                          state.attempt_number >= attempts)
+
+        return {"stop": stop_after_attempt(attempts),
+                "wait": wait_provider(FAILURE_ATTR, maximum=self.config.retry.max_wait),
+                "retry": retry, "reraise": True}
+
     def run_attempts(self, t: Ticket, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` with the governor's retries; each retry is re-admitted."""
+        """Run ``attempt`` with the governor's retries; each retry is re-admitted.
+
+        The first attempt runs bare: tenacity is built only once an attempt has
+        failed with a classified error (its first step replays that error), so
+        the common, successful call pays nothing for the retry machinery.
+        """
         self.retry_budget(t.service).record_call(time.monotonic())
+        try:
+            return attempt()
+        except Exception as exc:
+            if getattr(exc, FAILURE_ATTR, None) is None or isinstance(exc, GovernorError):
+                raise
+            failed: list[BaseException] = [exc]
+
+        def replay_then_attempt() -> T:
+            if failed:
+                raise failed.pop()
+            return attempt()
 
         def before(state: RetryCallState) -> None:
             if state.attempt_number > 1:
                 t.attempts = state.attempt_number
                 self.readmit(t)
 
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts(t)),
-            wait=wait_provider(FAILURE_ATTR, maximum=self.config.retry.max_wait),
-            retry=retry_if_exception(lambda e: self._should_retry(t, e)),
-            before=before, reraise=True,
-        )
-        return retrying(attempt)
+        return Retrying(before=before, **self._retry_policy(t))(replay_then_attempt)
 
     async def arun_attempts(self, t: Ticket, attempt: Callable[[], Awaitable[T]]) -> T:
         """:meth:`run_attempts` for coroutines."""
         self.retry_budget(t.service).record_call(time.monotonic())
+        try:
+            return await attempt()
+        except Exception as exc:
+            if getattr(exc, FAILURE_ATTR, None) is None or isinstance(exc, GovernorError):
+                raise
+            failed: list[BaseException] = [exc]
+
+        async def replay_then_attempt() -> T:
+            if failed:
+                raise failed.pop()
+            return await attempt()
 
         async def before(state: RetryCallState) -> None:
             if state.attempt_number > 1:
                 t.attempts = state.attempt_number
                 await self.areadmit(t)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts(t)),
-            wait=wait_provider(FAILURE_ATTR, maximum=self.config.retry.max_wait),
-            retry=retry_if_exception(lambda e: self._should_retry(t, e)),
-            before=before, reraise=True,
-        )
-        return await retrying(attempt)
+        return await AsyncRetrying(before=before, **self._retry_policy(t))(replay_then_attempt)
 
     # ------------------------------------------------------------- settlement
     def settle(
@@ -469,6 +496,7 @@ class Governor:
             if t.cfg.max_concurrency:
                 self.queue(t.service).wake_head()
             self.telemetry.end_call(t, status, error_type, usage, cost)
+        self._maybe_publish()
         return cost
 
     async def asettle(self, t: Ticket, usage: Usage | None = None, **kw: Any) -> Decimal:

@@ -170,6 +170,10 @@ class TransactionalBackend(Backend):
     @abc.abstractmethod
     def transaction(self) -> AbstractContextManager[Txn]: ...
 
+    def read(self) -> AbstractContextManager[Txn]:
+        """A consistent snapshot for status reads; a backend may make it cheaper than a write."""
+        return self.transaction()
+
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         with self.transaction() as tx:
             now = self._clock()
@@ -228,18 +232,18 @@ class TransactionalBackend(Backend):
             tx.incr(f"requests|{service}|{decision}", 1)
 
     def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
-        with self.transaction() as tx:
+        with self.read() as tx:
             now = self._clock()
             leases = tx.leases(now)
             spends = {w: budget.roll(s, w, now) for w, s in tx.spends().items()}
             return spends, sum((le.amount for le in leases), _ZERO), len(leases)
 
     def in_flight(self, service: str) -> int:
-        with self.transaction() as tx:
+        with self.read() as tx:
             return sum(1 for le in tx.leases(self._clock()) if le.service == service)
 
     def service_state(self, service: str) -> ServiceState:
-        with self.transaction() as tx:
+        with self.read() as tx:
             return tx.service(service)
 
 

@@ -47,9 +47,10 @@ def prepare_path(path: Path) -> None:
 
 
 class _SQLiteTxn(Txn):
-    def __init__(self, conn: sqlite3.Connection, namespace: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, namespace: str, readonly: bool = False) -> None:
         self._c = conn
         self._ns = namespace
+        self._readonly = readonly
 
     def service(self, name: str) -> ServiceState:
         row = self._c.execute("SELECT state FROM services WHERE name=?",
@@ -70,14 +71,15 @@ class _SQLiteTxn(Txn):
                         (f"{self._ns}|spends", dump_spends(spends)))
 
     def leases(self, now: float) -> list[Lease]:
-        self._c.execute("DELETE FROM leases WHERE expires <= ?", (now,))
+        if not self._readonly:
+            self._c.execute("DELETE FROM leases WHERE expires <= ?", (now,))
         prefix = f"{self._ns}|"
         return [
             Lease(i, s.removeprefix(prefix), Decimal(a), e)
             for i, s, a, e in self._c.execute(
                 "SELECT id, service, amount, expires FROM leases"
-                " WHERE service >= ? AND service < ?",
-                (prefix, f"{self._ns}}}"),
+                " WHERE service >= ? AND service < ? AND expires > ?",
+                (prefix, f"{self._ns}}}", now),
             )
         ]
 
@@ -153,6 +155,16 @@ class SQLiteBackend(TransactionalBackend):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A deferred (shared-lock) transaction: status reads never queue behind admissions."""
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            yield _SQLiteTxn(conn, self.namespace, readonly=True)
+        finally:
+            conn.execute("COMMIT")
 
     def _kv(self, key: str) -> str | None:
         row = self._connect().execute("SELECT value FROM kv WHERE key=?",

@@ -133,10 +133,6 @@ class Telemetry:
             logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
 
     def retry(self, t: Ticket, reason: str, wait: float | None) -> None:
-        # tenacity asks the retry predicate before its stop condition, so this is
-        # also called after the last allowed attempt: no retry follows then.
-        if t.attempts >= self._gov.max_attempts(t):
-            return
         self.retries.add(1, {"service": t.service, "reason": reason})
         if t.span is not None:
             t.span.add_event("llm_governor.retry", {
