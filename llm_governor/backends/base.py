@@ -177,9 +177,10 @@ class TransactionalBackend(Backend):
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         with self.transaction() as tx:
             now = self._clock()
-            need_leases = req.reserve and (self.budget_limits or req.limits.max_concurrency
-                                           or req.emergency_limits.max_concurrency)
-            if need_leases and (leases := tx.leases(now)):
+            emergency = tx.emergency()
+            lim = req.emergency_limits if emergency else req.limits
+            if req.reserve and (self.budget_limits or lim.max_concurrency) \
+                    and (leases := tx.leases(now)):
                 reserved = sum((le.amount for le in leases), _ZERO)
                 in_flight = sum(1 for le in leases if le.service == req.service)
             else:
@@ -188,7 +189,7 @@ class TransactionalBackend(Backend):
             spends = tx.spends() if self.budget_limits else {}
             decision, new_state = admission.decide(
                 state, spends, self.budget_limits, reserved, in_flight, req, now,
-                emergency=tx.emergency(),
+                emergency=emergency,
             )
             if decision.admitted:
                 if new_state is not state:
