@@ -59,7 +59,15 @@ def _sqlite(tmp: Path, budget_limits: dict[str, Decimal] | None = None,
     return SQLiteBackend(tmp / "state" / "governor.db", budget_limits or {}, clock)
 
 
-BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {"memory": _memory, "sqlite": _sqlite}
+def _redis(tmp: Path, budget_limits: dict[str, Decimal] | None = None,
+           clock: Callable[[], float] | None = None) -> Backend:
+    from tests._redis_server import redis_backend  # skips (fails in CI) without redis-server
+
+    return redis_backend(tmp, budget_limits)  # server clock: uses_server_clock is True
+
+
+BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {"memory": _memory, "sqlite": _sqlite,
+                                                        "redis": _redis}
 
 
 @pytest.fixture(params=sorted(BACKEND_FACTORIES))

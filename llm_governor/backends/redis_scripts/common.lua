@@ -1,0 +1,294 @@
+-- Prelude of every llm-governor Redis script: a line-by-line port of the pure
+-- policies in llm_governor/policies (rate.py, budget.py, breaker.py,
+-- adaptive.py, admission.py). Keep the two in step: tests/backends/
+-- test_differential.py demands identical decisions from both.
+--
+-- Numbers: floats cross the boundary as shortest-repr (Python) or '%.17g'
+-- (Lua) strings, so both sides compute on the same IEEE doubles in the same
+-- order and get the same bits. Money is integer nano-dollars (exact in a
+-- double up to 2^53, about 9 million USD). $NAME placeholders are filled in
+-- from the Python constants when the script is loaded.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local EPS = $EPS
+local SUCCESS_RUN = $SUCCESS_RUN
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- The server's clock; a non-empty override is used only by tests.
+local function clock(override)
+  if override ~= '' then return tonumber(override) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- budget.window_start: Python's exact float floor division, then times length.
+local function window_start(length, now)
+  local q = math.floor(now / length)
+  if q * length > now then q = q - 1 end
+  return q * length
+end
+
+local function numbers(text)
+  local out = {}
+  for tok in string.gmatch(text, '%S+') do out[#out + 1] = tonumber(tok) end
+  return out
+end
+
+-- Limits: one argument, ten numbers (see _limits_arg in redis.py).
+local function read_limits(text)
+  local v = numbers(text)
+  return {
+    capacity = v[1], floor = v[2], ceiling = v[3], multiplier = v[4], tpm = v[5], cpm = v[6],
+    max_conc = v[7], fth = v[8], sth = v[9], recovery = v[10],
+  }
+end
+
+-- Budget windows: one argument, "name limit_nanos length_s" per window.
+local function read_windows(text)
+  local ws = {}
+  for name, limit, length in string.gmatch(text, '(%S+) (%S+) (%S+)') do
+    ws[#ws + 1] = {name = name, limit = tonumber(limit), length = tonumber(length)}
+  end
+  return ws
+end
+
+-- ServiceState, space-separated in _codec order (see RedisBackend._load_state).
+local FIELDS = {'req_tat', 'tok_tat', 'cost_tat', 'b_state', 'b_fail', 'b_succ', 'opened_at',
+  'a_rate', 'a_succ', 'req_cap', 'tok_cap', 'cap_until', 'blocked_until', 'minute', 'ok',
+  'failed', 'prev_ok', 'prev_failed'}
+
+local function load_state(raw)
+  local s = {}
+  if raw then
+    local i = 1
+    for tok in string.gmatch(raw, '%S+') do
+      local f = FIELDS[i]
+      if f == 'b_state' then s[f] = tok else s[f] = tonumber(tok) end
+      i = i + 1
+    end
+  else
+    for _, f in ipairs(FIELDS) do s[f] = 0 end
+    s.b_state = 'closed'
+  end
+  return s
+end
+
+local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 14)
+
+local function dump_state(s)
+  return string.format(STATE_FORMAT, s.req_tat, s.tok_tat, s.cost_tat, s.b_state, s.b_fail,
+    s.b_succ, s.opened_at, s.a_rate, s.a_succ, s.req_cap, s.tok_cap, s.cap_until,
+    s.blocked_until, s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed)
+end
+
+-- budget.py ---------------------------------------------------------------
+local function load_spends(key, ws)
+  local spends = {}
+  if #ws == 0 then return spends end
+  local names = {}
+  for k, w in ipairs(ws) do names[k] = w.name end
+  local raw = redis.call('HMGET', key, unpack(names))
+  for k, w in ipairs(ws) do
+    if raw[k] then
+      local start, spent = string.match(raw[k], '^(%S+) (%S+)$')
+      spends[w.name] = {tonumber(start), tonumber(spent)}
+    end
+  end
+  return spends
+end
+
+-- budget.roll: (start, spent) of the window instance containing now.
+local function rolled(spends, w, now)
+  local start = window_start(w.length, now)
+  local sp = spends[w.name]
+  if sp and sp[1] == start then return start, sp[2] end
+  return start, 0
+end
+
+local function remaining(spends, ws, reserved, now)
+  local best
+  for _, w in ipairs(ws) do
+    local _, spent = rolled(spends, w, now)
+    local left = w.limit - spent - reserved
+    if best == nil or left < best then best = left end
+  end
+  return best
+end
+
+-- budget.check: ok, remaining (refusals only), refusing window, seconds to reset.
+local function budget_check(spends, ws, reserved, amount, now)
+  for _, w in ipairs(ws) do
+    local start, spent = rolled(spends, w, now)
+    local left = w.limit - spent - reserved
+    if amount > left then
+      local tightest = remaining(spends, ws, reserved, now)
+      if 0 > tightest then tightest = 0 end
+      return false, tightest, w.name, start + w.length - now
+    end
+  end
+  return true
+end
+
+local function pacing_factor(spends, ws, now)
+  for _, w in ipairs(ws) do
+    if w.name == 'day' then
+      if w.limit == 0 then return 1.0 end
+      local _, spent = rolled(spends, w, now)
+      local fraction = (w.limit - spent) / w.limit
+      if fraction >= 0.5 then return 1.0 end
+      return math.max(0.05, fraction / 0.5)
+    end
+  end
+  return 1.0
+end
+
+-- Live leases: reserved nanos in total and calls in flight for service;
+-- expired leases are dropped on the way. Value: "expires nanos service".
+local function scan_leases(key, now, service)
+  local raw = redis.call('HGETALL', key)
+  local reserved, count = 0, 0
+  for k = 1, #raw, 2 do
+    local expires, amount, svc = string.match(raw[k + 1], '^(%S+) (%S+) (.*)$')
+    if tonumber(expires) <= now then
+      redis.call('HDEL', key, raw[k])
+    else
+      reserved = reserved + tonumber(amount)
+      if svc == service then count = count + 1 end
+    end
+  end
+  return reserved, count
+end
+
+-- rate.py -----------------------------------------------------------------
+local function headroom(capacity, cost, share)
+  return math.max(0.0, math.min(capacity * share, capacity - cost))
+end
+
+local function gcra(tat, now, cost, rate, capacity, reserve)
+  if cost > capacity then cost = capacity end
+  local base = now
+  if tat > now then base = tat end
+  local new_tat = base + cost / rate
+  local allow_at = new_tat - (capacity - reserve) / rate
+  if allow_at <= now + EPS then return true, new_tat, 0.0 end
+  return false, tat, allow_at - now
+end
+
+-- adaptive.py -------------------------------------------------------------
+local function effective_rates(s, now, floor, ceiling, token_rate)
+  local rate = ceiling
+  if s.a_rate > 0 then rate = s.a_rate end
+  local tokens = token_rate
+  if now < s.cap_until then
+    if s.req_cap > 0 then rate = math.min(rate, math.max(s.req_cap, floor)) end
+    if s.tok_cap > 0 and tokens > 0 then tokens = math.min(tokens, s.tok_cap) end
+  end
+  local blocked = 0.0
+  if s.blocked_until > now then blocked = s.blocked_until - now end
+  return math.max(math.min(rate, ceiling), floor), tokens, blocked
+end
+
+local function on_throttled(s, now, lim, retry_after)
+  local current = lim.ceiling
+  if s.a_rate > 0 then current = s.a_rate end
+  if retry_after ~= nil and retry_after ~= 0 then
+    s.blocked_until = math.max(s.blocked_until, now + retry_after)
+  end
+  s.a_rate = math.max(lim.floor, current / lim.multiplier)
+  s.a_succ = 0
+end
+
+local function on_success(s, lim)
+  if s.a_rate <= 0 or s.a_rate >= lim.ceiling then
+    s.a_succ = 0
+  elseif s.a_succ + 1 < SUCCESS_RUN then
+    s.a_succ = s.a_succ + 1
+  else
+    s.a_rate = math.min(lim.ceiling, s.a_rate + lim.ceiling / 10)
+    s.a_succ = 0
+  end
+end
+
+local function positive(x) return x ~= nil and x == x and x >= 0 end
+
+-- adaptive.provider_rate: the provider's refill rate per second, or nil.
+local function provider_rate(limit, remaining, reset)
+  if not positive(remaining) or reset == nil or not (reset > 0) then return nil end
+  if positive(limit) and limit ~= 0 then return limit / reset end
+  return math.max(remaining, 1.0) / reset
+end
+
+local function on_provider_limits(s, p, now)
+  local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
+  if req_rate ~= nil then
+    s.req_cap = req_rate
+    s.cap_until = math.max(s.cap_until, now + p.reset_requests)
+    if p.remaining_requests < 1 then
+      s.blocked_until = math.max(s.blocked_until, now + 1.0 / req_rate)
+    end
+  end
+  local tok_rate = provider_rate(p.limit_tokens, p.remaining_tokens, p.reset_tokens)
+  if tok_rate ~= nil then
+    s.tok_cap = tok_rate
+    s.cap_until = math.max(s.cap_until, now + p.reset_tokens)
+  end
+end
+
+-- breaker.py --------------------------------------------------------------
+local function breaker_reset(s)
+  s.b_state, s.b_fail, s.b_succ, s.opened_at = 'closed', 0, 0, 0.0
+end
+
+local function breaker_record(s, success, now, lim)
+  if success then
+    if s.b_state == 'half_open' then
+      if s.b_succ + 1 >= lim.sth then breaker_reset(s) else s.b_succ = s.b_succ + 1 end
+    elseif s.b_state ~= 'open' and s.b_fail ~= 0 then
+      breaker_reset(s)
+    end
+  elseif s.b_state == 'half_open' then
+    s.b_state, s.b_fail, s.b_succ, s.opened_at = 'open', lim.fth, 0, now
+  elseif s.b_state ~= 'open' then
+    local failures = s.b_fail + 1
+    if failures >= lim.fth then
+      s.b_state, s.b_fail, s.b_succ, s.opened_at = 'open', failures, 0, now
+    else
+      s.b_fail = failures
+    end
+  end
+end
+
+-- admission.observe: outcome, provider limits (7 numbers, '-' for none) and
+-- limits, one argument each. Changes the state in place and returns it.
+local function observe(s, outcome, provider, limits, now)
+  local v = {}
+  local k = 0
+  for tok in string.gmatch(provider, '%S+') do k = k + 1; v[k] = tonumber(tok) end
+  local p = {
+    limit_requests = v[1], remaining_requests = v[2], reset_requests = v[3],
+    limit_tokens = v[4], remaining_tokens = v[5], reset_tokens = v[6], retry_after = v[7],
+  }
+  local lim = read_limits(limits)
+  local minute = window_start(60, now)
+  if minute ~= s.minute then
+    if minute - s.minute == 60.0 then
+      s.prev_ok, s.prev_failed = s.ok, s.failed
+    else
+      s.prev_ok, s.prev_failed = 0, 0
+    end
+    s.minute, s.ok, s.failed = minute, 0, 0
+  end
+  if outcome == 'success' then
+    s.ok = s.ok + 1
+    breaker_record(s, true, now, lim)
+    on_success(s, lim)
+  elseif outcome == 'failure' then
+    s.failed = s.failed + 1
+    breaker_record(s, false, now, lim)
+  elseif outcome == 'throttled' then
+    on_throttled(s, now, lim, p.retry_after)
+  end
+  on_provider_limits(s, p, now)
+  return s
+end

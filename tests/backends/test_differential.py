@@ -1,0 +1,166 @@
+"""The Redis Lua scripts against the Python policies: random operation sequences on
+MemoryBackend and RedisBackend, the same fake clock, identical results demanded.
+
+Decisions (retry-after floats bit for bit, remaining money as Decimal),
+service states, budgets, leases and counters must all agree. The Redis side
+takes its time from the scripts' test-only clock override.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from llm_governor.backends import MemoryBackend
+from llm_governor.backends.base import Backend, CallRecord
+from llm_governor.policies import adaptive
+from llm_governor.policies.adaptive import ProviderLimits
+from llm_governor.policies.admission import AdmitRequest, Limits, Observation
+from tests._redis_server import RedisServer, shared_server
+from tests.conftest import FakeClock
+
+SERVICES = ("openai", "anthropic")
+
+
+@pytest.fixture(scope="module")
+def server() -> RedisServer:
+    return shared_server()
+
+
+def money(max_nanos: int) -> st.SearchStrategy[Decimal]:
+    """USD amounts with at most 9 decimal places, round ones more likely."""
+    return st.one_of(
+        st.sampled_from([Decimal(0), Decimal("0.01"), Decimal("0.03"), Decimal("0.1")]),
+        st.integers(0, max_nanos).map(lambda n: Decimal(n).scaleb(-9)),
+    )
+
+
+@st.composite
+def limits(draw: st.DrawFn) -> Limits:
+    refill = draw(st.sampled_from([0.2, 1.0, 3.0, 500.0]))
+    floor, ceiling = adaptive.bounds(refill, draw(st.sampled_from([0.001, 0.1, 0.5])),
+                                     draw(st.sampled_from([2.0, 5.0, 30.0])))
+    cpm = draw(st.sampled_from([Decimal("0.05"), Decimal("0.3"), Decimal("2.5")]))
+    return Limits(
+        capacity=float(draw(st.sampled_from([1, 2, 3, 5, 10, 50]))), refill_rate=refill,
+        rate_floor=floor, rate_ceiling=ceiling,
+        backoff_multiplier=draw(st.sampled_from([1.5, 2.0])),
+        tokens_per_minute=draw(st.sampled_from([0.0, 500.0, 30000.0])),
+        cost_per_minute=cpm, cost_per_minute_f=float(cpm),
+        max_concurrency=draw(st.integers(0, 3)), failure_threshold=draw(st.integers(1, 3)),
+        success_threshold=draw(st.integers(1, 3)),
+        recovery_timeout=draw(st.sampled_from([0.5, 5.0, 60.0])),
+    )
+
+
+opt_float = st.one_of(st.none(), st.floats(-5, 200, allow_nan=False),
+                      st.sampled_from([0.0, 1.0, 0.5]))
+providers = st.one_of(st.none(), st.builds(
+    ProviderLimits, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float))
+observations = st.builds(
+    Observation, st.sampled_from(["success", "failure", "throttled", "neutral"]), providers)
+
+ops = st.one_of(
+    st.tuples(st.just("admit"), st.sampled_from(SERVICES), st.integers(0, 5),
+              st.sampled_from([0.0, 1.0, 150.0, 800.0]), money(150_000_000), st.booleans(),
+              st.sampled_from([True, True, False]), st.booleans(), st.sampled_from([0.5, 30.0]),
+              st.integers(1, 6)),
+    st.tuples(st.just("settle"), st.integers(0, 9), money(150_000_000),
+              st.one_of(st.none(), observations), st.sampled_from([None, "job-a"]),
+              st.integers(1, 3), st.sampled_from(["ok", "error"])),
+    st.tuples(st.just("observe"), st.sampled_from(SERVICES), observations, st.integers(1, 12)),
+    st.tuples(st.just("emergency"), st.booleans()),
+    st.tuples(st.just("advance"),
+              st.sampled_from([0.0, 1e-6, 0.05, 0.3, 1.0, 2.5, 7.0, 59.999, 61.0, 3600.5])),
+    # land exactly on a boundary: the last retry-after, or the last lease's expiry
+    st.tuples(st.just("wait")),
+    st.tuples(st.just("expire")),
+)
+
+budgets = st.dictionaries(
+    st.sampled_from(["minute", "hour", "day"]),
+    st.one_of(st.sampled_from([Decimal("0.05"), Decimal("0.1"), Decimal("0.25")]),
+              st.integers(1, 600_000_000).map(lambda n: Decimal(n).scaleb(-9))), max_size=3)
+
+
+@pytest.fixture
+def pair(server: RedisServer, tmp_path: Path) -> Iterator[Any]:
+    from llm_governor.backends.redis import RedisBackend
+
+    made: list[Backend] = []
+    n = itertools.count()
+
+    def make(budget: dict[str, Decimal], clock: FakeClock) -> tuple[Backend, RedisBackend]:
+        mem = MemoryBackend(budget, clock)
+        red = RedisBackend(server.url, budget, namespace=f"diff-{tmp_path.name}-{next(n)}",
+                           clock=clock)
+        made.extend((mem, red))
+        return mem, red
+
+    yield make
+    for b in made:
+        b.reset()
+        b.close()
+
+
+def _state(b: Backend) -> tuple[Any, ...]:
+    return (tuple(b.service_state(s) for s in SERVICES), b.budget_status(),
+            tuple(b.in_flight(s) for s in SERVICES), b.counters(), b.emergency())
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(budget=budgets, lim=limits(), emergency_lim=limits(),
+       start=st.floats(1_800_000_000.0, 1_800_086_400.0),
+       steps=st.lists(ops, min_size=10, max_size=60))
+def test_redis_scripts_decide_exactly_like_the_python_policies(
+    pair: Any, budget: dict[str, Decimal], lim: Limits,
+    emergency_lim: Limits, start: float, steps: list[tuple[Any, ...]],
+) -> None:
+    clock = FakeClock(start)
+    mem, red = pair(budget, clock)
+    leases: list[str] = []
+    retry_after, expiry = 0.0, 0.0
+    for i, op in enumerate(steps):
+        kind = op[0]
+        if kind == "admit":
+            _, service, prio, tokens, cost, reserve, use_lease, refuse, ttl, repeat = op
+            req = AdmitRequest(service, prio, tokens, cost, lim, emergency_lim,
+                               reserve=reserve, refuse_in_emergency=refuse)
+            for k in range(repeat):
+                lease = f"lease-{i}-{k}" if use_lease and reserve else None
+                got = [b.admit(req, lease, ttl) for b in (mem, red)]
+                assert got[0] == got[1], f"step {i}.{k}: {op}"
+                event(got[0].outcome)
+                retry_after = got[0].retry_after or retry_after
+                if got[0].admitted and lease:
+                    leases.append(lease)
+                    expiry = clock.now + ttl
+        elif kind == "settle":
+            _, pick, cost, obs, job, attempts, status = op
+            lease = leases.pop(pick % len(leases)) if leases and pick < 8 else None
+            rec = CallRecord(SERVICES[pick % 2], "model-x", job, cost, status, None, attempts)
+            for b in (mem, red):
+                b.settle(lease, lim, obs, rec)
+        elif kind == "observe":
+            for _ in range(op[3]):
+                for b in (mem, red):
+                    b.observe(op[1], lim, op[2])
+        elif kind == "emergency":
+            for b in (mem, red):
+                b.set_emergency(op[1])
+        elif kind == "advance":
+            clock.advance(op[1])
+        elif kind == "wait":
+            clock.advance(retry_after)
+        else:
+            clock.now = max(clock.now, expiry)
+        assert _state(mem) == _state(red), f"after step {i}: {op}"
+    assert not red.degraded
