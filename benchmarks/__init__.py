@@ -1,0 +1,1 @@
+"""Reproducible benchmarks against peers; ``python -m benchmarks`` writes BENCHMARKS.md."""
