@@ -63,7 +63,9 @@ def _redis(tmp: Path, budget_limits: dict[str, Decimal] | None = None,
            clock: Callable[[], float] | None = None) -> Backend:
     from tests._redis_server import redis_backend  # skips (fails in CI) without redis-server
 
-    return redis_backend(tmp, budget_limits)  # server clock: uses_server_clock is True
+    # An injected clock replaces the server's TIME (a test-only argument of the
+    # scripts), so the exact-clock contract cases run on Redis too.
+    return redis_backend(tmp, budget_limits, clock=clock)
 
 
 BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {"memory": _memory, "sqlite": _sqlite,
