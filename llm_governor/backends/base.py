@@ -163,6 +163,7 @@ class TransactionalBackend(Backend):
     def __init__(self, budget_limits: dict[str, Decimal], clock: Clock | None = None) -> None:
         self.budget_limits = dict(budget_limits)
         self._clock = clock or time.time
+        self._decision_keys: dict[tuple[str, str], str] = {}  # counter keys, built once
 
     def now(self) -> float:
         return self._clock()
@@ -196,7 +197,11 @@ class TransactionalBackend(Backend):
                     tx.put_service(req.service, new_state)
                 if lease_id is not None:
                     tx.add_lease(Lease(lease_id, req.service, req.cost, now + ttl))
-            tx.incr(f"requests|{req.service}|{decision.outcome}", 1)
+            key = self._decision_keys.get((req.service, decision.outcome))
+            if key is None:
+                key = self._decision_keys[(req.service, decision.outcome)] = \
+                    f"requests|{req.service}|{decision.outcome}"
+            tx.incr(key, 1)
             return decision
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:

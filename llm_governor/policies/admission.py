@@ -69,10 +69,10 @@ class AdmitRequest:
     emergency_limits: Limits
     reserve: bool = True  # False for a retry attempt: buckets only, no budget, no slot
     refuse_in_emergency: bool = False
+    cost_f: float = field(init=False)  # ``cost`` as a float, for the bucket arithmetic
 
-    @property
-    def cost_f(self) -> float:
-        return float(self.cost)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cost_f", float(self.cost))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,9 @@ class Observation:
     provider: ProviderLimits | None = None
 
 
+_ADMITTED = (Decision(True, "admitted"), Decision(True, "admitted", emergency=True))
+
+
 def decide(
     s: ServiceState,
     spends: dict[str, budget.WindowSpend],
@@ -110,52 +113,57 @@ def decide(
         lim = req.emergency_limits
     else:
         lim = req.limits
-    allowed, new_breaker, wait = breaker.allow(s.breaker, now, lim.recovery_timeout)
-    if not allowed:
-        return Decision(False, "circuit_open", wait, emergency=emergency), s
+    new_breaker = s.breaker
+    if new_breaker.state == breaker.OPEN:
+        allowed, new_breaker, wait = breaker.allow(new_breaker, now, lim.recovery_timeout)
+        if not allowed:
+            return Decision(False, "circuit_open", wait, emergency=emergency), s
     if req.reserve and budget_limits:
         ok, left, window, reset = budget.check(spends, budget_limits, reserved, req.cost, now)
         if not ok:
             return Decision(False, "budget_exceeded", reset, left, window, emergency), s
-    waits: list[float] = []
+    # The hot path below avoids allocations: the longest wait so far, -1 = none.
+    longest = -1.0
     if req.reserve and lim.max_concurrency and in_flight >= lim.max_concurrency:
-        waits.append(0.05)  # a slot frees on some settle; poll briefly
-    req_rate, tok_rate, blocked = adaptive.effective_rates(
-        s.adaptive, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0
-    )
-    if blocked > 0:
-        waits.append(blocked)
-    ok_r, req_tat, w = rate.gcra(
-        s.req_tat, now, 1.0, req_rate, lim.capacity,
-        rate.headroom(lim.capacity - 1.0, 0.0, req.priority) if req.priority else 0.0,
-    )
+        longest = 0.05  # a slot frees on some settle; poll briefly
+    a = s.adaptive
+    if a.rate == 0.0 and a.cap_until <= now and a.blocked_until <= now:
+        req_rate, tok_rate = lim.rate_ceiling, lim.tokens_per_minute / 60.0  # not adapted
+    else:
+        req_rate, tok_rate, blocked = adaptive.effective_rates(
+            a, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0)
+        if blocked > 0:
+            longest = max(longest, blocked)
+    # rate.headroom, inlined: the share of each bucket this priority must leave
+    share = rate.PRIORITY_HEADROOM[req.priority] if 0 <= req.priority < 4 else 0.5
+    cap = lim.capacity
+    ok_r, req_tat, w = rate.gcra(s.req_tat, now, 1.0, req_rate, cap,
+                                 max(0.0, (cap - 1.0) * share) if share else 0.0)
     if not ok_r:
-        waits.append(w)
+        longest = max(longest, w)
     tok_tat = s.tok_tat
     if tok_rate > 0 and req.llm_tokens > 0:
         cap = lim.tokens_per_minute
         cost = min(req.llm_tokens, cap)
         ok_t, tok_tat, w = rate.gcra(s.tok_tat, now, cost, tok_rate, cap,
-                                     rate.headroom(cap, cost, req.priority) if req.priority
-                                     else 0.0)
+                                     max(0.0, min(cap * share, cap - cost)) if share else 0.0)
         if not ok_t:
-            waits.append(w)
+            longest = max(longest, w)
     cost_tat = s.cost_tat
-    if req.cost > 0:
+    if req.cost_f > 0:
         pacing = budget.pacing_factor(spends, budget_limits, now) if budget_limits else 1.0
-        per_min = lim.cost_per_minute_f * pacing
-        cost = min(req.cost_f, per_min)
-        ok_c, cost_tat, w = rate.gcra(s.cost_tat, now, cost, per_min / 60.0, per_min,
-                                      rate.headroom(per_min, cost, req.priority) if req.priority
-                                      else 0.0)
+        cap = lim.cost_per_minute_f * pacing
+        cost = min(req.cost_f, cap)
+        ok_c, cost_tat, w = rate.gcra(s.cost_tat, now, cost, cap / 60.0, cap,
+                                      max(0.0, min(cap * share, cap - cost)) if share else 0.0)
         if not ok_c:
-            waits.append(w)
-    if waits:
-        return Decision(False, "rate_limited", max(waits), emergency=emergency), s
+            longest = max(longest, w)
+    if longest >= 0.0:
+        return Decision(False, "rate_limited", longest, emergency=emergency), s
     # Direct construction: dataclasses.replace costs more than the whole decision.
-    new = ServiceState(req_tat, tok_tat, cost_tat, new_breaker, s.adaptive, s.minute, s.ok,
+    new = ServiceState(req_tat, tok_tat, cost_tat, new_breaker, a, s.minute, s.ok,
                        s.failed, s.prev_ok, s.prev_failed)
-    return Decision(True, "admitted", emergency=emergency), new
+    return _ADMITTED[emergency], new
 
 
 def observe(s: ServiceState, lim: Limits, obs: Observation, now: float) -> ServiceState:
