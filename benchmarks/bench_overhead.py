@@ -41,6 +41,18 @@ from benchmarks._common import (
 )
 
 TARGET_US = 25.0
+OVERHEAD_NOTES = """**Fixes made, and why the 25 µs target is still missed.** The first attempt \
+now runs outside tenacity (tenacity is built only after a classified failure: -65 µs), \
+leases are scanned only when a budget or concurrency cap needs them, and a memory decision \
+costs 3.4 µs instead of 9. The remaining ~100 µs is spread thin: reading the call \
+(`describe`: copying the SDK's request options, sizing the JSON body to bound the prompt), \
+ticket and span creation, the backend's admit and settle, and telemetry even with no-op \
+providers. Measured in isolation, admit plus settle take about 20 µs; inside an SDK call the \
+same code runs 2-3x slower (the SDK's own 600 µs of work evicts it from the CPU caches). \
+Reaching 25 µs needs a leaner call description (no options copy, a bounded body scan) and \
+batching telemetry to settlement; both are open work. Against the governed call's own \
+cost the overhead is 16-27% on an in-process transport, under 1% of a real provider's \
+latency."""
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
 MESSAGES: Any = [{"role": "user", "content": "Say hi in one word."}]
@@ -347,5 +359,5 @@ def _markdown(mode: Mode, results: list[dict[str, Any]], bare: dict[str, float],
                 table(["source file", "added own µs", "share of added"], file_rows,
                       ["l", "r", "r"]), "",
                 table(["function", "extra calls/call", "added own µs", "share of added"],
-                      prof_rows, ["l", "r", "r", "r"]), ""]
+                      prof_rows, ["l", "r", "r", "r"]), "", OVERHEAD_NOTES, ""]
     return "\n".join(out)

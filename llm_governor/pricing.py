@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import PriceOverride, RateLimitConfig
 
-__all__ = ["AUDIO_PRICES", "ModelPrice", "Pricer", "Usage"]
+__all__ = ["AUDIO_PRICES", "ModelPrice", "Pricer", "Usage", "wav_seconds"]
 
 logger = logging.getLogger("llm_governor")
 
@@ -186,6 +186,25 @@ class Pricer:
         if price.per_audio_minute and usage.audio_seconds:
             total += price.per_audio_minute * Decimal(str(usage.audio_seconds)) / _SIXTY
         return total
+
+
+def wav_seconds(audio: bytes | bytearray | memoryview) -> float | None:
+    """Exact duration of a RIFF/WAVE file from its header, or ``None`` if it is not one."""
+    head = bytes(audio[:4096]) if len(audio) > 4096 else bytes(audio)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        start = pos + 8
+        if chunk == b"fmt " and size >= 12:
+            byte_rate = int.from_bytes(head[start + 8:start + 12], "little")
+        elif chunk == b"data":
+            if byte_rate <= 0:
+                return None
+            return min(size, len(audio) - start) / byte_rate
+        pos = start + size + (size & 1)
+    return None
 
 
 def _genai_price(model: str, provider: str) -> ModelPrice | None:

@@ -39,12 +39,12 @@ from ..context import current_cost_override
 from ..errors import GovernorError
 from ..governor import FAILURE_ATTR, CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
-from ..pricing import Usage
+from ..pricing import Usage, wav_seconds
 from ._base import Adapter, Call, GovernorGetter, Patch, Wrapper, async_governed, sync_governed
 from ._errors import classify_status, sdk_rejection
 from .streams import UsageTracker, field
 
-__all__ = ["DeepgramAdapter", "DeepgramResponseError", "wav_seconds"]
+__all__ = ["DeepgramAdapter", "DeepgramResponseError"]
 
 SERVICE = "deepgram"
 DEFAULT_MODEL = "nova-3"
@@ -62,25 +62,6 @@ class DeepgramResponseError(Exception):
         super().__init__(f"Deepgram answered HTTP {response.status_code}")
         self.response = response
         self.status_code: int = response.status_code
-
-
-def wav_seconds(audio: bytes | bytearray | memoryview) -> float | None:
-    """Exact duration of a RIFF/WAVE file from its header, or ``None`` if it is not one."""
-    head = bytes(audio[:4096]) if len(audio) > 4096 else bytes(audio)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos, byte_rate = 12, 0
-    while pos + 8 <= len(head):
-        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
-        start = pos + 8
-        if chunk == b"fmt " and size >= 12:
-            byte_rate = int.from_bytes(head[start + 8:start + 12], "little")
-        elif chunk == b"data":
-            if byte_rate <= 0:
-                return None
-            return min(size, len(audio) - start) / byte_rate
-        pos = start + size + (size & 1)
-    return None
 
 
 def _json_or_none(response: Any) -> Any:

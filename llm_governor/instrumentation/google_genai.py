@@ -44,6 +44,7 @@ from ._base import (
     GovernorGetter,
     Patch,
     Wrapper,
+    _refused_retry,
     async_governed,
     sync_governed,
 )
@@ -374,10 +375,7 @@ class GeminiAdapter(Adapter):
         try:
             source, head = gov.run_attempts(t, attempt)
         except GovernorError as exc:  # a retry that was not re-admitted: the provider's error
-            err: BaseException = self.rejection(exc, call)
-            if failed:
-                err = failed[0]
-                err.add_note(f"llm-governor did not retry: {exc}")
+            err = _refused_retry(self, call, failed, exc)
             gov.settle(t, error=err, outcome="neutral")
             raise err from None
         except BaseException as exc:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from llm_governor.pricing import wav_seconds
 from llm_governor.testing._ledger import ProviderName
 
 JsonObj = dict[str, Any]
@@ -155,25 +156,6 @@ def _output_count(requested: object, configured: int) -> tuple[int, bool]:
     if isinstance(requested, int) and not isinstance(requested, bool) and requested >= 0:
         return min(requested, configured), requested < configured
     return configured, False
-
-
-def wav_seconds(audio: bytes) -> float | None:
-    """Duration of a RIFF/WAVE file from its header, or None if it is not one."""
-    if len(audio) < 12 or audio[:4] != b"RIFF" or audio[8:12] != b"WAVE":
-        return None
-    pos, byte_rate = 12, 0
-    while pos + 8 <= len(audio):
-        chunk_id = audio[pos : pos + 4]
-        size = int.from_bytes(audio[pos + 4 : pos + 8], "little")
-        data_start = pos + 8
-        if chunk_id == b"fmt " and size >= 12:
-            byte_rate = int.from_bytes(audio[data_start + 8 : data_start + 12], "little")
-        elif chunk_id == b"data":
-            if byte_rate <= 0:
-                return None
-            return min(size, len(audio) - data_start) / byte_rate
-        pos = data_start + size + (size & 1)
-    return None
 
 
 def audio_seconds(audio: bytes, bytes_per_second: int) -> float:

@@ -28,7 +28,7 @@ from deepgram.core.api_error import ApiError
 import llm_governor
 from llm_governor import BudgetExceededError, GovernorError, cost_estimate, job
 from llm_governor.governor import Governor
-from llm_governor.instrumentation.deepgram import wav_seconds
+from llm_governor.pricing import wav_seconds
 from llm_governor.testing import FakeProvider
 
 from .conftest import FAST, Driver, Governed, calls, spent
