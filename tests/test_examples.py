@@ -14,6 +14,9 @@ EXPECTED = {
     "decorator_budget.py": ["10 calls fit the $0.10 budget", "processed item-x locally"],
     "priorities_jobs.py": ["'user-request'", "'video_123': '0.002'"],
     "monitoring.py": ["circuit_breaker_open", "emergency mode: True"],
+    "redis_fleet.py": ["paid calls across 4 processes: 10; spent $0.10 of $0.10"],
+    "otel_prometheus.py": ['decision="admitted"', "llm_governor_cost_USD_total",
+                           'window="day"'],
 }
 
 
