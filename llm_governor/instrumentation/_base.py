@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ..pricing import Usage
 
 __all__ = ["ACTIVE", "Adapter", "Call", "GovernorGetter", "Patch", "Wrapper", "async_governed",
-           "observe_provider", "sync_governed"]
+           "observe_provider", "run_attempts", "sync_governed"]
 
 logger = logging.getLogger("llm_governor")
 GovernorGetter = Callable[[], Governor]
@@ -162,6 +162,23 @@ def _refused_retry(adapter: Adapter, call: Call, failed: list[Exception],
     return err
 
 
+def run_attempts(adapter: Adapter, gov: Governor, t: Ticket, call: Call,
+                 attempt: Callable[[], Any], failed: list[Exception]) -> Any:
+    """The governor's attempts at ``call``, with :data:`ACTIVE` set; settles on failure."""
+    token = ACTIVE.set(Active(gov, t))
+    try:
+        return gov.run_attempts(t, attempt)
+    except GovernorError as exc:  # a retry that was not re-admitted
+        err = _refused_retry(adapter, call, failed, exc)
+        gov.settle(t, error=err, outcome="neutral")
+        raise err from None
+    except BaseException as exc:
+        gov.settle(t, error=exc)
+        raise
+    finally:
+        ACTIVE.reset(token)
+
+
 def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
               kwargs: Mapping[str, Any]) -> Call | None:
     """``adapter.describe``, but an SDK shape we cannot read never breaks the user's call."""
@@ -197,18 +214,7 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
                 failed[:] = [exc]
                 raise
 
-        token = ACTIVE.set(Active(gov, t))
-        try:
-            result = gov.run_attempts(t, attempt)
-        except GovernorError as exc:  # a retry that was not re-admitted
-            err = _refused_retry(adapter, call, failed, exc)
-            gov.settle(t, error=err, outcome="neutral")
-            raise err from None
-        except BaseException as exc:
-            gov.settle(t, error=exc)
-            raise
-        finally:
-            ACTIVE.reset(token)
+        result = run_attempts(adapter, gov, t, call, attempt, failed)
         try:
             return adapter.complete(gov, t, call, result)
         except BaseException as exc:

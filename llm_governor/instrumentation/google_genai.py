@@ -37,15 +37,13 @@ from ..governor import FAILURE_ATTR, CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
 from ..pricing import Usage
 from ._base import (
-    ACTIVE,
-    Active,
     Adapter,
     Call,
     GovernorGetter,
     Patch,
     Wrapper,
-    _refused_retry,
     async_governed,
+    run_attempts,
     sync_governed,
 )
 from ._errors import sdk_rejection
@@ -371,18 +369,7 @@ class GeminiAdapter(Adapter):
                 failed[:] = [exc]
                 raise
 
-        token = ACTIVE.set(Active(gov, t))
-        try:
-            source, head = gov.run_attempts(t, attempt)
-        except GovernorError as exc:  # a retry that was not re-admitted: the provider's error
-            err = _refused_retry(self, call, failed, exc)
-            gov.settle(t, error=err, outcome="neutral")
-            raise err from None
-        except BaseException as exc:
-            gov.settle(t, error=exc)
-            raise
-        finally:
-            ACTIVE.reset(token)
+        source, head = run_attempts(self, gov, t, call, attempt, failed)
         tracker = self.tracker(call)
         yield from watch_iter(_through(head, source, tracker), Settlement(gov, t, tracker),
                               self.failed)
