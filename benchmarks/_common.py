@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -293,3 +294,34 @@ def redis_server() -> Iterator[str | None]:
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
+
+CHUNK = 50  # decisions between clock reads
+
+
+def thread_rate(decide: Callable[[], object], threads: int, seconds: float) -> float:
+    """Decisions per second, all ``threads`` hammering one limiter for ``seconds``."""
+    counts = [0] * threads
+    start_gate = threading.Barrier(threads + 1)
+    stop_at = [0.0]
+    chunk = range(CHUNK)
+
+    def worker(i: int) -> None:
+        start_gate.wait()
+        end = stop_at[0]
+        n = 0
+        clock = time.perf_counter
+        while clock() < end:
+            for _ in chunk:
+                decide()
+            n += CHUNK
+        counts[i] = n
+
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    start_gate.wait()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)

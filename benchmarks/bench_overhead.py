@@ -44,7 +44,7 @@ TARGET_US = 25.0
 OVERHEAD_NOTES = """**Fixes made, and why the 25 µs target is still missed.** The first attempt \
 now runs outside tenacity (tenacity is built only after a classified failure: -65 µs), \
 leases are scanned only when a budget or concurrency cap needs them, and a memory decision \
-costs 3.4 µs instead of 9. The remaining ~100 µs is spread thin: reading the call \
+costs under 4 µs instead of 9. The remaining ~100 µs is spread thin: reading the call \
 (`describe`: copying the SDK's request options, sizing the JSON body to bound the prompt), \
 ticket and span creation, the backend's admit and settle, and telemetry even with no-op \
 providers. Measured in isolation, admit plus settle take about 20 µs; inside an SDK call the \

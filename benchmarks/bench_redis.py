@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from benchmarks._common import (
     median,
     redis_server,
     table,
+    thread_rate,
 )
 
 Decide = Callable[[], object]
@@ -157,32 +157,6 @@ def subjects() -> list[Subject]:
 
 
 # ------------------------------------------------------------------ measuring
-def _rate(decide: Decide, threads: int, seconds: float) -> float:
-    """Decisions per second, ``threads`` threads hammering one shared limit."""
-    counts = [0] * threads
-    gate = threading.Barrier(threads + 1)
-    stop_at = [0.0]
-
-    def worker(i: int) -> None:
-        gate.wait()
-        end, n, clock = stop_at[0], 0, time.perf_counter
-        while clock() < end:
-            for _ in range(20):
-                decide()
-            n += 20
-        counts[i] = n
-
-    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-    for t in pool:
-        t.start()
-    t0 = time.perf_counter()
-    stop_at[0] = t0 + seconds
-    gate.wait()
-    for t in pool:
-        t.join()
-    return sum(counts) / (time.perf_counter() - t0)
-
-
 @contextlib.contextmanager
 def _counting_writes() -> Iterator[list[int]]:
     """Count writes on every redis-py connection: one per round trip (a pipeline is one)."""
@@ -287,7 +261,7 @@ def run(mode: Mode) -> Section:
                         if not s.admitted(first):
                             raise AssertionError(f"{s.name} refused a decision: {first!r}")
                         samples[s.name][m].append(
-                            _rate(decide, 1 if m == "1 thread" else THREADS, seconds))
+                            thread_rate(decide, 1 if m == "1 thread" else THREADS, seconds))
         trips = _round_trips(url)
     rates = {name: {m: median(v) for m, v in per.items()} for name, per in samples.items()}
     ours = rates[subs[0].name]

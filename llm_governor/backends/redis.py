@@ -90,12 +90,6 @@ def _opt(x: float | None) -> str:
     return "-" if x is None else repr(float(x))
 
 
-def _share(priority: int) -> float:
-    """The bucket share ``priority`` leaves untouched (as :func:`rate.headroom`)."""
-    table = rate.PRIORITY_HEADROOM
-    return table[priority] if 0 <= priority < len(table) else 0.5
-
-
 @functools.lru_cache(maxsize=512)
 def _limits_arg(lim: Limits) -> str:
     """The numbers the scripts use, as one argument (fewer arguments pack faster)."""
@@ -356,7 +350,7 @@ class RedisBackend(Backend):
             keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency],
             args=[self._now_arg(), req.service, lease_id or "", _f(ttl),
                   "1" if req.reserve else "0", "1" if req.refuse_in_emergency else "0",
-                  _f(_share(req.priority)), _f(req.llm_tokens), str(to_nanos(req.cost)),
+                  _f(rate.share(req.priority)), _f(req.llm_tokens), str(to_nanos(req.cost)),
                   _f(req.cost_f), self._windows, _limits_arg(req.limits),
                   _limits_arg(req.emergency_limits)],
         )

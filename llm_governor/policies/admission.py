@@ -134,11 +134,10 @@ def decide(
             a, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0)
         if blocked > 0:
             longest = max(longest, blocked)
-    # rate.headroom, inlined: the share of each bucket this priority must leave
-    share = rate.PRIORITY_HEADROOM[req.priority] if 0 <= req.priority < 4 else 0.5
+    share = rate.share(req.priority)
     cap = lim.capacity
     ok_r, req_tat, w = rate.gcra(s.req_tat, now, 1.0, req_rate, cap,
-                                 max(0.0, (cap - 1.0) * share) if share else 0.0)
+                                 rate.headroom(cap - 1.0, 0.0, share))
     if not ok_r:
         longest = max(longest, w)
     tok_tat = s.tok_tat
@@ -146,7 +145,7 @@ def decide(
         cap = lim.tokens_per_minute
         cost = min(req.llm_tokens, cap)
         ok_t, tok_tat, w = rate.gcra(s.tok_tat, now, cost, tok_rate, cap,
-                                     max(0.0, min(cap * share, cap - cost)) if share else 0.0)
+                                     rate.headroom(cap, cost, share))
         if not ok_t:
             longest = max(longest, w)
     cost_tat = s.cost_tat
@@ -155,7 +154,7 @@ def decide(
         cap = lim.cost_per_minute_f * pacing
         cost = min(req.cost_f, cap)
         ok_c, cost_tat, w = rate.gcra(s.cost_tat, now, cost, cap / 60.0, cap,
-                                      max(0.0, min(cap * share, cap - cost)) if share else 0.0)
+                                      rate.headroom(cap, cost, share))
         if not ok_c:
             longest = max(longest, w)
     if longest >= 0.0:

@@ -10,7 +10,7 @@ Guarantee: in any interval of length ``d`` the admitted cost never exceeds
 
 from __future__ import annotations
 
-__all__ = ["PRIORITY_HEADROOM", "available", "gcra", "headroom"]
+__all__ = ["PRIORITY_HEADROOM", "available", "gcra", "headroom", "share"]
 
 _EPS = 1e-9
 
@@ -19,13 +19,17 @@ _EPS = 1e-9
 PRIORITY_HEADROOM: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35)
 
 
-def headroom(capacity: float, cost: float, priority: int) -> float:
-    """Units that ``priority`` must leave in a bucket of ``capacity`` when taking ``cost``.
+def share(priority: int) -> float:
+    """The share of every bucket ``priority`` must leave for higher priorities."""
+    return PRIORITY_HEADROOM[priority] if 0 <= priority < len(PRIORITY_HEADROOM) else 0.5
+
+
+def headroom(capacity: float, cost: float, share: float) -> float:
+    """Units to leave in a bucket of ``capacity`` when taking ``cost`` at this ``share``.
 
     Never so much that the call could not be admitted into a full bucket.
     """
-    share = PRIORITY_HEADROOM[priority] if 0 <= priority < len(PRIORITY_HEADROOM) else 0.5
-    return max(0.0, min(capacity * share, capacity - cost))
+    return max(0.0, min(capacity * share, capacity - cost)) if share else 0.0
 
 
 def gcra(

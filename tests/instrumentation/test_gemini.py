@@ -14,7 +14,6 @@ import asyncio
 import gc
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
 from typing import Any
 
 import pydantic
@@ -25,7 +24,6 @@ from google.genai import _api_client, errors, types
 
 import llm_governor
 from llm_governor import BudgetExceededError, GovernorError, RateLimitExceededError
-from llm_governor.governor import Governor
 from llm_governor.instrumentation.google_genai import (
     _max_output_tokens,
     gemini_usage,
@@ -33,6 +31,7 @@ from llm_governor.instrumentation.google_genai import (
 )
 from llm_governor.pricing import Usage
 from llm_governor.testing import FakeProvider
+from tests.instrumentation._spies import SettlementSpy
 
 from .conftest import FAST, Driver, Governed, calls, eventually, spent
 
@@ -260,29 +259,6 @@ async def test_exhausted_quota_is_not_retried(gemini: Gemini, fake: FakeProvider
 
 
 # ------------------------------------------------------------------ streams
-class Settlements:
-    """Spies on the backend: the reservation admitted and every settlement made."""
-
-    def __init__(self, gov: Governor) -> None:
-        self.reserved: list[Decimal] = []
-        self.settled: list[Decimal] = []
-        backend = gov.backend
-        admit, settle = backend.admit, backend.settle
-
-        def spy_admit(req: Any, lease_id: Any, ttl: float) -> Any:
-            decision = admit(req, lease_id, ttl)
-            if decision.admitted and lease_id is not None:
-                self.reserved.append(req.cost)
-            return decision
-
-        def spy_settle(lease_id: Any, limits: Any, obs: Any, record: Any) -> None:
-            self.settled.append(record.cost)
-            settle(lease_id, limits, obs, record)
-
-        backend.admit = spy_admit  # type: ignore[method-assign]
-        backend.settle = spy_settle  # type: ignore[method-assign]
-
-
 async def exhausted(g: Gemini) -> Any:
     it = await g.stream()
     chunks = await Driver.collect(it)
@@ -311,7 +287,7 @@ async def test_stream_settles_exactly_once(
         end: Callable[[Gemini], Awaitable[Any]], gemini: Gemini, fake: FakeProvider,
         governed: Governed) -> None:
     gov = governed(config())
-    spy = Settlements(gov)
+    spy = SettlementSpy(gov)
     kept = await end(gemini)
     assert await eventually(lambda: calls(gov, "gemini") == 1)
     gc.collect()

@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from decimal import Decimal
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 
-from llm_governor.governor import Governor
 from llm_governor.testing import FakeProvider
+from tests.instrumentation._spies import SettlementSpy
 
 from .conftest import Driver, Governed, calls, eventually
 
@@ -38,29 +37,6 @@ async def open_stream(d: Driver, service: str) -> Any:
 
 async def close(stream: Any) -> None:
     await Driver.call(stream.close)
-
-
-class Ledger:
-    """Spies on the backend: every reservation admitted and every settlement made."""
-
-    def __init__(self, gov: Governor) -> None:
-        self.reserved: list[Decimal] = []
-        self.settled: list[Decimal] = []
-        backend = gov.backend
-        admit, settle = backend.admit, backend.settle
-
-        def spy_admit(req: Any, lease_id: Any, ttl: float) -> Any:
-            decision = admit(req, lease_id, ttl)
-            if decision.admitted and lease_id is not None:
-                self.reserved.append(req.cost)
-            return decision
-
-        def spy_settle(lease_id: Any, limits: Any, obs: Any, record: Any) -> None:
-            self.settled.append(record.cost)
-            settle(lease_id, limits, obs, record)
-
-        backend.admit = spy_admit  # type: ignore[method-assign]
-        backend.settle = spy_settle  # type: ignore[method-assign]
 
 
 async def exhausted(d: Driver, service: str) -> bool:
@@ -117,7 +93,7 @@ ENDINGS: dict[str, Callable[[Driver, str], Awaitable[bool]]] = {
 async def test_stream_settles_exactly_once(ending: str, service: str, driver: Driver,
                                            fake: FakeProvider, governed: Governed) -> None:
     gov = governed()
-    spy = Ledger(gov)
+    spy = SettlementSpy(gov)
     complete = await ENDINGS[ending](driver, service)
 
     assert await eventually(lambda: calls(gov) >= 1), "the stream was never settled"
@@ -160,7 +136,7 @@ async def test_stream_failing_midway_settles_as_failure(driver: Driver, fake: Fa
                                                         governed: Governed) -> None:
     """The error reaches the user unchanged; the call settles once, as a breaker failure."""
     gov = governed()
-    spy = Ledger(gov)
+    spy = SettlementSpy(gov)
     stream = await open_stream(driver, "openai")
     stream.response.stream = Broken(stream.response.stream)
     with pytest.raises(openai.APIConnectionError):
@@ -175,7 +151,7 @@ async def test_stream_failing_midway_settles_as_failure(driver: Driver, fake: Fa
 async def test_streaming_response_left_unread_settles_at_the_reservation(
         driver: Driver, fake: FakeProvider, governed: Governed) -> None:
     gov = governed()
-    spy = Ledger(gov)
+    spy = SettlementSpy(gov)
     async with driver.enter(driver.openai.chat.completions.with_streaming_response.create(
             model=GPT, messages=MESSAGES, max_tokens=12)):
         pass  # the provider answered (and billed); the body was never read

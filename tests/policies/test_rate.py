@@ -31,17 +31,19 @@ def test_reserve_keeps_headroom_for_higher_priorities() -> None:
     tat = 0.0
     admitted_low = 0
     for _ in range(20):
-        ok, tat, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=rate.headroom(cap - 1, 0, 3))
+        low = rate.headroom(cap - 1, 0, rate.share(3))
+        ok, tat, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=low)
         admitted_low += ok
-    ok_critical, _, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=rate.headroom(cap - 1, 0, 0))
+    top = rate.headroom(cap - 1, 0, rate.share(0))
+    ok_critical, _, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=top)
     assert admitted_low < cap
     assert ok_critical
 
 
 def test_headroom_never_blocks_a_full_bucket() -> None:
     for prio in range(4):
-        assert rate.headroom(1.0, 1.0, prio) == 0.0
-        ok, _, _ = rate.gcra(0.0, 5.0, 1.0, 0.25, 1.0, rate.headroom(0.0, 0.0, prio))
+        assert rate.headroom(1.0, 1.0, rate.share(prio)) == 0.0
+        ok, _, _ = rate.gcra(0.0, 5.0, 1.0, 0.25, 1.0, rate.headroom(0.0, 0.0, rate.share(prio)))
         assert ok
 
 
@@ -68,7 +70,7 @@ def test_admitted_in_any_interval_never_exceed_capacity_plus_rate_times_length(
     admitted: list[float] = []
     for i, gap in enumerate(gaps):
         now += gap
-        reserve = rate.headroom(capacity - 1.0, 0.0, priorities[i])
+        reserve = rate.headroom(capacity - 1.0, 0.0, rate.share(priorities[i]))
         ok, tat, _ = rate.gcra(tat, now, 1.0, per_second, float(capacity), reserve)
         if ok:
             admitted.append(now)
