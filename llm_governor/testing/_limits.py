@@ -20,12 +20,17 @@ LimitReason = Literal["requests", "tokens", "concurrency"]
 
 @dataclass
 class Limits:
-    """Per-provider limits; ``None`` means unlimited."""
+    """Per-provider limits; ``None`` means unlimited.
+
+    ``per_key`` keeps one set of buckets per (provider, API key) instead of per
+    provider, as two provider accounts would have.
+    """
 
     rpm: int | None = None
     tpm: int | None = None
     window: float = 60.0
     max_concurrency: int | None = None
+    per_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,35 +66,42 @@ class _Bucket:
 
 
 class RateLimiter:
-    """RPM/TPM over a sliding window plus a concurrency cap, one bucket per provider.
+    """RPM/TPM over a sliding window plus a concurrency cap, one bucket per scope.
 
-    Not thread-safe by itself: the fake provider calls it under its lock.
-    A request is admitted at ``now`` iff, counting it, the admitted requests
-    with time in ``(now - window, now]`` stay within ``rpm`` and their tokens
-    (input + output) within ``tpm``.
+    A scope is a provider, or a (provider, key fingerprint) pair when the
+    caller passes ``scope`` (see ``Limits.per_key``). Not thread-safe by
+    itself: the fake provider calls it under its lock. A request is admitted
+    at ``now`` iff, counting it, the admitted requests with time in
+    ``(now - window, now]`` stay within ``rpm`` and their tokens (input +
+    output) within ``tpm``.
     """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._buckets: dict[ProviderName, _Bucket] = {}
+        self._buckets: dict[tuple[ProviderName, str | None], _Bucket] = {}
 
     def reset(self) -> None:
         """Drop all history (limits stay)."""
         self._buckets.clear()
 
-    def _bucket(self, provider: ProviderName, now: float) -> _Bucket:
-        bucket = self._buckets.setdefault(provider, _Bucket())
+    def _bucket(self, provider: ProviderName, now: float, scope: str | None = None) -> _Bucket:
+        bucket = self._buckets.setdefault((provider, scope), _Bucket())
         horizon = now - self.limits.window
         while bucket.events and bucket.events[0][0] <= horizon:
             bucket.events.popleft()
         return bucket
 
     def admit(
-        self, provider: ProviderName, input_tokens: int, output_tokens: int, now: float
+        self,
+        provider: ProviderName,
+        input_tokens: int,
+        output_tokens: int,
+        now: float,
+        scope: str | None = None,
     ) -> Verdict:
         """Admit (and count) the request, or say why not and for how long."""
         lim = self.limits
-        bucket = self._bucket(provider, now)
+        bucket = self._bucket(provider, now, scope)
         events = bucket.events
         cost = input_tokens + output_tokens
         if lim.max_concurrency is not None and bucket.in_flight >= lim.max_concurrency:
@@ -114,15 +126,15 @@ class RateLimiter:
         bucket.in_flight += 1
         return Verdict(True, self._state(bucket, now))
 
-    def release(self, provider: ProviderName) -> None:
+    def release(self, provider: ProviderName, scope: str | None = None) -> None:
         """Mark an admitted request finished (for the concurrency cap)."""
-        bucket = self._buckets.get(provider)
+        bucket = self._buckets.get((provider, scope))
         if bucket is not None and bucket.in_flight > 0:
             bucket.in_flight -= 1
 
-    def state(self, provider: ProviderName, now: float) -> WindowState:
+    def state(self, provider: ProviderName, now: float, scope: str | None = None) -> WindowState:
         """Current usage without admitting anything (for headers on faults)."""
-        return self._state(self._bucket(provider, now), now)
+        return self._state(self._bucket(provider, now, scope), now)
 
     def _state(self, bucket: _Bucket, now: float) -> WindowState:
         window = self.limits.window
@@ -221,7 +233,16 @@ def ratelimit_headers(
     return out
 
 
-def retry_after_headers(seconds: float) -> list[tuple[str, str]]:
-    """``retry-after`` (whole seconds, rounded up) and ``retry-after-ms``."""
+def retry_after_headers(
+    seconds: float, provider: ProviderName | None = None
+) -> list[tuple[str, str]]:
+    """``retry-after`` (whole seconds, rounded up) and ``retry-after-ms``.
+
+    Anthropic documents only ``retry-after``; Gemini sends neither (its wait is
+    ``RetryInfo.retryDelay`` in the body), so it gets nothing here.
+    """
+    if provider == "gemini":
+        return []
     ms = max(1, math.ceil(seconds * 1000))
-    return [("retry-after", str(math.ceil(ms / 1000))), ("retry-after-ms", str(ms))]
+    whole = [("retry-after", str(math.ceil(ms / 1000)))]
+    return whole if provider == "anthropic" else [*whole, ("retry-after-ms", str(ms))]

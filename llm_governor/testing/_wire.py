@@ -5,7 +5,10 @@ one readable place. Accounting rules, deterministic by design:
 
 * input tokens = ceil(P / 4), where P is the UTF-8 byte length of every string
   value nested in the request's prompt fields, plus 4 per integer (token-id
-  prompts count one token per id). Hence input tokens <= request body bytes.
+  prompts count one token per id). Hence input tokens <= request body bytes
+  for text prompts. Images, audio and documents in chat, responses, messages
+  and Gemini prompts are not text: they add the providers' documented media
+  tokens instead (see ``_multimodal``).
 * output tokens = min(requested max, configured ``output_tokens``) per choice.
 * audio seconds = WAV header duration if the body is a WAV file, else
   body bytes / ``audio_bytes_per_second`` (16 000 by default, i.e. 128 kbit/s);
@@ -27,8 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_governor.pricing import wav_seconds
+from llm_governor.media import wav_seconds
 from llm_governor.testing._ledger import ProviderName
+from llm_governor.testing._multimodal import MediaError, count_prompt_tokens
 
 JsonObj = dict[str, Any]
 
@@ -81,6 +85,10 @@ class Settings:
     url_audio_seconds: float = 60.0
     audio_bytes_per_second: int = 16_000
     embedding_dims: int = 16
+    url_image_size: tuple[int, int] = (2048, 2048)  # images the fake cannot fetch
+    page_tokens: int = 1500  # per PDF page (OpenAI files, Anthropic documents)
+    url_file_pages: int = 10  # pages of a document given by file id or URL
+    usage_always: bool = False  # OpenAI chat/completions streams always end with usage
 
 
 @dataclass
@@ -98,7 +106,8 @@ class Call:
     pieces: list[str] = field(default_factory=list)  # text deltas of one choice
     choices: int = 1
     truncated: bool = False
-    include_usage: bool = False
+    include_usage: bool = False  # end an OpenAI stream with a usage chunk
+    usage_null: bool = False  # "usage": null on the other chunks (include_usage was asked)
     inputs: int = 0  # number of embedding vectors to return
     dims: int = 16
     as_base64: bool = False
@@ -290,11 +299,22 @@ def parse_call(
         raise BadRequestError("request body must be a JSON object")
     model = path_model or str(req.get("model") or "")
     call = Call(provider, endpoint, path, model, metered=endpoint not in _FREE_ENDPOINTS)
+    try:
+        _parse_json_call(call, req, settings)
+    except MediaError as exc:
+        raise BadRequestError(f"invalid media in the request: {exc}") from exc
+    return call
+
+
+def _parse_json_call(call: Call, req: JsonObj, settings: Settings) -> None:
     conf = settings.output_tokens
+    provider, endpoint = call.provider, call.endpoint
     if provider == "openai":
         _parse_openai(call, req, conf, settings)
     elif provider == "anthropic":
-        call.input_tokens = count_input_tokens(req.get("messages"), req.get("system"))
+        call.input_tokens = count_prompt_tokens(
+            provider, call.model, settings, req.get("messages"), req.get("system")
+        )
         call.stream = bool(req.get("stream"))
         if endpoint == "messages":
             call.output_tokens, call.truncated = _output_count(req.get("max_tokens"), conf)
@@ -303,12 +323,14 @@ def parse_call(
             _text(call, call.output_tokens, schema)
     else:
         _parse_gemini(call, req, conf, settings)
-    return call
 
 
 def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> None:
     call.stream = bool(req.get("stream"))
-    call.include_usage = bool(_dig(req, "stream_options", "include_usage"))
+    call.usage_null = bool(_dig(req, "stream_options", "include_usage"))
+    call.include_usage = call.usage_null or (
+        settings.usage_always and call.endpoint in ("chat", "completions")
+    )
     if call.endpoint == "embeddings":
         items = req.get("input")
         call.input_tokens = count_input_tokens(items)
@@ -320,7 +342,7 @@ def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> No
         return
     schema: object = None
     if call.endpoint == "chat":
-        call.input_tokens = count_input_tokens(req.get("messages"))
+        call.input_tokens = count_prompt_tokens("openai", call.model, settings, req.get("messages"))
         requested = req.get("max_completion_tokens")
         if requested is None:
             requested = req.get("max_tokens")
@@ -330,7 +352,9 @@ def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> No
         elif _dig(rf, "type") == "json_object":
             schema = {"type": "object"}
     elif call.endpoint == "responses":
-        call.input_tokens = count_input_tokens(req.get("input"), req.get("instructions"))
+        call.input_tokens = count_prompt_tokens(
+            "openai", call.model, settings, req.get("input"), req.get("instructions")
+        )
         requested = req.get("max_output_tokens")
         if _dig(req, "text", "format", "type") == "json_schema":
             schema = _dig(req, "text", "format", "schema") or {}
@@ -353,13 +377,15 @@ def _parse_gemini(call: Call, req: JsonObj, conf: int, settings: Settings) -> No
             if isinstance(requests, list)
             else [req.get("content")]
         )
-        call.input_tokens = count_input_tokens(contents)
+        call.input_tokens = count_prompt_tokens("gemini", call.model, settings, contents)
         call.inputs = len(contents)
         first = requests[0] if isinstance(requests, list) and requests else req
         dims = _dig(first, "outputDimensionality")
         call.dims = dims if isinstance(dims, int) and dims > 0 else settings.embedding_dims
         return
-    call.input_tokens = count_input_tokens(req.get("contents"), req.get("systemInstruction"))
+    call.input_tokens = count_prompt_tokens(
+        "gemini", call.model, settings, req.get("contents"), req.get("systemInstruction")
+    )
     if call.endpoint == "count_tokens":
         return
     call.stream = call.path.endswith(":streamGenerateContent")
@@ -488,7 +514,7 @@ def _openai_chat(call: Call) -> Reply:
             {**base, "object": "chat.completion", "choices": choices, "usage": _openai_usage(call)}
         )
     chunk = {**base, "object": "chat.completion.chunk", "service_tier": "default"}
-    if call.include_usage:
+    if call.usage_null:
         chunk["usage"] = None  # the real API sends null usage on every chunk but the last
 
     def frame(choice: JsonObj) -> bytes:
@@ -535,6 +561,8 @@ def _openai_completions(call: Call) -> Reply:
             for i in range(call.choices)
         ]
         return _json({**base, "choices": choices, "usage": usage})
+    if call.usage_null:
+        base["usage"] = None  # as on chat streams: null on every chunk but the last
     frames: list[bytes] = []
     for i in range(call.choices):
         for piece in call.pieces:
@@ -831,8 +859,12 @@ def error_reply(
     model: str = "",
     retry_after: float | None = None,
     message: str | None = None,
+    limit: int | None = None,
 ) -> Reply:
-    """A provider-shaped error; ``reason`` is requests/tokens/concurrency/quota or None."""
+    """A provider-shaped error; ``reason`` is requests/tokens/concurrency/quota or None.
+
+    ``limit`` (the exceeded RPM/TPM) is reported in Gemini's QuotaFailure ``quotaValue``.
+    """
     if message is None:
         message = _default_message(status, reason, model)
         if reason == "quota" and provider == "anthropic":
@@ -857,12 +889,11 @@ def error_reply(
             "status": _GOOGLE_STATUS.get(status, "UNKNOWN"),
         }
         if status == 429:
-            violation = {
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
-                "quotaId": reason,
-            }
             details: list[JsonObj] = [
-                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [_gemini_violation(reason, model, limit)],
+                }
             ]
             if retry_after is not None and reason != "quota":
                 delay = f"{max(1, math.ceil(retry_after))}s"
@@ -880,6 +911,36 @@ def error_reply(
             "request_id": str(uuid.uuid4()),
         }
     return Reply(status, _dumps(body))
+
+
+_GEMINI_QUOTAS = {
+    # reason: (quotaMetric suffix, quotaId) as Google reports them for the paid tier
+    "tokens": (
+        "generate_content_paid_tier_input_token_count",
+        "GenerateContentPaidTierInputTokensPerModelPerMinute",
+    ),
+    "quota": (
+        "generate_content_free_tier_requests",
+        "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+    ),
+}
+_GEMINI_REQUESTS_QUOTA = (
+    "generate_content_paid_tier_requests",
+    "GenerateRequestsPerMinutePerProjectPerModel",
+)
+
+
+def _gemini_violation(reason: str | None, model: str, limit: int | None) -> JsonObj:
+    """One ``QuotaFailure`` violation; a per-day quotaId marks an exhausted daily quota."""
+    metric, quota_id = _GEMINI_QUOTAS.get(reason or "", _GEMINI_REQUESTS_QUOTA)
+    violation: JsonObj = {
+        "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
+        "quotaId": quota_id,
+        "quotaDimensions": {"location": "global", "model": model or "unknown"},
+    }
+    if limit is not None:
+        violation["quotaValue"] = str(limit)
+    return violation
 
 
 def _default_message(status: int, reason: str | None, model: str) -> str:

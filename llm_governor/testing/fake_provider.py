@@ -3,7 +3,15 @@
 It speaks the wire formats of OpenAI, Anthropic, Gemini and Deepgram closely
 enough for the unmodified official SDKs, enforces its own RPM/TPM/concurrency
 limits over a (scalable) sliding window, injects faults on demand and bills
-every served request into a :class:`Ledger`. Nothing leaves the machine.
+every processed request into a :class:`Ledger`. Nothing leaves the machine.
+
+Faults come in two families (see ``FaultKind``): unbilled ones the provider
+answers before doing any work (errors, 429s, resets), and billed, hostile ones
+where the provider did the work and charges for it but the reply hangs, is
+reset, cut, malformed or lies about usage: what a governor's budget must
+survive. ``set_headers`` adds or overrides response headers (absurd
+``retry-after`` values, lying ``x-ratelimit-*``), and ``per_key`` gives each
+API key its own limits, like separate provider accounts.
 
 Point the SDKs at it::
 
@@ -16,23 +24,35 @@ Point the SDKs at it::
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import enum
-import socket
-import struct
+import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from llm_governor.testing import _wire
-from llm_governor.testing._ledger import Ledger, LedgerEntry, ProviderName
+from llm_governor.testing._faults import (
+    BROKEN_FAULTS,
+    REPLY_FAULTS,
+    FaultKind,
+    malform,
+    strip_usage,
+)
+from llm_governor.testing._http import Handler, Server
+from llm_governor.testing._ledger import (
+    Ledger,
+    LedgerEntry,
+    Outcome,
+    ProviderName,
+    key_fingerprint,
+)
 from llm_governor.testing._limits import (
     Limits,
     RateLimiter,
@@ -45,10 +65,7 @@ from llm_governor.testing._pricing import ModelPrice, Pricer
 if TYPE_CHECKING:
     from deepgram.environment import DeepgramClientEnvironment
 
-FaultKind = Literal["error", "rate_limit", "insufficient_quota", "reset", "slow"]
-"""error: a ``status`` error (5xx by default); rate_limit: 429 with retry-after;
-insufficient_quota: the provider's out-of-credit error; reset: close the socket
-without a response; slow: answer normally after an extra ``delay``."""
+__all__ = ["FakeProvider", "Fault", "FaultKind"]
 
 _KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
 _REQUEST_ID_HEADER: dict[ProviderName, str] = {
@@ -59,15 +76,38 @@ _REQUEST_ID_HEADER: dict[ProviderName, str] = {
 }
 
 
+# Framing is the server's business: overriding these would corrupt the connection.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
 @dataclass(frozen=True)
 class Fault:
-    """One injected failure; ``provider`` None matches any request."""
+    """One injected failure; ``provider`` None matches any request.
+
+    ``status`` is for kind "error", ``retry_after`` for rate limits, ``delay``
+    for "slow", ``frames`` for "cut_stream" (SSE frames sent before the reset)
+    and ``extra_input_tokens`` for "inflate_usage".
+    """
 
     kind: FaultKind
     status: int = 500
     retry_after: float | None = 1.0
     delay: float = 5.0
     provider: ProviderName | None = None
+    frames: int = 2
+    extra_input_tokens: int = 1000
+
+
+@dataclass(frozen=True)
+class _HeaderRule:
+    headers: tuple[tuple[str, str], ...]
+    provider: ProviderName | None
+    statuses: frozenset[int] | None
+
+    def matches(self, provider: ProviderName | None, status: int) -> bool:
+        return self.provider in (None, provider) and (
+            self.statuses is None or status in self.statuses
+        )
 
 
 class _Unset(enum.Enum):
@@ -85,134 +125,31 @@ class _Decision:
     admitted: bool = False
     reason: str | None = None
     retry_after: float | None = None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 keep-alive handler; all logic lives in :meth:`FakeProvider._serve`."""
-
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body are separate writes; without NODELAY, Nagle plus
-        # delayed ACKs would add ~40 ms to every response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Stay quiet: tests read the ledger, not stderr."""
-
-    def do_POST(self) -> None:
-        self.server.fake._serve(self)
-
-    def do_GET(self) -> None:
-        self.server.fake._serve(self)
-
-    def read_body(self) -> bytes:
-        """The request body, from Content-Length or chunked transfer encoding."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def send_reply(self, reply: _wire.Reply, headers: Sequence[tuple[str, str]]) -> None:
-        """Send JSON with Content-Length, or SSE frames chunked, so keep-alive stays usable."""
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        for name, value in (*reply.headers, *headers):
-            self.send_header(name, value)
-        if reply.events is None:
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-            return
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        for frame in reply.events:
-            self.wfile.write(b"%X\r\n%s\r\n" % (len(frame), frame))
-        self.wfile.write(b"0\r\n\r\n")
-
-    def reset_connection(self) -> None:
-        """Abort the connection with a TCP RST and no response bytes."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.wfile.close()
-            self.connection.close()
-        except OSError:
-            pass
-
-
-class _Server(ThreadingHTTPServer):
-    """Tracks connection threads so stop() can close keep-alive sockets and join them."""
-
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, fake: FakeProvider) -> None:
-        self.fake = fake
-        self._conns_lock = threading.Lock()
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self._run, args=(request, client_address), name="fake-provider-conn", daemon=True
-        )
-        with self._conns_lock:
-            self._conns[request] = thread
-        thread.start()
-
-    def _run(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            pass
-        finally:
-            self.shutdown_request(request)
-            with self._conns_lock:
-                self._conns.pop(request, None)
-
-    def close_connections(self, timeout: float) -> None:
-        """Shut every open connection down and wait for its thread."""
-        with self._conns_lock:
-            conns = list(self._conns.items())
-        for sock, _ in conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        deadline = time.monotonic() + timeout
-        for _, thread in conns:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Connection errors are expected (resets, timeouts); don't print tracebacks."""
+    scope: str | None = None  # the limiter bucket's key fingerprint (per_key), else None
 
 
 class FakeProvider:
     """Local multi-provider fake with server-side limits, faults and a billing ledger.
 
     Limits apply per provider (openai, anthropic, gemini, deepgram each have
-    their own window). ``window`` scales "per minute" down for fast tests;
-    ``latency`` delays every admitted response; ``output_tokens`` caps every
-    completion; ``max_concurrency`` rejects excess in-flight requests with 429
-    (Deepgram's model, usable for any provider). Free endpoints (count_tokens)
-    skip limits and billing.
+    their own window), or per provider and API key with ``per_key``.
+    ``window`` scales "per minute" down for fast tests; ``latency`` delays
+    every admitted response; ``output_tokens`` caps every completion;
+    ``max_concurrency`` rejects excess in-flight requests with 429 (Deepgram's
+    model, usable for any provider). Free endpoints (count_tokens) skip limits
+    and billing.
 
     Accounting is deterministic: input tokens = ceil(bytes of the prompt
-    fields' string values / 4) <= request body bytes; output tokens =
+    fields' string values / 4) <= request body bytes, plus the providers'
+    documented tokens for images, audio and PDFs (``_multimodal``: images
+    the fake cannot fetch are ``url_image_size``, documents by id or URL
+    ``url_file_pages`` pages of ``page_tokens`` each); output tokens =
     min(requested max, ``output_tokens``); audio seconds from a WAV header,
     else body bytes / ``audio_bytes_per_second``, and ``url_audio_seconds``
     for URL transcriptions. TPM counts input + output tokens at admission.
+    ``usage_always`` makes OpenAI chat/completions streams end with a usage
+    chunk even when ``include_usage`` was not asked, as some compatible
+    servers do.
     """
 
     def __init__(
@@ -227,24 +164,36 @@ class FakeProvider:
         prices: Mapping[str, ModelPrice] | None = None,
         url_audio_seconds: float = 60.0,
         audio_bytes_per_second: int = 16_000,
+        per_key: bool = False,
+        usage_always: bool = False,
+        url_image_size: tuple[int, int] = (2048, 2048),
+        page_tokens: int = 1500,
+        url_file_pages: int = 10,
     ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         self.latency = latency
-        self._limits = Limits(rpm=rpm, tpm=tpm, window=window, max_concurrency=max_concurrency)
+        self._limits = Limits(
+            rpm=rpm, tpm=tpm, window=window, max_concurrency=max_concurrency, per_key=per_key
+        )
         self._limiter = RateLimiter(self._limits)
         self._settings = _wire.Settings(
             output_tokens=output_tokens,
             url_audio_seconds=url_audio_seconds,
             audio_bytes_per_second=audio_bytes_per_second,
+            url_image_size=url_image_size,
+            page_tokens=page_tokens,
+            url_file_pages=url_file_pages,
+            usage_always=usage_always,
         )
         self._pricer = Pricer(prices)
         self._ledger = Ledger()
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._sticky_fault: Fault | None = None
+        self._header_rules: list[_HeaderRule] = []
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -254,7 +203,7 @@ class FakeProvider:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(self)
+        self._server = Server(self._serve)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -345,8 +294,13 @@ class FakeProvider:
         tpm: int | _Unset | None = _UNSET,
         window: float | _Unset = _UNSET,
         max_concurrency: int | _Unset | None = _UNSET,
+        per_key: bool | _Unset = _UNSET,
     ) -> None:
-        """Change limits at runtime; omitted ones stay, ``None`` means unlimited."""
+        """Change limits at runtime; omitted ones stay, ``None`` means unlimited.
+
+        Switching ``per_key`` starts counting in the other set of buckets
+        (per provider, or per provider and key) from their own history.
+        """
         with self._lock:
             if not isinstance(rpm, _Unset):
                 self._limits.rpm = rpm
@@ -358,6 +312,18 @@ class FakeProvider:
                 self._limits.window = window
             if not isinstance(max_concurrency, _Unset):
                 self._limits.max_concurrency = max_concurrency
+            if not isinstance(per_key, _Unset):
+                self._limits.per_key = per_key
+
+    @property
+    def usage_always(self) -> bool:
+        """Whether OpenAI chat/completions streams always end with a usage chunk."""
+        return self._settings.usage_always
+
+    @usage_always.setter
+    def usage_always(self, enabled: bool) -> None:
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, usage_always=enabled)
 
     def fail_next(
         self,
@@ -368,13 +334,19 @@ class FakeProvider:
         retry_after: float | None = 1.0,
         delay: float = 5.0,
         provider: ProviderName | None = None,
+        frames: int = 2,
+        extra_input_tokens: int = 1000,
     ) -> None:
-        """Make the next ``n`` matching requests fail (before any limit check).
+        """Make the next ``n`` matching requests fail.
 
-        ``status`` applies to kind "error" (429 there behaves like "rate_limit");
-        ``retry_after`` to rate limits (None omits the header); ``delay`` to "slow".
+        Unbilled kinds (error, rate_limit, insufficient_quota, reset) fire
+        before any limit check; the others (slow and the billed kinds) apply to
+        the next ``n`` matching requests the limiter admits. ``status`` applies
+        to kind "error" (429 there behaves like "rate_limit"); ``retry_after``
+        to rate limits (None omits the header); ``delay`` to "slow"; ``frames``
+        to "cut_stream"; ``extra_input_tokens`` to "inflate_usage".
         """
-        fault = Fault(kind, status, retry_after, delay, provider)
+        fault = Fault(kind, status, retry_after, delay, provider, frames, extra_input_tokens)
         with self._lock:
             self._faults.extend([fault] * n)
 
@@ -386,11 +358,18 @@ class FakeProvider:
         retry_after: float | None = 1.0,
         delay: float = 5.0,
         provider: ProviderName | None = None,
+        frames: int = 2,
+        extra_input_tokens: int = 1000,
     ) -> None:
-        """Fail every matching request until ``set_fault(None)`` (an outage)."""
+        """Fail every matching request until ``set_fault(None)`` (an outage).
+
+        Parameters as for :meth:`fail_next`.
+        """
         with self._lock:
             self._sticky_fault = (
-                None if kind is None else Fault(kind, status, retry_after, delay, provider)
+                None
+                if kind is None
+                else Fault(kind, status, retry_after, delay, provider, frames, extra_input_tokens)
             )
 
     def clear_faults(self) -> None:
@@ -399,12 +378,44 @@ class FakeProvider:
             self._faults.clear()
             self._sticky_fault = None
 
+    def set_headers(
+        self,
+        overrides: Mapping[str, str] | None,
+        *,
+        provider: ProviderName | None = None,
+        statuses: Iterable[int] | None = None,
+    ) -> None:
+        """Add or override response headers, e.g. to test "provider headers are the truth".
+
+        Every later response of ``provider`` (any if None) whose status is in
+        ``statuses`` (any if None) carries ``overrides``, replacing headers of
+        the same name (case-insensitive) such as ``retry-after`` or
+        ``x-ratelimit-remaining-requests``; Content-Length and
+        Transfer-Encoding are never overridden. Calls accumulate (later ones
+        win). ``set_headers(None)`` drops every rule, ``set_headers(None,
+        provider=p)`` those for ``p``; :meth:`reset` drops them too.
+        """
+        with self._lock:
+            if overrides is None:
+                self._header_rules = [
+                    r for r in self._header_rules if provider is not None and r.provider != provider
+                ]
+                return
+            pairs = tuple(
+                (name, value)
+                for name, value in overrides.items()
+                if name.lower() not in _FRAMING_HEADERS
+            )
+            codes = None if statuses is None else frozenset(statuses)
+            self._header_rules.append(_HeaderRule(pairs, provider, codes))
+
     def reset(self) -> None:
-        """Clear the ledger, the limiter's history and all faults (limits stay)."""
+        """Clear the ledger, limiter history, faults and header overrides (limits stay)."""
         with self._lock:
             self._limiter.reset()
             self._faults.clear()
             self._sticky_fault = None
+            self._header_rules.clear()
             self._ledger.clear()
 
     def max_in_window(
@@ -417,28 +428,57 @@ class FakeProvider:
 
     # ------------------------------------------------------------ serving
 
-    def _take_fault(self, provider: ProviderName) -> Fault | None:
+    def _take_fault(self, provider: ProviderName) -> tuple[Fault | None, bool]:
+        """The fault for this request and whether it came from the ``fail_next`` queue."""
         for index, fault in enumerate(self._faults):
             if fault.provider in (None, provider):
                 del self._faults[index]
-                return fault
+                return fault, True
         sticky = self._sticky_fault
         if sticky is not None and sticky.provider in (None, provider):
-            return sticky
-        return None
+            return sticky, False
+        return None, False
 
-    def _decide(self, call: _wire.Call) -> _Decision:
+    def _decide(self, call: _wire.Call, key_id: str | None) -> _Decision:
         with self._lock:
             now = time.monotonic()
-            fault = self._take_fault(call.provider)
-            if fault is not None and fault.kind != "slow":
-                return _Decision(now, self._limiter.state(call.provider, now), fault)
+            scope = key_id if self._limits.per_key else None
+            fault, queued = self._take_fault(call.provider)
+            if fault is not None and (fault.kind in REPLY_FAULTS or fault.kind == "reset"):
+                state = self._limiter.state(call.provider, now, scope)
+                return _Decision(now, state, fault, scope=scope)
+            extra = fault.extra_input_tokens if fault and fault.kind == "inflate_usage" else 0
+            call.input_tokens += extra  # the provider counts them: TPM, usage and bill
             if not call.metered:
-                return _Decision(now, self._limiter.state(call.provider, now), fault, admitted=True)
-            verdict = self._limiter.admit(call.provider, call.input_tokens, call.output_tokens, now)
-            return _Decision(
-                now, verdict.state, fault, verdict.admitted, verdict.reason, verdict.retry_after
+                state = self._limiter.state(call.provider, now, scope)
+                return _Decision(now, state, fault, admitted=True, scope=scope)
+            verdict = self._limiter.admit(
+                call.provider, call.input_tokens, call.output_tokens, now, scope
             )
+            if not verdict.admitted and fault is not None:
+                call.input_tokens -= extra
+                if queued:  # the 429 is the limiter's: the fault waits for an admitted request
+                    self._faults.appendleft(fault)
+                fault = None
+            return _Decision(
+                now,
+                verdict.state,
+                fault,
+                verdict.admitted,
+                verdict.reason,
+                verdict.retry_after,
+                scope,
+            )
+
+    def _overrides(self, provider: ProviderName | None, status: int) -> list[tuple[str, str]]:
+        merged: dict[str, tuple[str, str]] = {}
+        with self._lock:
+            rules = list(self._header_rules)
+        for rule in rules:
+            if rule.matches(provider, status):
+                for name, value in rule.headers:
+                    merged[name.lower()] = (name, value)
+        return list(merged.values())
 
     def _record(
         self,
@@ -450,43 +490,53 @@ class FakeProvider:
         fault: Fault | None = None,
         cost: tuple[Decimal, bool] = (Decimal(0), True),
         release: bool = False,
-    ) -> None:
+        *,
+        key_id: str | None = None,
+        scope: str | None = None,
+        outcome: Outcome = "served",
+    ) -> LedgerEntry:
         served = status == 200
+        entry = LedgerEntry(
+            time=start,
+            end=time.monotonic(),
+            provider=call.provider,
+            endpoint=call.endpoint,
+            path=call.path,
+            model=call.model,
+            status=status,
+            input_tokens=call.input_tokens if served else 0,
+            output_tokens=call.output_tokens if served else 0,
+            audio_seconds=call.audio_seconds if served else 0.0,
+            cost=cost[0],
+            priced=cost[1],
+            stream=call.stream,
+            api_key_seen=api_key_seen,
+            metered=call.metered,
+            fault=None if fault is None else fault.kind,
+            request_bytes=request_bytes,
+            key_id=key_id,
+            outcome=outcome,
+        )
         with self._lock:
             if release:
-                self._limiter.release(call.provider)
-            self._ledger.append(
-                LedgerEntry(
-                    time=start,
-                    end=time.monotonic(),
-                    provider=call.provider,
-                    endpoint=call.endpoint,
-                    path=call.path,
-                    model=call.model,
-                    status=status,
-                    input_tokens=call.input_tokens if served else 0,
-                    output_tokens=call.output_tokens if served else 0,
-                    audio_seconds=call.audio_seconds if served else 0.0,
-                    cost=cost[0],
-                    priced=cost[1],
-                    stream=call.stream,
-                    api_key_seen=api_key_seen,
-                    metered=call.metered,
-                    fault=None if fault is None else fault.kind,
-                    request_bytes=request_bytes,
-                )
-            )
+                self._limiter.release(call.provider, scope)
+            self._ledger.append(entry)
+        return entry
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: Handler) -> None:
         split = urlsplit(handler.path)
         query = parse_qs(split.query)
         body = handler.read_body()
-        key_seen = any(handler.headers.get(name) for name in _KEY_HEADERS) or "key" in query
+        api_key = _api_key(handler, query)
+        key_seen = api_key is not None
+        key_id = None if api_key is None else key_fingerprint(api_key)
         target = _wire.route(split.path)
         if target is None or handler.command != "POST":
             message = f"fake provider has no route for {handler.command} {split.path}"
             handler.send_reply(
-                _wire.Reply(404, b'{"error":{"message":"%s"}}' % message.encode()), ()
+                _wire.Reply(404, b'{"error":{"message":"%s"}}' % message.encode()),
+                (),
+                self._overrides(None, 404),
             )
             return
         provider, endpoint, path_model = target
@@ -504,54 +554,90 @@ class FakeProvider:
             )
         except _wire.BadRequestError as exc:
             call = _wire.Call(provider, endpoint, split.path, path_model or "")
-            self._record(call, time.monotonic(), exc.status, key_seen, len(body))
-            handler.send_reply(_wire.error_reply(provider, exc.status, message=str(exc)), ())
+            self._record(call, time.monotonic(), exc.status, key_seen, len(body), key_id=key_id)
+            reply = _wire.error_reply(provider, exc.status, message=str(exc))
+            handler.send_reply(reply, (), self._overrides(provider, reply.status))
             return
 
-        decision = self._decide(call)
+        decision = self._decide(call, key_id)
         headers = [(_REQUEST_ID_HEADER[provider], _wire.new_id("req_"))]
         headers += ratelimit_headers(provider, decision.state, time.time())
         fault = decision.fault
+        record = functools.partial(
+            self._record, call, decision.now, api_key_seen=key_seen,
+            request_bytes=len(body), fault=fault, key_id=key_id, scope=decision.scope,
+        )  # fmt: skip
         if fault is not None and fault.kind == "reset":
-            self._record(call, decision.now, 0, key_seen, len(body), fault)
+            record(status=0)
             handler.reset_connection()
             return
-        if fault is not None and fault.kind != "slow":
+        if fault is not None and fault.kind in REPLY_FAULTS:
             reply, retry_after = self._fault_reply(call, fault)
-            if retry_after is not None and provider != "gemini":
-                headers += retry_after_headers(retry_after)
-            self._record(call, decision.now, reply.status, key_seen, len(body), fault)
-            handler.send_reply(reply, headers)
+            if retry_after is not None:
+                headers += retry_after_headers(retry_after, provider)
+            record(status=reply.status)
+            handler.send_reply(reply, headers, self._overrides(provider, reply.status))
             return
         if not decision.admitted:
+            limit = decision.state.tpm if decision.reason == "tokens" else decision.state.rpm
             reply = _wire.error_reply(
                 provider,
                 429,
                 reason=decision.reason,
                 model=call.model,
                 retry_after=decision.retry_after,
+                limit=limit,
             )
-            if decision.retry_after is not None and provider != "gemini":
-                headers += retry_after_headers(decision.retry_after)
-            self._record(call, decision.now, 429, key_seen, len(body), fault)
-            handler.send_reply(reply, headers)
+            if decision.retry_after is not None:
+                headers += retry_after_headers(decision.retry_after, provider)
+            record(status=429)
+            handler.send_reply(reply, headers, self._overrides(provider, 429))
             return
+        self._serve_admitted(handler, call, decision, headers, record)
 
-        delay = self.latency + (fault.delay if fault is not None else 0.0)
-        if delay > 0 and self._stopping.wait(delay):
-            self._record(call, decision.now, 0, key_seen, len(body), fault, release=call.metered)
-            handler.reset_connection()
-            return
-        reply = _wire.render(call)
+    def _serve_admitted(
+        self,
+        handler: Handler,
+        call: _wire.Call,
+        decision: _Decision,
+        headers: list[tuple[str, str]],
+        record: Callable[..., LedgerEntry],
+    ) -> None:
+        """Process an admitted request: bill it, then reply (or misbehave, per the fault)."""
+        fault = decision.fault
+        kind = None if fault is None else fault.kind
+        outcome: Outcome = "broken" if kind in BROKEN_FAULTS else "served"
         cost = (Decimal(0), True)
         if call.metered:
             cost = self._pricer.price(
-                provider, call.model, call.input_tokens, call.output_tokens, call.audio_seconds
+                call.provider, call.model, call.input_tokens, call.output_tokens, call.audio_seconds
             )
-        self._record(
-            call, decision.now, 200, key_seen, len(body), fault, cost, release=call.metered
-        )
-        handler.send_reply(reply, headers)
+        if kind == "hang":
+            entry = record(status=200, cost=cost, outcome=outcome)  # billed at admission
+            handler.wait_for_disconnect(self._stopping)
+            with self._lock:
+                if call.metered:
+                    self._limiter.release(call.provider, decision.scope)
+                self._ledger.replace(entry, dataclasses.replace(entry, end=time.monotonic()))
+            handler.reset_connection()
+            return
+        delay = self.latency + (fault.delay if fault is not None and kind == "slow" else 0.0)
+        if delay > 0 and self._stopping.wait(delay):
+            record(status=0, release=call.metered)
+            handler.reset_connection()
+            return
+        reply = _wire.render(call)
+        if kind == "no_usage":
+            reply = strip_usage(reply, call.provider)
+        elif kind == "malformed":
+            reply = malform(reply)
+        record(status=200, cost=cost, release=call.metered, outcome=outcome)
+        if kind == "reset_after_send":
+            handler.reset_connection()
+        elif kind == "cut_stream" and fault is not None:
+            handler.send_cut(reply, headers, self._overrides(call.provider, 200), fault.frames)
+        else:
+            handler.send_reply(reply, headers, self._overrides(call.provider, reply.status))
 
     def _fault_reply(self, call: _wire.Call, fault: Fault) -> tuple[_wire.Reply, float | None]:
         if fault.kind == "insufficient_quota":
@@ -567,3 +653,14 @@ class FakeProvider:
             )
             return reply, fault.retry_after
         return _wire.error_reply(call.provider, fault.status, model=call.model), None
+
+
+def _api_key(handler: Handler, query: Mapping[str, list[str]]) -> str | None:
+    """The request's API key (Bearer/Token scheme stripped), or None if it sent none."""
+    for name in _KEY_HEADERS:
+        value = handler.headers.get(name)
+        if value:
+            scheme, _, rest = value.strip().partition(" ")
+            return rest.strip() if rest and scheme.lower() in ("bearer", "token") else value
+    keys = query.get("key")
+    return keys[0] if keys else None
