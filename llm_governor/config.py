@@ -196,13 +196,20 @@ class MonitorConfig(BaseModel):
 
 
 class RetryConfig(BaseModel):
-    """Retry budget: retries may add at most ``budget_ratio`` of recent calls (plus a floor)."""
+    """How the governor paces retries.
+
+    Retries may add at most ``budget_ratio`` of recent calls (plus a floor).
+    ``absorb_throttled``: a 429 the SDK would retry is re-queued and re-sent
+    as the same attempt (until ``request_timeout``) instead of spending one of
+    the SDK's retries, which exist for failures.
+    """
 
     model_config = _STRICT
 
     budget_ratio: float = Field(0.2, ge=0, le=10)
     budget_min_per_minute: int = Field(10, ge=0)
     max_wait: float = Field(60.0, gt=0, description="never sleep longer than this between tries")
+    absorb_throttled: bool = True
 
 
 def default_state_path() -> Path:
@@ -239,6 +246,10 @@ class GovernorConfig(BaseModel):
     )
     emergency_action: Literal["throttle", "refuse"] = "throttle"
     max_retries: int | None = Field(None, ge=0, le=20)
+    lease_ttl: float = Field(
+        30.0, ge=1, le=3600,
+        description="seconds a call's budget and slot hold outlives its process's last heartbeat",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     services: dict[str, RateLimitConfig] = Field(default_factory=dict)
     prices: dict[str, PriceOverride] = Field(default_factory=dict)

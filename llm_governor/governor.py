@@ -1,11 +1,17 @@
 """The governor: the pipeline one call goes through.
 
 ``admit`` (queue → emergency → breaker → budget reservation, concurrency slot
-and rate buckets in one backend step) → the caller's attempts (retried by
-:meth:`run_attempts`, each re-admitted through the rate buckets) → ``settle``
-(real cost charged, unused reservation released, outcome fed to breaker and
-adaptive limits). Policies decide, the backend stores, telemetry reports; this
-module only sequences them, for threads and asyncio alike.
+and rate buckets in one backend step) → the SDK's own attempts, each reported
+here (:meth:`Governor.attempt_started`, :meth:`~Governor.attempt_succeeded`,
+:meth:`~Governor.attempt_failed`) and each retry paced and re-admitted at the
+SDK's retry point (:meth:`~Governor.retry`) → ``settle`` (the charging rule of
+:func:`llm_governor.policies.budget.charge`, unused reservation released,
+outcome fed to breaker and adaptive limits).
+
+Admission and retries are written once, as generators of small steps (ask
+the backend, wait in the queue, sleep, charge), driven by a thread runner and
+an asyncio runner, the way tenacity drives its strategies. Policies decide,
+the backend stores, telemetry reports; this module only sequences them.
 """
 
 from __future__ import annotations
@@ -18,17 +24,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    stop_after_attempt,
-)
 
 from .backends import Backend, CallRecord, create_backend
 from .config import GovernorConfig, RateLimitConfig
@@ -44,16 +44,16 @@ from .errors import (
 from .policies import adaptive, budget
 from .policies.adaptive import ProviderLimits
 from .policies.admission import AdmitRequest, Decision, Limits, Observation
+from .policies.budget import AttemptState
 from .policies.queue import AdmissionQueue, Waiter
-from .policies.retry import AttemptFailure, RetryBudget, wait_provider
+from .policies.retry import AttemptFailure, ProviderWait, RetryBudget
 from .pricing import Pricer, Usage
 
-__all__ = ["CallSpec", "Governor", "Ticket"]
+__all__ = ["CallSpec", "Governor", "Ticket", "never_sent"]
 
 logger = logging.getLogger("llm_governor")
 T = TypeVar("T")
 _ZERO = Decimal(0)
-FAILURE_ATTR = "llm_governor_failure"
 # Lease ids: unique per process run, cheap to make (uuid4 per call costs ~4 µs).
 _LEASE_PREFIX = f"{uuid.uuid4().hex[:12]}-"
 _lease_seq = itertools.count()
@@ -69,6 +69,9 @@ class CallSpec:
     stream: bool = False
     max_output_tokens: int | None = None
     prompt_bytes: int = 0
+    media_tokens: int = 0  # images, files and the like, bounded from above, in input tokens
+    audio_tokens: int = 0  # input audio tokens, bounded from above
+    media_unbounded: bool = False  # media of unknown size (file ids, URLs): the context window
     audio_bytes: int = 0
     audio_seconds: float | None = None
     embedding: bool = False
@@ -79,11 +82,17 @@ class CallSpec:
 
 
 class Ticket:
-    """One admitted call, from admission to settlement (settles exactly once)."""
+    """One admitted call, from admission to settlement (settles exactly once).
 
-    __slots__ = ("attempts", "cfg", "emergency", "failure", "job", "lease_id", "limits",
-                 "llm_tokens", "model", "priority", "provider", "queue_wait", "reserved",
-                 "service", "settled", "span", "spec", "started", "usage_hint")
+    ``state`` says where the latest attempt got to as far as the provider's
+    bill is concerned (see :data:`~llm_governor.policies.budget.AttemptState`);
+    ``sunk`` is what lost attempts were already charged before a retry.
+    """
+
+    __slots__ = ("attempts", "cfg", "emergency", "failure", "holding", "job", "lease_id",
+                 "limits", "llm_tokens", "model", "pid", "priority", "provider", "queue_wait",
+                 "requeues", "reserved", "service", "settled", "span", "spec", "started",
+                 "state", "sunk", "usage_hint")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
                  reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None) -> None:
@@ -96,10 +105,15 @@ class Ticket:
         self.llm_tokens = llm_tokens
         self.priority = priority
         self.job = job
-        self.lease_id = f"{_LEASE_PREFIX}{os.getpid()}-{next(_lease_seq)}"
+        self.pid = os.getpid()
+        self.lease_id = f"{_LEASE_PREFIX}{self.pid}-{next(_lease_seq)}"
         self.started = time.monotonic()
         self.queue_wait = 0.0
-        self.attempts = 1
+        self.attempts = 0
+        self.requeues = 0  # throttled attempts re-sent by the governor
+        self.state: AttemptState = "none"
+        self.sunk = _ZERO
+        self.holding = False  # the lease (budget hold, slot) is held
         self.settled = False
         self.emergency = False
         self.provider: ProviderLimits | None = None
@@ -121,8 +135,70 @@ def limits_of(cfg: RateLimitConfig) -> Limits:
     )
 
 
+def never_sent(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) proves a request never left the process: the
+    connection was refused, or the host name did not resolve."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return False
+
+
 def _clean(part: str) -> str:
     return part.replace("|", "/")
+
+
+# ----------------------------------------------------------------- steps
+# What the admission and retry sequences ask their runner to do.
+@dataclass(frozen=True, slots=True)
+class _Admit:
+    ticket: Ticket
+    req: AdmitRequest
+    lease: str | None
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class _NewWaiter:
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    waiter: Waiter
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge:
+    """Charge a lost attempt at its reservation and release its hold, before a retry."""
+
+    lease: str
+    limits: Limits
+    record: CallRecord
+
+
+_Step = _Admit | _NewWaiter | _Wait | _Sleep | _Charge
+Steps = Generator[_Step, Any, T]
+
+# Governors alive in this process, re-armed in a forked child.
+_governors: weakref.WeakSet[Governor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for gov in list(_governors):
+        gov._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Governor:
@@ -145,14 +221,37 @@ class Governor:
             on_error=config.on_backend_error, degraded_budget_share=config.degraded_budget_share,
         )
         self.pricer = Pricer(config.prices)
-        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_ttl = float(config.lease_ttl)
         self._queues: dict[str, AdmissionQueue] = {}
         self._limits: dict[tuple[str, str | None], tuple[RateLimitConfig, Limits, Limits]] = {}
         self._retry_budgets: dict[str, RetryBudget] = {}
-        self._in_flight: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._last_publish = 0.0
+        self._wait = ProviderWait(maximum=config.retry.max_wait)
+        self._closed = threading.Event()
+        self._init_process_state()
+        self.telemetry_errors = 0
         self.telemetry = Telemetry(self, meter_provider, tracer_provider)
+        _governors.add(self)
+
+    def _init_process_state(self) -> None:
+        """Everything that belongs to one process (a forked child makes its own)."""
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._live: dict[str, Ticket] = {}  # lease id → ticket whose hold is renewed
+        self._heart: threading.Thread | None = None
+        self._last_publish = 0.0
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's calls, waiters and threads are not ours."""
+        closed = self._closed.is_set()
+        self._closed = threading.Event()
+        if closed:
+            self._closed.set()
+        self._init_process_state()
+        self._queues = {}
+        after_fork = getattr(self.backend, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
 
     # ----------------------------------------------------------------- config
     def service_config(self, service: str, model: str | None = None) -> RateLimitConfig:
@@ -182,6 +281,22 @@ class Governor:
                 self.config.retry.budget_ratio, self.config.retry.budget_min_per_minute))
         return rb
 
+    def max_retries(self, t: Ticket) -> int | None:
+        """Retries the configuration imposes on this call (``None``: the client's own)."""
+        configured = t.cfg.max_retries
+        return configured if configured is not None else self.config.max_retries
+
+    # -------------------------------------------------------------- telemetry
+    def _emit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Report to telemetry; an exporter that fails never fails a call (logged once)."""
+        try:
+            fn(*args)
+        except Exception:
+            self.telemetry_errors += 1
+            if self.telemetry_errors == 1:
+                logger.warning("RATE_LIMIT telemetry failed; calls go on without it "
+                               "(counted in Governor.telemetry_errors)", exc_info=True)
+
     # -------------------------------------------------------------- admission
     def ticket(self, spec: CallSpec) -> Ticket:
         """Estimate the call and prepare its ticket (no state touched yet)."""
@@ -189,9 +304,12 @@ class Governor:
         stated = spec.cost if spec.cost is not None else current_cost_override()
         cost, tokens = self.pricer.estimate(
             spec.service, spec.model, cfg, prompt_bytes=spec.prompt_bytes,
-            max_output_tokens=spec.max_output_tokens, audio_bytes=spec.audio_bytes,
+            media_tokens=spec.media_tokens, audio_tokens=spec.audio_tokens,
+            media_unbounded=spec.media_unbounded, max_output_tokens=spec.max_output_tokens,
+            audio_bytes=spec.audio_bytes,
             audio_seconds=spec.audio_seconds, embedding=spec.embedding,
-        ) if stated is None else (stated, spec.prompt_bytes + (spec.max_output_tokens or 0))
+        ) if stated is None else (stated, spec.prompt_bytes + spec.media_tokens
+                                  + spec.audio_tokens + (spec.max_output_tokens or 0))
         prio = spec.priority if spec.priority is not None else current_priority()
         return Ticket(spec, cfg, limits, cost, tokens, prio, spec.job or current_job())
 
@@ -229,50 +347,44 @@ class Governor:
     def _after_decision(self, t: Ticket, d: Decision, reserve: bool) -> None:
         t.emergency = d.emergency
         if reserve and d.admitted:
+            t.holding = True
             with self._lock:
                 self._in_flight[t.service] = self._in_flight.get(t.service, 0) + 1
-        self.telemetry.decision(t, d.outcome, d.retry_after)
+            self._live[t.lease_id] = t
+            if self._heart is None:
+                self._start_heartbeat()
+        self._emit(self.telemetry.decision, t, d.outcome, d.retry_after)
 
     def _shed(self, t: Ticket) -> QueueFullError:
         self.backend.count_decision(t.service, "queue_full")
-        self.telemetry.decision(t, "queue_full", 0.0)
+        self._emit(self.telemetry.decision, t, "queue_full", 0.0)
         return QueueFullError(
             f"RATE_LIMIT {t.service} queue is full (max_queue_size={t.cfg.max_queue_size}); "
             "shed for higher-priority calls", service=t.service,
             retry_after=1.0 / max(t.limits.refill_rate, 1e-9),
         )
 
-    def admit(self, spec: CallSpec) -> Ticket:
-        """Wait in the priority queue until the call is admitted, or raise why not."""
-        t = self.ticket(spec)
-        self.telemetry.start_call(t)
-        try:
-            self._admit(t, reserve=True)
-        except BaseException as exc:
-            self.telemetry.end_call(t, "error", type(exc).__name__, None, _ZERO)
-            raise
-        return t
+    def _admission(self, t: Ticket, reserve: bool) -> Steps[None]:
+        """Wait in the priority queue until admitted (raises the refusal otherwise).
 
-    def readmit(self, t: Ticket) -> None:
-        """Admit a retry attempt through the rate buckets (budget and slot are already held)."""
-        self._admit(t, reserve=False)
-
-    def _admit(self, t: Ticket, reserve: bool) -> None:
+        ``reserve`` False re-admits a retry through the rate buckets only (its
+        budget hold and slot are still held).
+        """
         req = self._request(t, reserve)
         lease = t.lease_id if reserve else None
-        ttl = t.cfg.request_timeout
+        ttl = self.lease_ttl
         q = self.queue(t.service)
         start = time.monotonic()
         if not len(q):  # fast path: nobody waiting
-            d = self.backend.admit(req, lease, ttl)
+            d: Decision = yield _Admit(t, req, lease, ttl)
             if d.admitted:
                 self._after_decision(t, d, reserve)
                 return
             if d.outcome != "rate_limited":
                 self._after_decision(t, d, reserve)
                 raise self._refusal(t, d)
-        deadline = start + ttl
-        w = Waiter(int(t.priority))
+        deadline = start + t.cfg.request_timeout
+        w: Waiter = yield _NewWaiter(int(t.priority))
         if not q.enter(w):
             raise self._shed(t)
         try:
@@ -281,7 +393,7 @@ class Governor:
                     raise self._shed(t)
                 remaining = deadline - time.monotonic()
                 if q.is_head(w):
-                    d = self.backend.admit(req, lease, ttl)
+                    d = yield _Admit(t, req, lease, ttl)
                     if d.admitted:
                         t.queue_wait += time.monotonic() - start
                         self._after_decision(t, d, reserve)
@@ -289,175 +401,273 @@ class Governor:
                     if d.outcome != "rate_limited" or d.retry_after > remaining:
                         self._after_decision(t, d, reserve)
                         raise self._refusal(t, d)
-                    w.wait(d.retry_after)
+                    yield _Wait(w, d.retry_after)
                 else:
                     if remaining <= 0:
                         d = Decision(False, "rate_limited", 0.0)
                         self._after_decision(t, d, reserve)
                         raise self._refusal(t, d)
-                    w.wait(remaining)
+                    yield _Wait(w, remaining)
         finally:
             q.leave(w)
 
-    async def aadmit(self, spec: CallSpec) -> Ticket:
-        """:meth:`admit` for asyncio: waits without blocking the event loop."""
+    def admit(self, spec: CallSpec) -> Ticket:
+        """Wait in the priority queue until the call is admitted, or raise why not."""
         t = self.ticket(spec)
-        self.telemetry.start_call(t)
+        self._emit(self.telemetry.start_call, t)
         try:
-            await self._aadmit(t, reserve=True)
+            self._run(self._admission(t, reserve=True))
         except BaseException as exc:
-            self.telemetry.end_call(t, "error", type(exc).__name__, None, _ZERO)
+            self._emit(self.telemetry.end_call, t, "error", type(exc).__name__, None, _ZERO)
             raise
+        self.retry_budget(t.service).record_call(time.monotonic())
         return t
 
-    async def areadmit(self, t: Ticket) -> None:
-        await self._aadmit(t, reserve=False)
+    async def aadmit(self, spec: CallSpec) -> Ticket:
+        """:meth:`admit` for asyncio: waits without blocking the event loop.
 
-    async def _backend_admit(self, req: AdmitRequest, lease: str | None, ttl: float) -> Decision:
-        if self.backend.blocking:
-            return await asyncio.to_thread(self.backend.admit, req, lease, ttl)
-        return self.backend.admit(req, lease, ttl)
-
-    async def _aadmit(self, t: Ticket, reserve: bool) -> None:
-        req = self._request(t, reserve)
-        lease = t.lease_id if reserve else None
-        ttl = t.cfg.request_timeout
-        q = self.queue(t.service)
-        start = time.monotonic()
-        if not len(q):
-            d = await self._backend_admit(req, lease, ttl)
-            if d.admitted:
-                self._after_decision(t, d, reserve)
-                return
-            if d.outcome != "rate_limited":
-                self._after_decision(t, d, reserve)
-                raise self._refusal(t, d)
-        deadline = start + ttl
-        w = Waiter(int(t.priority), loop=asyncio.get_running_loop())
-        if not q.enter(w):
-            raise self._shed(t)
-        try:
-            while True:
-                if w.shed:
-                    raise self._shed(t)
-                remaining = deadline - time.monotonic()
-                if q.is_head(w):
-                    d = await self._backend_admit(req, lease, ttl)
-                    if d.admitted:
-                        t.queue_wait += time.monotonic() - start
-                        self._after_decision(t, d, reserve)
-                        return
-                    if d.outcome != "rate_limited" or d.retry_after > remaining:
-                        self._after_decision(t, d, reserve)
-                        raise self._refusal(t, d)
-                    await w.await_(d.retry_after)
-                else:
-                    if remaining <= 0:
-                        d = Decision(False, "rate_limited", 0.0)
-                        self._after_decision(t, d, reserve)
-                        raise self._refusal(t, d)
-                    await w.await_(remaining)
-        finally:
-            q.leave(w)
-
-    # ---------------------------------------------------------------- retries
-    def _should_retry(self, t: Ticket, exc: BaseException, last: bool) -> bool:
-        """Observe a failed attempt and decide whether another one is worth it.
-
-        Every classified failure is observed (breaker, adaptive rate); only a
-        retry that will really happen (``last`` False) takes from the retry
-        budget and is reported.
+        A cancellation anywhere in it releases what it took, including a
+        backend admission that completes in its worker thread after the
+        caller was cancelled.
         """
-        failure: AttemptFailure | None = getattr(exc, FAILURE_ATTR, None)
-        if failure is None or isinstance(exc, GovernorError):
-            return False
+        t = self.ticket(spec)
+        self._emit(self.telemetry.start_call, t)
+        try:
+            await self._arun(self._admission(t, reserve=True))
+        except BaseException as exc:
+            self._emit(self.telemetry.end_call, t, "error", type(exc).__name__, None, _ZERO)
+            raise
+        self.retry_budget(t.service).record_call(time.monotonic())
+        return t
+
+    # ------------------------------------------------------------------ runners
+    def _run(self, steps: Steps[T]) -> T:
+        """Drive a step sequence in this thread."""
+        send: Callable[[Any], _Step] = steps.send
+        value: Any = None
+        while True:
+            try:
+                step = send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                value = self._step(step)
+                send = steps.send
+            except BaseException as exc:  # the sequence's finally blocks must run
+                value = exc
+                send = steps.throw
+
+    def _step(self, step: _Step) -> Any:
+        if isinstance(step, _Admit):
+            return self.backend.admit(step.req, step.lease, step.ttl)
+        if isinstance(step, _Wait):
+            step.waiter.wait(step.seconds)
+        elif isinstance(step, _NewWaiter):
+            return Waiter(step.priority)
+        elif isinstance(step, _Sleep):
+            time.sleep(step.seconds)
+        else:
+            self.backend.settle(step.lease, step.limits, None, step.record)
+        return None
+
+    async def _arun(self, steps: Steps[T]) -> T:
+        """Drive a step sequence on the running event loop."""
+        send: Callable[[Any], _Step] = steps.send
+        value: Any = None
+        while True:
+            try:
+                step = send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                value = await self._astep(step)
+                send = steps.send
+            except BaseException as exc:
+                value = exc
+                send = steps.throw
+
+    async def _astep(self, step: _Step) -> Any:
+        if isinstance(step, _Admit):
+            if not self.backend.blocking:
+                return self.backend.admit(step.req, step.lease, step.ttl)
+            fut = asyncio.ensure_future(
+                asyncio.to_thread(self.backend.admit, step.req, step.lease, step.ttl))
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if step.lease is not None:  # the thread may still admit: release it then
+                    fut.add_done_callback(lambda f: self._release_late(f, step))
+                raise
+        if isinstance(step, _Wait):
+            await step.waiter.await_(step.seconds)
+        elif isinstance(step, _NewWaiter):
+            return Waiter(step.priority, loop=asyncio.get_running_loop())
+        elif isinstance(step, _Sleep):
+            await asyncio.sleep(step.seconds)
+        else:
+            await self._ablocking(self.backend.settle, step.lease, step.limits, None, step.record)
+        return None
+
+    async def _ablocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` off the event loop on a blocking backend; runs to the end even if
+        the caller is cancelled meanwhile (a settlement must never be half-done)."""
+        if not self.backend.blocking:
+            return fn(*args)
+        return await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(fn, *args)))
+
+    def _release_late(self, fut: asyncio.Future[Decision], step: _Admit) -> None:
+        """A cancelled caller's admission completed anyway: give its hold back."""
+        if fut.cancelled() or fut.exception() is not None or not fut.result().admitted:
+            return
+        t, lease = step.ticket, step.lease
+        assert lease is not None
+        record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
+                            _ZERO, "cancelled", "CancelledError", settle_id=lease)
+        threading.Thread(target=self._quietly, args=(self.backend.settle, lease, step.req.limits,
+                                                     None, record),
+                         name="llm-governor-release", daemon=True).start()
+
+    @staticmethod
+    def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.warning("RATE_LIMIT releasing a cancelled admission failed", exc_info=True)
+
+    # ---------------------------------------------------------------- attempts
+    def attempt_started(self, t: Ticket) -> None:
+        """An attempt is about to leave the process: from here it may be billed."""
+        t.attempts += 1
+        t.state = "sending"
+        t.failure = None
+
+    def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
+        """The provider answered with success; its rate-limit headers are folded in at settle."""
+        t.state = "received"
+        if provider is not None:
+            t.provider = provider
+            if provider.remaining_requests is not None:
+                self._emit(self.telemetry.provider_remaining, t.service, "requests",
+                           provider.remaining_requests)
+            if provider.remaining_tokens is not None:
+                self._emit(self.telemetry.provider_remaining, t.service, "tokens",
+                           provider.remaining_tokens)
+
+    def attempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool) -> None:
+        """An attempt failed: an error status (``answered``) or an exception.
+
+        Failures feed the breaker, 429s the adaptive rate, at once (other
+        processes see them before this call settles).
+        """
         t.failure = failure
+        t.state = "rejected" if answered else ("lost" if failure.lost else "unsent")
+        if failure.kind == "fatal" and failure.provider is None:
+            return
         outcome: Literal["failure", "throttled", "neutral"] = (
             "failure" if failure.kind == "failure" else
             "throttled" if failure.kind == "throttled" else "neutral")
         provider = failure.provider
         if failure.kind == "throttled" and failure.retry_after is not None:
             provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
-        self.backend.observe(t.service, t.limits, Observation(outcome, provider))
-        if failure.kind == "fatal" or last:
-            return False
-        if not self.retry_budget(t.service).try_retry(time.monotonic()):
-            logger.warning("RATE_LIMIT retry budget of %s exhausted: not retrying %s",
-                           t.service, failure.reason)
-            return False
-        self.telemetry.retry(t, failure.reason, failure.retry_after)
-        return True
+        try:
+            self.backend.observe(t.service, t.limits, Observation(outcome, provider))
+        except Exception:  # never fail the SDK's own error path for a lost observation
+            logger.debug("observing a failed attempt failed", exc_info=True)
 
-    def max_attempts(self, t: Ticket) -> int:
-        configured = t.cfg.max_retries if t.cfg.max_retries is not None else \
-            self.config.max_retries
-        retries = configured if configured is not None else (
-            t.spec.max_retries if t.spec.max_retries is not None else 2)
-        return retries + 1
+    # ---------------------------------------------------------------- retries
+    def _retry_steps(self, t: Ticket, sdk_wait: float | None,
+                     already_waited: float) -> Steps[GovernorError | None]:
+        """The governor's part of one retry the SDK decided to make.
 
-    def _retry_policy(self, t: Ticket) -> dict[str, Any]:
-        """The tenacity strategies of one call's retries."""
-        attempts = self.max_attempts(t)
-
-        def retry(state: RetryCallState) -> bool:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            return exc is not None and self._should_retry(t, exc,
-                                                          state.attempt_number >= attempts)
-
-        return {"stop": stop_after_attempt(attempts),
-                "wait": wait_provider(FAILURE_ATTR, maximum=self.config.retry.max_wait),
-                "retry": retry, "reraise": True}
-
-    def run_attempts(self, t: Ticket, attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` with the governor's retries; each retry is re-admitted.
-
-        The first attempt runs bare: tenacity is built only once an attempt has
-        failed with a classified error (its first step replays that error), so
-        the common, successful call pays nothing for the retry machinery.
+        Waits at least what the SDK would (``sdk_wait``, of which
+        ``already_waited`` the SDK slept itself) and what the provider asked;
+        charges a lost attempt at its reservation (the
+        provider may have billed it) and then needs a fresh reservation; re-
+        admits the attempt through the rate buckets, the breaker and the
+        queue. Returns the refusal that vetoes the retry, or ``None``.
         """
-        self.retry_budget(t.service).record_call(time.monotonic())
+        failure = t.failure
+        if not self.retry_budget(t.service).try_retry(time.monotonic()):
+            reason = failure.reason if failure else "error"
+            logger.warning("RATE_LIMIT retry budget of %s exhausted: not retrying %s",
+                           t.service, reason)
+            return RateLimitExceededError(
+                f"RATE_LIMIT retry budget of {t.service} exhausted (retry.budget_ratio="
+                f"{self.config.retry.budget_ratio:g})", service=t.service)
+        wait = max(sdk_wait or 0.0, self._wait(failure, t.attempts)) - already_waited
+        self._emit(self.telemetry.retry, t, failure.reason if failure else "error", wait)
+        if wait > 0:
+            yield _Sleep(wait)
+        reserve = t.state in budget.BILLABLE
+        if reserve:
+            record = CallRecord(_clean(t.service), _clean(t.model),
+                                _clean(t.job) if t.job else None, t.reserved, "lost",
+                                final=False, settle_id=f"{t.lease_id}#{t.attempts}")
+            self._release(t)
+            yield _Charge(t.lease_id, t.limits, record)
+            t.sunk += t.reserved
+            t.state = "charged"
         try:
-            return attempt()
-        except Exception as exc:
-            if getattr(exc, FAILURE_ATTR, None) is None or isinstance(exc, GovernorError):
-                raise
-            failed: list[BaseException] = [exc]
+            yield from self._admission(t, reserve=reserve)
+        except GovernorError as refusal:
+            return refusal
+        return None
 
-        def replay_then_attempt() -> T:
-            if failed:
-                raise failed.pop()
-            return attempt()
+    def retry(self, t: Ticket, sdk_wait: float | None = None, *,
+              already_waited: float = 0.0) -> GovernorError | None:
+        """Pace and re-admit a retry the SDK decided on; a refusal vetoes it."""
+        return self._run(self._retry_steps(t, sdk_wait, already_waited))
 
-        def before(state: RetryCallState) -> None:
-            if state.attempt_number > 1:
-                t.attempts = state.attempt_number
-                self.readmit(t)
+    async def aretry(self, t: Ticket, sdk_wait: float | None = None, *,
+                     already_waited: float = 0.0) -> GovernorError | None:
+        """:meth:`retry` for asyncio."""
+        return await self._arun(self._retry_steps(t, sdk_wait, already_waited))
 
-        return Retrying(before=before, **self._retry_policy(t))(replay_then_attempt)
+    def _requeue_steps(self, t: Ticket) -> Steps[bool]:
+        """A throttled attempt is "not yet": wait, re-queue, and say whether to re-send it.
 
-    async def arun_attempts(self, t: Ticket, attempt: Callable[[], Awaitable[T]]) -> T:
-        """:meth:`run_attempts` for coroutines."""
-        self.retry_budget(t.service).record_call(time.monotonic())
+        The provider did not process it (nothing to charge); the wait is what
+        it asked, else a back-off; the call keeps its priority in the queue.
+        False once ``request_timeout`` (from the call's start) would pass: the
+        429 then goes to the SDK, which decides as it would bare.
+        """
+        failure = t.failure
+        if not self.config.retry.absorb_throttled or failure is None \
+                or failure.kind != "throttled":
+            return False
+        t.requeues += 1
+        wait = self._wait(failure, t.requeues)
+        deadline = t.started + t.cfg.request_timeout
+        if time.monotonic() + wait >= deadline:
+            return False
+        self._emit(self.telemetry.retry, t, failure.reason, wait)
+        if wait > 0:
+            yield _Sleep(wait)
         try:
-            return await attempt()
-        except Exception as exc:
-            if getattr(exc, FAILURE_ATTR, None) is None or isinstance(exc, GovernorError):
-                raise
-            failed: list[BaseException] = [exc]
+            yield from self._admission(t, reserve=False)
+        except GovernorError:
+            return False
+        return time.monotonic() < deadline
 
-        async def replay_then_attempt() -> T:
-            if failed:
-                raise failed.pop()
-            return await attempt()
+    def requeue(self, t: Ticket) -> bool:
+        """After a 429: True when the attempt is re-admitted and should be re-sent."""
+        return self._run(self._requeue_steps(t))
 
-        async def before(state: RetryCallState) -> None:
-            if state.attempt_number > 1:
-                t.attempts = state.attempt_number
-                await self.areadmit(t)
-
-        return await AsyncRetrying(before=before, **self._retry_policy(t))(replay_then_attempt)
+    async def arequeue(self, t: Ticket) -> bool:
+        """:meth:`requeue` for asyncio."""
+        return await self._arun(self._requeue_steps(t))
 
     # ------------------------------------------------------------- settlement
+    def _release(self, t: Ticket) -> None:
+        """Forget the hold locally (the backend step that releases it follows)."""
+        self._live.pop(t.lease_id, None)
+        if t.holding:
+            t.holding = False
+            with self._lock:
+                self._in_flight[t.service] = max(0, self._in_flight.get(t.service, 1) - 1)
+            if t.cfg.max_concurrency:
+                self.queue(t.service).wake_head()
+
     def settle(
         self,
         t: Ticket,
@@ -467,57 +677,73 @@ class Governor:
         outcome: Literal["success", "failure", "neutral"] | None = None,
         cost: Decimal | None = None,
     ) -> Decimal:
-        """Charge the real cost, release the rest, record the outcome. Idempotent."""
-        if t.settled:
+        """Charge the call by the charging rule, release the rest, record the outcome.
+
+        Idempotent; a call inherited from a parent process is never settled
+        in a forked child. Returns the call's total charge (lost attempts
+        included).
+        """
+        if t.settled or t.pid != os.getpid():
             return _ZERO
         t.settled = True
         if cost is None:
-            if usage is not None:
-                cost = self.pricer.cost(t.service, t.spec.model, usage, t.cfg)
-            elif error is None:
-                stated = t.spec.cost if t.spec.cost is not None else None
-                cost = stated if stated is not None else (
-                    t.reserved if self.pricer.price(t.service, t.spec.model) is None
-                    else _ZERO)
-            else:
-                cost = _ZERO
+            usage_cost = None if usage is None else \
+                self.pricer.cost(t.service, t.spec.model, usage, t.cfg)
+            # a success no attempt hook reported still reached the provider
+            state: AttemptState = "received" if error is None and t.state == "none" else t.state
+            cost = budget.charge(state, usage_cost, t.reserved)
+        overrun = cost - t.reserved if cost > t.reserved else _ZERO
+        if overrun:
+            logger.warning(
+                "RATE_LIMIT %s call to %s cost $%s, $%s above its reservation of $%s: the "
+                "difference is charged and the next calls wait until the budget has room",
+                t.service, t.model, cost, overrun, t.reserved)
+            self._emit(self.telemetry.overrun, t, overrun)
         if outcome is None and error is None:
             outcome = "success"
         obs = Observation(outcome, t.provider) if outcome is not None else None
         status = "ok" if error is None else "error"
         error_type = None if error is None else type(error).__name__
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
-                            cost, status, error_type, t.attempts)
+                            cost, status, error_type, max(1, t.attempts), overrun=overrun,
+                            settle_id=t.lease_id)
+        lease = t.lease_id if t.holding else None
+        self._release(t)
         try:
-            self.backend.settle(t.lease_id, t.limits, obs, record)
-        finally:
-            with self._lock:
-                self._in_flight[t.service] = max(0, self._in_flight.get(t.service, 1) - 1)
-            if t.cfg.max_concurrency:
-                self.queue(t.service).wake_head()
-            self.telemetry.end_call(t, status, error_type, usage, cost)
+            self.backend.settle(lease, t.limits, obs, record)
+        except Exception:
+            logger.exception("RATE_LIMIT settling a %s call failed", t.service)
+        total = t.sunk + cost
+        self._emit(self.telemetry.end_call, t, status, error_type, usage, total)
         self._maybe_publish()
-        return cost
+        return total
 
     async def asettle(self, t: Ticket, usage: Usage | None = None, **kw: Any) -> Decimal:
-        """:meth:`settle` without blocking the event loop on a blocking backend."""
-        if self.backend.blocking:
-            return await asyncio.to_thread(self.settle, t, usage, **kw)
-        return self.settle(t, usage, **kw)
+        """:meth:`settle` without blocking the event loop; completes even if cancelled."""
+        if not self.backend.blocking:
+            return self.settle(t, usage, **kw)
+        return await self._ablocking(lambda: self.settle(t, usage, **kw))
 
     # -------------------------------------------------------- whole functions
     def call(self, spec: CallSpec, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Govern one call of an arbitrary function (the decorator's engine).
 
-        An exception from ``fn`` counts as a failure for the breaker.
+        The function counts as one attempt that may be billed: if it raises,
+        its reservation is charged (the charging rule), unless the error proves
+        nothing left the process (:func:`never_sent`); the error counts as a
+        failure for the breaker (a governor refusal inside it does not).
         """
         t = self.admit(spec)
+        self.attempt_started(t)
         try:
             result = fn(*args, **kwargs)
         except GovernorError as exc:
+            t.state = "none"
             self.settle(t, error=exc, outcome="neutral")
             raise
         except BaseException as exc:
+            if never_sent(exc):
+                t.state = "unsent"
             self.settle(t, error=exc, outcome="failure")
             raise
         self.settle(t)
@@ -526,16 +752,41 @@ class Governor:
     async def acall(self, spec: CallSpec, fn: Callable[..., Awaitable[T]], *args: Any,
                     **kwargs: Any) -> T:
         t = await self.aadmit(spec)
+        self.attempt_started(t)
         try:
             result = await fn(*args, **kwargs)
         except GovernorError as exc:
+            t.state = "none"
             await self.asettle(t, error=exc, outcome="neutral")
             raise
         except BaseException as exc:
+            if never_sent(exc):
+                t.state = "unsent"
             await self.asettle(t, error=exc, outcome="failure")
             raise
         await self.asettle(t)
         return result
+
+    # -------------------------------------------------------------- heartbeat
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heart is not None or self._closed.is_set():
+                return
+            self._heart = threading.Thread(target=self._beat, name="llm-governor-heartbeat",
+                                           daemon=True)
+            self._heart.start()
+
+    def _beat(self) -> None:
+        """Renew the holds of this process's calls, publish its status; until closed."""
+        pid = os.getpid()
+        interval = self.lease_ttl / 3.0
+        while not self._closed.wait(interval) and os.getpid() == pid:
+            lease_ids = [lease for lease, t in list(self._live.items()) if t.holding]
+            try:
+                self.backend.renew(lease_ids, self.lease_ttl)
+            except Exception:
+                logger.debug("renewing leases failed", exc_info=True)
+            self._maybe_publish(force=True)
 
     # ----------------------------------------------------------------- status
     def emergency(self) -> bool:
@@ -576,16 +827,18 @@ class Governor:
             "in_flight": in_flight,
         }
 
-    def _maybe_publish(self) -> None:
+    def _maybe_publish(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_publish < 1.0:
+        if not force and now - self._last_publish < 1.0:
             return
         self._last_publish = now
         try:
-            self.backend.publish_process(self.process_id, self.local_status(), ttl=10.0)
+            self.backend.publish_process(self.process_id, self.local_status(),
+                                         ttl=max(10.0, self.lease_ttl))
         except Exception:  # status is best effort; never fail a call for it
             logger.debug("publishing process status failed", exc_info=True)
 
     def close(self) -> None:
-        self.telemetry.close()
+        self._closed.set()
+        self._emit(self.telemetry.close)
         self.backend.close()

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import PriceOverride, RateLimitConfig
+from .media import wav_seconds
 
 __all__ = ["AUDIO_PRICES", "ModelPrice", "Pricer", "Usage", "wav_seconds"]
 
@@ -48,16 +49,18 @@ _OUTPUT_CAPS: tuple[tuple[str, int], ...] = (
     ("gpt-3.5", 4_096), ("claude", 64_000), ("gemini-2.5", 65_536), ("gemini", 8_192),
 )
 DEFAULT_OUTPUT_CAP = 16_384
+DEFAULT_CONTEXT_WINDOW = 1_048_576  # bounds unsized media of a model with no known window
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a response said was consumed."""
+    """What a response said was consumed (cache and audio tokens are parts of the input)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     audio_seconds: float = 0.0
+    input_audio_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +69,11 @@ class ModelPrice:
 
     input: Decimal = _ZERO
     output: Decimal = _ZERO
+    input_audio: Decimal = _ZERO  # input audio tokens, when priced apart from text
     per_request: Decimal = _ZERO
     per_audio_minute: Decimal = _ZERO
     max_output_tokens: int | None = None
+    context_window: int | None = None
     exact: bool = True
     source: str = "override"
 
@@ -139,6 +144,9 @@ class Pricer:
         cfg: RateLimitConfig,
         *,
         prompt_bytes: int = 0,
+        media_tokens: int = 0,
+        audio_tokens: int = 0,
+        media_unbounded: bool = False,
         max_output_tokens: int | None = None,
         audio_bytes: int = 0,
         audio_seconds: float | None = None,
@@ -146,9 +154,14 @@ class Pricer:
     ) -> tuple[Decimal, int]:
         """Upper bound of a call's ``(cost, LLM tokens)`` from its request.
 
-        Every token stands for at least one byte of text, so the request's byte
-        size bounds input tokens; the output is bounded by the request's max
-        tokens, else the model's cap.
+        Every token of text stands for at least one byte, so the text's byte
+        size bounds its tokens; images, files and input audio come as
+        ``media_tokens`` / ``audio_tokens``, already bounded by the provider's
+        own rules (see :mod:`llm_governor.instrumentation._media`); media whose
+        size nothing in the request tells (``media_unbounded``: a file id, an
+        audio URL) are bounded by the model's context window, which no input
+        can exceed. The output is bounded by the request's max tokens, else
+        the model's cap.
         """
         price = self.price(service, model)
         if embedding:
@@ -159,13 +172,19 @@ class Pricer:
             out_tokens = price.max_output_tokens
         else:
             out_tokens = _output_cap(model or "")
-        tokens = prompt_bytes + out_tokens
+        if media_unbounded:
+            window = price.context_window if price is not None and price.context_window \
+                else DEFAULT_CONTEXT_WINDOW
+            media_tokens = max(media_tokens, window - prompt_bytes - audio_tokens)
+        tokens = prompt_bytes + media_tokens + audio_tokens + out_tokens
         if service == "deepgram" or audio_bytes or audio_seconds:
             tokens = 0
         if price is None:
             return self._fallback(service, model, cfg), tokens
         cost = price.per_request
-        cost += price.input * prompt_bytes + price.output * out_tokens
+        cost += price.input * (prompt_bytes + media_tokens) + price.output * out_tokens
+        if audio_tokens:
+            cost += max(price.input, price.input_audio) * audio_tokens
         if price.per_audio_minute:
             seconds = audio_seconds if audio_seconds is not None else \
                 audio_bytes / cfg.audio_bytes_per_second
@@ -179,32 +198,15 @@ class Pricer:
         price = self.price(service, model)
         if price is None:
             return self._fallback(service, model, cfg)
-        if not price.exact or (usage.cache_read_tokens and price.source == "genai-prices"):
+        if not price.exact or ((usage.cache_read_tokens or usage.input_audio_tokens)
+                               and price.source == "genai-prices"):
             return _genai_cost(model or "", PROVIDER_IDS[service], usage)
-        total = price.per_request + price.input * usage.input_tokens \
-            + price.output * usage.output_tokens
+        audio = min(usage.input_audio_tokens, usage.input_tokens)
+        total = price.per_request + price.input * (usage.input_tokens - audio) \
+            + max(price.input, price.input_audio) * audio + price.output * usage.output_tokens
         if price.per_audio_minute and usage.audio_seconds:
             total += price.per_audio_minute * Decimal(str(usage.audio_seconds)) / _SIXTY
         return total
-
-
-def wav_seconds(audio: bytes | bytearray | memoryview) -> float | None:
-    """Exact duration of a RIFF/WAVE file from its header, or ``None`` if it is not one."""
-    head = bytes(audio[:4096]) if len(audio) > 4096 else bytes(audio)
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos, byte_rate = 12, 0
-    while pos + 8 <= len(head):
-        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
-        start = pos + 8
-        if chunk == b"fmt " and size >= 12:
-            byte_rate = int.from_bytes(head[start + 8:start + 12], "little")
-        elif chunk == b"data":
-            if byte_rate <= 0:
-                return None
-            return min(size, len(audio) - start) / byte_rate
-        pos = start + size + (size & 1)
-    return None
 
 
 def _genai_price(model: str, provider: str) -> ModelPrice | None:
@@ -222,9 +224,15 @@ def _genai_price(model: str, provider: str) -> ModelPrice | None:
     exact = isinstance(mp.input_mtok, (Decimal, type(None))) and \
         isinstance(mp.output_mtok, (Decimal, type(None))) and not getattr(mp, "requests_kcount",
                                                                            None)
+    audio = getattr(mp, "input_audio_mtok", None)
+    audio = audio if isinstance(audio, Decimal) else _ZERO
+    window = getattr(calc.model, "context_window", None)
+    window = window if isinstance(window, int) and window > 0 else None
     if exact:
         return ModelPrice(input=(mp.input_mtok or _ZERO) / _MILLION,
-                          output=(mp.output_mtok or _ZERO) / _MILLION, source="genai-prices")
+                          output=(mp.output_mtok or _ZERO) / _MILLION,
+                          input_audio=audio / _MILLION, context_window=window,
+                          source="genai-prices")
     # Tiered prices: bound the estimate with the highest tier, settle with genai-prices.
     def top(p: Any) -> Decimal:
         if p is None:
@@ -234,7 +242,8 @@ def _genai_price(model: str, provider: str) -> ModelPrice | None:
         prices: list[Decimal] = [p.base, *(t.price for t in p.tiers)]
         return max(prices)
     return ModelPrice(input=top(mp.input_mtok) / _MILLION, output=top(mp.output_mtok) / _MILLION,
-                      exact=False, source="genai-prices")
+                      input_audio=top(getattr(mp, "input_audio_mtok", None)) / _MILLION,
+                      context_window=window, exact=False, source="genai-prices")
 
 
 def _genai_cost(model: str, provider: str, usage: Usage) -> Decimal:
@@ -243,7 +252,8 @@ def _genai_cost(model: str, provider: str, usage: Usage) -> Decimal:
 
     result = calc_price(
         GUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-               cache_read_tokens=usage.cache_read_tokens or None),
+               cache_read_tokens=usage.cache_read_tokens or None,
+               input_audio_tokens=usage.input_audio_tokens or None),
         model_ref=model, provider_id=provider,
     )
     total: Decimal = Decimal(result.total_price)

@@ -26,7 +26,7 @@ from typing import Any
 from ..policies import admission, budget
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 
-__all__ = ["Backend", "CallRecord", "Lease", "TransactionalBackend", "Txn"]
+__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Lease", "TransactionalBackend", "Txn"]
 
 _ZERO = Decimal(0)
 Clock = Callable[[], float]
@@ -44,7 +44,13 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """What a settled call adds to the shared counters."""
+    """What a settled call (or a lost attempt charged before a retry) adds to the counters.
+
+    ``final`` False marks a lost attempt: its cost is charged and the lease
+    released, but it counts under ``lost``, not as a call. ``overrun`` is the
+    part of ``cost`` above the reservation (already inside ``cost``).
+    ``settle_id`` makes the step idempotent on backends that can replay it.
+    """
 
     service: str
     model: str
@@ -53,6 +59,9 @@ class CallRecord:
     status: str  # "ok" | "error" | "cancelled"
     error_type: str | None = None
     attempts: int = 1
+    final: bool = True
+    overrun: Decimal = _ZERO
+    settle_id: str | None = None
 
 
 class Backend(abc.ABC):
@@ -76,6 +85,10 @@ class Backend(abc.ABC):
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> None:
         """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call."""
+
+    @abc.abstractmethod
+    def renew(self, lease_ids: list[str], ttl: float) -> int:
+        """Extend the leases that still exist to ``now + ttl``; returns how many did."""
 
     @abc.abstractmethod
     def count_decision(self, service: str, decision: str) -> None:
@@ -148,6 +161,10 @@ class Txn(abc.ABC):
 
     @abc.abstractmethod
     def pop_lease(self, lease_id: str) -> Lease | None: ...
+
+    @abc.abstractmethod
+    def renew_lease(self, lease_id: str, expires_at: float) -> bool:
+        """Move an existing lease's expiry; False when it is gone."""
 
     @abc.abstractmethod
     def emergency(self) -> bool: ...
@@ -225,13 +242,25 @@ class TransactionalBackend(Backend):
                 new_state = admission.observe(state, limits, obs, now)
                 if new_state is not state:
                     tx.put_service(record.service, new_state)
-            tx.incr(f"calls|{record.service}|{record.model}|{record.status}", 1)
+            if record.final:
+                tx.incr(f"calls|{record.service}|{record.model}|{record.status}", 1)
+                if record.attempts > 1:
+                    tx.incr(f"retries|{record.service}", record.attempts - 1)
+            else:
+                tx.incr(f"lost|{record.service}", 1)
             if record.cost:
                 tx.incr(f"cost|{record.service}|{record.model}", record.cost)
                 if record.job:
                     tx.incr(f"job|{record.job}", record.cost)
-            if record.attempts > 1:
-                tx.incr(f"retries|{record.service}", record.attempts - 1)
+            if record.overrun:
+                tx.incr(f"overrun|{record.service}|{record.model}", record.overrun)
+
+    def renew(self, lease_ids: list[str], ttl: float) -> int:
+        if not lease_ids:
+            return 0
+        with self.transaction() as tx:
+            expires = self._clock() + ttl
+            return sum(1 for lease_id in lease_ids if tx.renew_lease(lease_id, expires))
 
     def count_decision(self, service: str, decision: str) -> None:
         with self.transaction() as tx:
@@ -251,6 +280,10 @@ class TransactionalBackend(Backend):
     def service_state(self, service: str) -> ServiceState:
         with self.read() as tx:
             return tx.service(service)
+
+
+MONEY_COUNTERS = ("cost|", "job|", "overrun|")
+"""Counter key prefixes that hold USD amounts (the rest count events)."""
 
 
 def nest_counters(flat: Iterator[tuple[str, int | Decimal]]) -> dict[str, Any]:

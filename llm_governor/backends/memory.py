@@ -50,6 +50,13 @@ class _MemoryTxn(Txn):
     def pop_lease(self, lease_id: str) -> Lease | None:
         return self._b._leases.pop(lease_id, None)
 
+    def renew_lease(self, lease_id: str, expires_at: float) -> bool:
+        lease = self._b._leases.get(lease_id)
+        if lease is None:
+            return False
+        self._b._leases[lease_id] = Lease(lease.id, lease.service, lease.amount, expires_at)
+        return True
+
     def emergency(self) -> bool:
         return self._b._emergency
 

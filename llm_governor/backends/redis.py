@@ -59,7 +59,7 @@ from ..policies import adaptive, budget, rate
 from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.breaker import BreakerName, BreakerState
-from .base import Backend, CallRecord, Clock, nest_counters
+from .base import MONEY_COUNTERS, Backend, CallRecord, Clock, nest_counters
 from .memory import MemoryBackend
 
 __all__ = ["RedisBackend", "from_nanos", "to_nanos"]
@@ -69,7 +69,6 @@ T = TypeVar("T")
 
 _NANO = Decimal(10**9)
 _MODES = ("local", "closed", "open")
-_MONEY_COUNTERS = ("cost|", "job|")
 
 
 def to_nanos(amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -174,7 +173,7 @@ class _LocalBackend(MemoryBackend):
         for key, value in counters.items():
             delta = value - old_counters.get(key, 0)
             if delta:
-                amount = to_nanos(Decimal(delta)) if key.startswith(_MONEY_COUNTERS) else delta
+                amount = to_nanos(Decimal(delta)) if key.startswith(MONEY_COUNTERS) else delta
                 args += (key, str(amount))
         n = len(args) // 2
         windows: list[str] = []
@@ -238,14 +237,14 @@ class RedisBackend(Backend):
             raise ConfigError(f"backend {self.url!r}: {self._scrub(str(exc))}") from None
         tag = "{llmg:" + namespace + "}"
         self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency, \
-            self._k_procs = (f"{tag}:{k}" for k in ("svc", "leases", "spend", "ctr",
-                                                    "emergency", "procs"))
+            self._k_procs, self._k_done = (f"{tag}:{k}" for k in (
+                "svc", "leases", "spend", "ctr", "emergency", "procs", "done"))
         self._windows = " ".join(
             f"{w} {to_nanos(limit, ROUND_FLOOR)} {budget.WINDOW_SECONDS[w]}"
             for w, limit in self.budget_limits.items())
         self._scripts: dict[str, Script] = {
             name: self._client.register_script(_script_source(name))
-            for name in ("admit", "settle", "observe", "publish", "merge")
+            for name in ("admit", "settle", "observe", "publish", "merge", "renew")
         }
         share = Decimal(str(degraded_budget_share))
         self._local = _LocalBackend(
@@ -368,12 +367,20 @@ class RedisBackend(Backend):
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> None:
         self._do(lambda: self._scripts["settle"](
-            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr],
+            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_done],
             args=[self._now_arg(), lease_id or "", record.service, record.model,
                   record.job or "", record.status, str(record.attempts),
-                  str(to_nanos(record.cost)), self._windows,
+                  str(to_nanos(record.cost)), self._windows, "1" if record.final else "0",
+                  str(to_nanos(record.overrun)), record.settle_id or "",
                   *(_observation_args(obs, limits) if obs is not None else ("",))],
         ), lambda b: b.settle(lease_id, limits, obs, record))
+
+    def renew(self, lease_ids: list[str], ttl: float) -> int:
+        if not lease_ids:
+            return 0
+        return int(self._do(lambda: self._scripts["renew"](
+            keys=[self._k_leases], args=[self._now_arg(), _f(ttl), *lease_ids]),
+            lambda b: b.renew(lease_ids, ttl)))
 
     def count_decision(self, service: str, decision: str) -> None:
         self._do(lambda: self._client.hincrby(self._k_ctr, f"requests|{service}|{decision}", 1),
@@ -441,7 +448,7 @@ class RedisBackend(Backend):
         def remote() -> dict[str, Any]:
             raw: dict[str, str] = self._client.hgetall(self._k_ctr)
             return nest_counters(
-                (k, from_nanos(int(v)) if k.startswith(_MONEY_COUNTERS) else int(v))
+                (k, from_nanos(int(v)) if k.startswith(MONEY_COUNTERS) else int(v))
                 for k, v in raw.items())
 
         return self._do(remote, lambda b: b.counters())
@@ -477,7 +484,7 @@ class RedisBackend(Backend):
         self._local.reset()
         self._do(lambda: self._client.delete(
             self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency,
-            self._k_procs), lambda b: None)
+            self._k_procs, self._k_done), lambda b: None)
 
     def close(self) -> None:
         self._closed.set()

@@ -21,7 +21,7 @@ from typing import Any
 from ..policies import budget
 from ..policies.admission import ServiceState
 from ._codec import dump_service, dump_spends, load_service, load_spends
-from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
+from .base import MONEY_COUNTERS, Clock, Lease, TransactionalBackend, Txn, nest_counters
 
 __all__ = ["SQLiteBackend", "prepare_path"]
 
@@ -94,6 +94,10 @@ class _SQLiteTxn(Txn):
         if row is None:
             return None
         return Lease(lease_id, row[0].split("|", 1)[1], Decimal(row[1]), row[2])
+
+    def renew_lease(self, lease_id: str, expires_at: float) -> bool:
+        cur = self._c.execute("UPDATE leases SET expires=? WHERE id=?", (expires_at, lease_id))
+        return cur.rowcount > 0
 
     def emergency(self) -> bool:
         row = self._c.execute("SELECT value FROM kv WHERE key=?",
@@ -196,7 +200,7 @@ class SQLiteBackend(TransactionalBackend):
         flat: list[tuple[str, int | Decimal]] = []
         for key, value in rows:
             k = key.removeprefix(prefix)
-            flat.append((k, Decimal(value) if k.startswith(("cost|", "job|")) else int(value)))
+            flat.append((k, Decimal(value) if k.startswith(MONEY_COUNTERS) else int(value)))
         return nest_counters(iter(flat))
 
     def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:

@@ -58,6 +58,9 @@ class Telemetry:
             "llm_governor.retries", description="Attempts retried by the governor, by reason")
         self.cost = meter.create_counter(
             "llm_governor.cost", unit="USD", description="Settled cost of governed calls")
+        self.overruns = meter.create_counter(
+            "llm_governor.budget.overrun", unit="USD",
+            description="Cost charged above a call's reservation (usage above its upper bound)")
         self.queue_wait = meter.create_histogram(
             "llm_governor.queue.wait", unit="s", description="Time spent waiting for admission")
         self.op_duration = meter.create_histogram(
@@ -140,6 +143,9 @@ class Telemetry:
                 "llm_governor.wait_s": wait if wait is not None else -1.0})
         logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
                     t.attempts)
+
+    def overrun(self, t: Ticket, amount: Decimal) -> None:
+        self.overruns.add(float(amount), {"service": t.service, "model": t.model})
 
     def provider_remaining(self, service: str, resource: str, value: float) -> None:
         self._provider[(service, resource)] = value

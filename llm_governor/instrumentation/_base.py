@@ -1,29 +1,24 @@
-"""The shape every SDK adapter shares: patch a per-call choke point, govern what passes.
+"""The shape every SDK adapter shares: govern each logical call, observe each attempt.
 
 An adapter says, for one SDK, which functions to patch (:meth:`Adapter.patches`),
 which calls are governed and what they are (:meth:`Adapter.describe`), how a
 failed attempt is classified (:meth:`Adapter.classify`), how a governor
 rejection looks in that SDK (:meth:`Adapter.rejection`) and how a result is
-settled (:meth:`Adapter.complete` / :meth:`Adapter.acomplete`). The wrappers
-built here do the rest, identically for every SDK, sync and async:
+settled (:meth:`Adapter.complete` / :meth:`Adapter.acomplete`).
 
-    admit → attempts (the SDK's own retries off; classified, retried and
-    re-admitted by the governor) → settle now, or hand the result to a
-    :class:`~.streams.Settlement` when it ends later (streams, unread bodies).
+The SDK keeps its own retry loop: it decides whether to retry, counts its
+attempts and sends its retry headers as it would bare. Three kinds of patch
+cooperate through :data:`ACTIVE`, the governed call running in this context:
 
-While a call's attempts run, :data:`ACTIVE` holds it, so a per-attempt patch
-deeper in the SDK (where response headers are visible) can report the
-provider's rate-limit headers with :func:`observe_provider`.
-
-A new SDK needs one module: an :class:`Adapter` subclass whose ``patches``
-wraps the SDK's per-call choke point(s) with :func:`sync_governed` /
-:func:`async_governed`, whose ``describe`` turns the call's arguments into a
-:class:`~llm_governor.governor.CallSpec` plus the arguments of one attempt
-with the SDK's own retries off, whose ``classify`` maps SDK errors with
-:func:`~._errors.classify_status`, and whose ``tracker`` reads usage; then an
-entry in ``ADAPTERS``. Streamed results are wrapped with
-:func:`~.streams.watch_iter` / :func:`~.streams.watch_aiter` and a
-:class:`~.streams.Settlement` in ``complete`` / ``acomplete``.
+* the per-call choke point (:func:`sync_governed` / :func:`async_governed`):
+  admit → the SDK's whole call → settle now, or hand the result to a
+  :class:`~.streams.Settlement` when it ends later (streams, unread bodies);
+* the per-attempt point (:func:`observe_attempt`): an attempt started, and how
+  it ended (success headers, an error status, or an exception that did or did
+  not leave the process), which decides what a failure costs;
+* the retry point (the SDK's sleep before a retry): the governor waits at
+  least what the SDK would and re-admits the attempt, or vetoes the retry by
+  letting the SDK's own error for the last attempt surface, with a note.
 """
 
 from __future__ import annotations
@@ -31,21 +26,21 @@ from __future__ import annotations
 import abc
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import GovernorError
-from ..governor import FAILURE_ATTR, CallSpec, Governor, Ticket
-from ..policies.adaptive import ProviderLimits
+from ..governor import CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
 from .streams import UsageTracker
 
 if TYPE_CHECKING:
     from ..pricing import Usage
 
-__all__ = ["ACTIVE", "Adapter", "Call", "GovernorGetter", "Patch", "Wrapper", "async_governed",
-           "observe_provider", "run_attempts", "sync_governed"]
+__all__ = ["ACTIVE", "Active", "Adapter", "Call", "GovernorGetter", "Patch", "Wrapper",
+           "active_for", "async_governed", "call_failed", "note_veto", "sync_governed",
+           "unobserved"]
 
 logger = logging.getLogger("llm_governor")
 GovernorGetter = Callable[[], Governor]
@@ -64,7 +59,7 @@ class Patch:
 
 @dataclass(slots=True)
 class Call:
-    """One governed SDK call: what it is, and the arguments its attempts use."""
+    """One governed SDK call: what it is, and the arguments the SDK call is made with."""
 
     spec: CallSpec
     args: tuple[Any, ...]
@@ -74,28 +69,36 @@ class Call:
 
 @dataclass(slots=True)
 class Active:
-    """The governed call whose attempts are running in this context."""
+    """The governed call whose attempts are running in this context, on ``instance``."""
 
     gov: Governor
     ticket: Ticket
+    adapter: Adapter
+    instance: Any
+    call: Call
+    attempting: bool = False  # inside an attempt hook (nested hooks pass through)
+    last: Any = None  # adapter-private: the latest attempt's response
+    sdk_wait: float | None = None  # adapter-private: the wait the SDK already slept
 
 
 ACTIVE: contextvars.ContextVar[Active | None] = contextvars.ContextVar(
     "llm_governor_active_call", default=None)
 
 
-def observe_provider(limits: ProviderLimits | None) -> None:
-    """Record a successful attempt's rate-limit headers on the active call, if any."""
+def active_for(instance: Any) -> Active | None:
+    """The governed call running on the SDK client ``instance`` in this context, if any.
+
+    Attempts of other clients (a token refresh through another client, a
+    nested call) are not this call's.
+    """
     active = ACTIVE.get()
-    if active is None or limits is None:
-        return
-    t = active.ticket
-    t.provider = limits
-    telemetry = active.gov.telemetry
-    if limits.remaining_requests is not None:
-        telemetry.provider_remaining(t.service, "requests", limits.remaining_requests)
-    if limits.remaining_tokens is not None:
-        telemetry.provider_remaining(t.service, "tokens", limits.remaining_tokens)
+    return active if active is not None and active.instance is instance else None
+
+
+def note_veto(err: BaseException, refusal: GovernorError) -> BaseException:
+    """``err`` with a note saying why the governor did not let the SDK retry."""
+    err.add_note(f"llm-governor did not retry: {refusal}")
+    return err
 
 
 class Adapter(abc.ABC):
@@ -115,7 +118,7 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def classify(self, exc: BaseException) -> AttemptFailure:
-        """What a failed attempt means for retries and the breaker."""
+        """What a failed attempt (an exception, or an error status raised as one) means."""
 
     @abc.abstractmethod
     def tracker(self, call: Call) -> UsageTracker:
@@ -124,6 +127,13 @@ class Adapter(abc.ABC):
     def rejection(self, exc: GovernorError, call: Call) -> BaseException:
         """``exc`` as this SDK's own error for the same situation (default: unchanged)."""
         return exc
+
+    def limit_retries(self, call: Call, retries: int) -> Call:
+        """``call`` with the SDK's own retries set to ``retries`` (configured ``max_retries``).
+
+        Default: unchanged (an SDK with no per-call setting keeps its own).
+        """
+        return call
 
     def complete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
         """Settle a successful call (or arrange its settlement); return what the user gets."""
@@ -140,43 +150,10 @@ class Adapter(abc.ABC):
         return self.tracker(call).final(result)
 
     def failed(self, exc: BaseException) -> bool:
-        """Whether ``exc`` counts as a failure for the breaker."""
-        failure: AttemptFailure | None = getattr(exc, FAILURE_ATTR, None)
-        if failure is None and not isinstance(exc, GovernorError) and isinstance(exc, Exception):
-            failure = self.classify(exc)
-        return failure is not None and failure.kind == "failure"
-
-    def _mark(self, exc: BaseException) -> None:
-        """Attach the classification the governor's retry loop reads."""
-        if not hasattr(exc, FAILURE_ATTR):  # exceptions always have a __dict__
-            setattr(exc, FAILURE_ATTR, self.classify(exc))
-
-
-def _refused_retry(adapter: Adapter, call: Call, failed: list[Exception],
-                   refusal: GovernorError) -> BaseException:
-    """What the user sees when a retry is refused: the provider's error, with a note why."""
-    if not failed:
-        return adapter.rejection(refusal, call)
-    err = failed[0]
-    err.add_note(f"llm-governor did not retry: {refusal}")
-    return err
-
-
-def run_attempts(adapter: Adapter, gov: Governor, t: Ticket, call: Call,
-                 attempt: Callable[[], Any], failed: list[Exception]) -> Any:
-    """The governor's attempts at ``call``, with :data:`ACTIVE` set; settles on failure."""
-    token = ACTIVE.set(Active(gov, t))
-    try:
-        return gov.run_attempts(t, attempt)
-    except GovernorError as exc:  # a retry that was not re-admitted
-        err = _refused_retry(adapter, call, failed, exc)
-        gov.settle(t, error=err, outcome="neutral")
-        raise err from None
-    except BaseException as exc:
-        gov.settle(t, error=exc)
-        raise
-    finally:
-        ACTIVE.reset(token)
+        """Whether ``exc`` (ending a stream) counts as a failure for the breaker."""
+        if isinstance(exc, GovernorError) or not isinstance(exc, Exception):
+            return False
+        return self.classify(exc).kind == "failure"
 
 
 def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
@@ -190,11 +167,29 @@ def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
         return None
 
 
+def call_failed(adapter: Adapter, gov: Governor, t: Ticket, exc: BaseException) -> None:
+    """The SDK call ended in ``exc``: classify the attempt if no attempt hook did.
+
+    A cancellation (``BaseException``) mid-attempt leaves it ``sending``: it
+    may have reached the provider.
+    """
+    if t.state == "sending" and isinstance(exc, Exception) and not isinstance(exc, GovernorError):
+        gov.attempt_failed(t, adapter.classify(exc), answered=False)
+
+
+def unobserved(t: Ticket) -> Literal["neutral"] | None:
+    """The outcome to fold in when a call ends in an error: ``neutral`` (provider headers,
+    no breaker effect) unless an attempt hook already observed the failure."""
+    return None if t.state in ("rejected", "unsent", "lost", "charged") else "neutral"
+
+
 def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
     """A wrapt wrapper governing every call ``adapter`` describes, for sync functions."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
+        if active_for(instance) is not None:  # re-entered from inside a governed call
+            return wrapped(*args, **kwargs)
         call = _describe(adapter, instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
@@ -203,22 +198,22 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
             t = gov.admit(call.spec)
         except GovernorError as exc:
             raise adapter.rejection(exc, call) from None
-
-        failed: list[Exception] = []
-
-        def attempt() -> Any:
-            try:
-                return wrapped(*call.args, **call.kwargs)
-            except Exception as exc:
-                adapter._mark(exc)
-                failed[:] = [exc]
-                raise
-
-        result = run_attempts(adapter, gov, t, call, attempt, failed)
+        retries = gov.max_retries(t)
+        if retries is not None:
+            call = adapter.limit_retries(call, retries)
+        token = ACTIVE.set(Active(gov, t, adapter, instance, call))
+        try:
+            result = wrapped(*call.args, **call.kwargs)
+        except BaseException as exc:
+            call_failed(adapter, gov, t, exc)
+            gov.settle(t, error=exc, outcome=unobserved(t))
+            raise
+        finally:
+            ACTIVE.reset(token)
         try:
             return adapter.complete(gov, t, call, result)
         except BaseException as exc:
-            gov.settle(t, error=exc)
+            gov.settle(t, error=exc, outcome="neutral")
             raise
 
     return wrapper
@@ -227,46 +222,37 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
 def async_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
     """:func:`sync_governed` for functions returning awaitables (called, not awaited, by wrapt)."""
 
-    async def governed(wrapped: Callable[..., Awaitable[Any]], call: Call) -> Any:
+    async def governed(wrapped: Callable[..., Any], instance: Any, call: Call) -> Any:
         gov = getter()
         try:
             t = await gov.aadmit(call.spec)
         except GovernorError as exc:
             raise adapter.rejection(exc, call) from None
-
-        failed: list[Exception] = []
-
-        async def attempt() -> Any:
-            try:
-                return await wrapped(*call.args, **call.kwargs)
-            except Exception as exc:
-                adapter._mark(exc)
-                failed[:] = [exc]
-                raise
-
-        token = ACTIVE.set(Active(gov, t))
+        retries = gov.max_retries(t)
+        if retries is not None:
+            call = adapter.limit_retries(call, retries)
+        token = ACTIVE.set(Active(gov, t, adapter, instance, call))
         try:
-            result = await gov.arun_attempts(t, attempt)
-        except GovernorError as exc:  # a retry that was not re-admitted
-            err = _refused_retry(adapter, call, failed, exc)
-            await gov.asettle(t, error=err, outcome="neutral")
-            raise err from None
+            result = await wrapped(*call.args, **call.kwargs)
         except BaseException as exc:
-            await gov.asettle(t, error=exc)
+            call_failed(adapter, gov, t, exc)
+            await gov.asettle(t, error=exc, outcome=unobserved(t))
             raise
         finally:
             ACTIVE.reset(token)
         try:
             return await adapter.acomplete(gov, t, call, result)
         except BaseException as exc:
-            await gov.asettle(t, error=exc)
+            await gov.asettle(t, error=exc, outcome="neutral")
             raise
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
+        if active_for(instance) is not None:
+            return wrapped(*args, **kwargs)
         call = _describe(adapter, instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        return governed(wrapped, call)
+        return governed(wrapped, instance, call)
 
     return wrapper

@@ -1,10 +1,11 @@
-"""SDK errors → retry classification, and governor rejections → SDK errors.
+"""SDK errors → attempt classification, and governor rejections → SDK errors.
 
-Classification decides what the governor's retry loop and circuit breaker
-make of a failed attempt: a 429 is ``throttled`` (retried after what the
-provider asked, slows the adaptive rate), a 5xx / timeout / connection error
-is a ``failure`` (retried, counted by the breaker), anything else is
-``fatal`` (neither). ``insufficient_quota`` is a 429 no wait will fix.
+Classification decides what the circuit breaker, the adaptive rate and the
+charging rule make of a failed attempt: a 429 is ``throttled``, a 5xx /
+timeout / connection error a ``failure``, anything else ``fatal``
+(``insufficient_quota`` is a 429 no wait will fix). A transport error is
+``lost`` when the request may have reached the provider (read timeout,
+connection reset after sending): the provider may bill it.
 
 Rejections go the other way: a :class:`GovernorError` raised from inside an
 SDK call is re-raised as an instance of a class deriving from both the
@@ -14,8 +15,10 @@ either keep working.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..errors import GovernorError
@@ -23,9 +26,13 @@ from ..policies.adaptive import ProviderLimits
 from ..policies.retry import AttemptFailure
 from ._headers import retry_after
 
-__all__ = ["classify_status", "sdk_rejection"]
+__all__ = ["classify_status", "sdk_rejection", "transport_failure"]
 
 _QUOTA_CODES = frozenset({"insufficient_quota"})
+# Transport errors raised before the request could reach the provider.
+_UNSENT = ("ConnectError", "ConnectTimeout", "PoolTimeout", "WriteError", "WriteTimeout",
+           "UnsupportedProtocol", "LocalProtocolError", "ProxyError")
+_AIOHTTP_UNSENT = ("ClientConnectorError", "ClientOSError")
 
 
 def classify_status(
@@ -34,7 +41,7 @@ def classify_status(
     code: str | None,
     limits: Callable[[Mapping[str, str]], ProviderLimits | None],
 ) -> AttemptFailure:
-    """Classify an HTTP error status the way design §3 step 7 prescribes."""
+    """Classify an HTTP error status (the provider answered: it bills nothing)."""
     provider = limits(headers)
     if status == 429:
         if code in _QUOTA_CODES:
@@ -45,6 +52,37 @@ def classify_status(
     if status >= 500:
         return AttemptFailure("failure", retry_after(headers), provider, "server_error")
     return AttemptFailure("fatal", provider=provider, reason=f"http_{status}")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def transport_failure(exc: BaseException) -> AttemptFailure | None:
+    """A timeout or connection failure of httpx2 / httpx / aiohttp anywhere in ``exc``'s
+    cause chain, with whether the request may have reached the provider; else ``None``."""
+    modules = [m for m in (sys.modules.get("httpx2"), sys.modules.get("httpx")) if m is not None]
+    aiohttp = sys.modules.get("aiohttp")
+    for e in _chain(exc):
+        names = {cls.__name__ for cls in type(e).__mro__}
+        for mod in modules:
+            if isinstance(e, mod.TimeoutException):
+                return AttemptFailure("failure", reason="timeout",
+                                      lost=not names.intersection(_UNSENT))
+            if isinstance(e, mod.TransportError):
+                return AttemptFailure("failure", reason="connection",
+                                      lost=not names.intersection(_UNSENT))
+        if aiohttp is not None and isinstance(e, aiohttp.ClientError):
+            return AttemptFailure("failure", reason="connection",
+                                  lost=not names.intersection(_AIOHTTP_UNSENT))
+        if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+            return AttemptFailure("failure", reason="timeout", lost=True)
+    return None
 
 
 _classes: dict[tuple[type[GovernorError], type[Exception]], type[Exception]] = {}

@@ -2,11 +2,13 @@
 
 Both route every call through ``SyncAPIClient.request`` / ``AsyncAPIClient.request``
 ``(cast_to, options: FinalRequestOptions, *, stream, stream_cls)`` with the SDK's
-retry loop inside, and every successful attempt through ``_process_response``
-(where its headers are visible). Both return parsed models, ``Stream`` /
+retry loop inside; each attempt through one method (openai ``_send_request``,
+anthropic ``_attempt_request``), and each retry through ``_sleep_for_retry``
+``(*, retries_taken, max_retries, options, response)``, called only once the
+SDK has decided to retry. Both return parsed models, ``Stream`` /
 ``AsyncStream`` objects, or raw response wrappers (``with_raw_response`` /
 ``with_streaming_response``). The vendor modules only add their URL table,
-usage shapes, header names and error body.
+attempt method, usage shapes, header names and error body.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import GovernorError
 from ..governor import CallSpec, Governor, Ticket
@@ -26,16 +28,19 @@ from ..policies.adaptive import ProviderLimits
 from ..policies.retry import AttemptFailure
 from ..pricing import Usage
 from ._base import (
+    Active,
     Adapter,
     Call,
     GovernorGetter,
     Patch,
     Wrapper,
+    active_for,
     async_governed,
-    observe_provider,
+    note_veto,
     sync_governed,
 )
-from ._errors import classify_status, sdk_rejection
+from ._errors import classify_status, sdk_rejection, transport_failure
+from ._media import MediaBound, media_bound
 from .streams import Settlement, SSEScanner, watch_aiter, watch_iter
 
 __all__ = ["StainlessAdapter"]
@@ -43,15 +48,6 @@ __all__ = ["StainlessAdapter"]
 RAW_HEADER = "X-Stainless-Raw-Response"
 _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens",
                      "max_tokens_to_sample")
-
-
-def _body_size(body: Mapping[str, Any]) -> int:
-    """Bytes of the JSON body: an upper bound of the prompt's tokens."""
-    try:
-        return len(json.dumps(body, ensure_ascii=False, separators=(",", ":"),
-                              default=str).encode())
-    except (TypeError, ValueError):  # circular or exotic content: stay conservative
-        return len(repr(body).encode())
 
 
 def _positive_int(value: Any) -> int | None:
@@ -66,6 +62,8 @@ class StainlessAdapter(Adapter):
     operations: Mapping[str, str]
     #: prefix of the dynamic rejection classes ("OpenAI" → OpenAIRateLimitExceededError)
     error_prefix: str
+    #: ``(module, class, method)`` of the SDK's per-attempt sends
+    attempt_points: tuple[tuple[str, str, str], ...]
 
     def __init__(self) -> None:
         self.sdk: Any = None
@@ -81,29 +79,205 @@ class StainlessAdapter(Adapter):
             for mod, cls in (("_response", "BaseAPIResponse"),
                              ("_legacy_response", "LegacyAPIResponse"))
             if hasattr(sys.modules.get(f"{self.module}.{mod}"), cls))
-        return [
+        patches = [
             Patch(base.SyncAPIClient, "request", sync_governed(self, getter)),
             Patch(base.AsyncAPIClient, "request", async_governed(self, getter)),
-            Patch(base.SyncAPIClient, "_process_response", self._attempt_observer()),
-            Patch(base.AsyncAPIClient, "_process_response", self._attempt_observer()),
+            Patch(base.SyncAPIClient, "_sleep_for_retry", self._retry_point(False)),
+            Patch(base.AsyncAPIClient, "_sleep_for_retry", self._retry_point(True)),
         ]
-
-    def _attempt_observer(self) -> Wrapper:
-        """Reads a successful attempt's rate-limit headers (sync or async: before the call)."""
-        limits = self.provider_limits
-
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            response = kwargs.get("response")
-            if response is not None and response.is_success:
-                observe_provider(limits(response.headers))
-            return wrapped(*args, **kwargs)
-
-        return wrapper
+        for module, cls, method in self.attempt_points:
+            owner = getattr(sys.modules[module], cls)
+            patches.append(Patch(owner, method,
+                                 self._attempt_point(issubclass(owner, base.AsyncAPIClient))))
+        return patches
 
     @abc.abstractmethod
     def provider_limits(self, headers: Mapping[str, str]) -> ProviderLimits | None:
         """The rate-limit headers of a response."""
+
+    def attempt_response(self, result: Any) -> Any:
+        """The HTTP response of what the attempt method returned."""
+        return result
+
+    # --------------------------------------------------------------- attempts
+    def _attempt_point(self, asynchronous: bool) -> Wrapper:
+        """Report each attempt of a governed call: started, answered or failed.
+
+        An error status's body is read at once (the SDK reads it too before
+        raising), so its error code classifies it and a veto can raise the
+        SDK's own error with it.
+        """
+
+        def start(instance: Any) -> Active | None:
+            active = active_for(instance)
+            if active is None or active.attempting:
+                return None
+            active.gov.attempt_started(active.ticket)
+            active.attempting = True
+            return active
+
+        def failed(active: Active, exc: BaseException) -> None:
+            active.attempting = False
+            if isinstance(exc, Exception):
+                active.gov.attempt_failed(active.ticket, self.classify(exc), answered=False)
+
+        if asynchronous:
+            async def ahook(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
+                            kwargs: dict[str, Any]) -> Any:
+                while True:
+                    try:
+                        result = await wrapped(*args, **kwargs)
+                    except BaseException as exc:
+                        failed(active, exc)
+                        raise
+                    active.attempting = False
+                    response = self.attempt_response(result)
+                    if not response.is_success and not response.is_closed:
+                        with contextlib.suppress(Exception):
+                            await response.aread()
+                    self._answered(active, response)
+                    if not self._absorbable(active, response, args, kwargs) \
+                            or not await active.gov.arequeue(active.ticket):
+                        return result
+                    await response.aclose()
+                    active.gov.attempt_started(active.ticket)
+                    active.attempting = True
+
+            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+                active = start(instance)
+                if active is None:
+                    return wrapped(*args, **kwargs)
+                return ahook(wrapped, active, args, kwargs)
+
+            return awrapper
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            active = start(instance)
+            if active is None:
+                return wrapped(*args, **kwargs)
+            while True:
+                try:
+                    result = wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    failed(active, exc)
+                    raise
+                active.attempting = False
+                response = self.attempt_response(result)
+                if not response.is_success and not response.is_closed:
+                    with contextlib.suppress(Exception):
+                        response.read()
+                self._answered(active, response)
+                if not self._absorbable(active, response, args, kwargs) \
+                        or not active.gov.requeue(active.ticket):
+                    return result
+                response.close()
+                active.gov.attempt_started(active.ticket)
+                active.attempting = True
+
+        return wrapper
+
+    def _absorbable(self, active: Active, response: Any, args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any]) -> bool:
+        """A 429 the SDK itself would retry, of an attempt that can be sent again as is."""
+        if response.status_code != 429 or active.ticket.failure is None \
+                or active.ticket.failure.kind != "throttled":
+            return False
+        try:
+            return bool(active.instance._should_retry(response)) and \
+                self.replayable(args, kwargs)
+        except Exception:  # an SDK shape we do not know: leave the 429 to the SDK
+            return False
+
+    def replayable(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        """Whether the attempt method's arguments can be sent once more."""
+        return False
+
+    def _answered(self, active: Active, response: Any) -> None:
+        gov, t = active.gov, active.ticket
+        if response.is_success:
+            gov.attempt_succeeded(t, self.provider_limits(response.headers))
+        else:
+            gov.attempt_failed(t, self._status_failure(response), answered=True)
+
+    def _status_failure(self, response: Any) -> AttemptFailure:
+        code: str | None = None
+        with contextlib.suppress(Exception):
+            if getattr(response, "_content", None) is not None:
+                body = response.json()
+                error = body.get("error") if isinstance(body, Mapping) else None
+                found = error.get("code") or error.get("type") \
+                    if isinstance(error, Mapping) else None
+                code = found if isinstance(found, str) else None
+        return classify_status(response.status_code, response.headers, code,
+                               self.provider_limits)
+
+    # --------------------------------------------------------------- retries
+    def _retry_point(self, asynchronous: bool) -> Wrapper:
+        """The SDK decided to retry: the governor paces and re-admits, or vetoes."""
+
+        def sdk_wait(instance: Any, kwargs: Mapping[str, Any]) -> float | None:
+            response = kwargs.get("response")
+            try:
+                remaining = kwargs["max_retries"] - kwargs["retries_taken"]
+                wait = instance._calculate_retry_timeout(
+                    remaining, kwargs["options"],
+                    response.headers if response is not None else None)
+                return float(wait)
+            except Exception:  # an SDK shape we do not know: wait our own back-off
+                return None
+
+        if asynchronous:
+            async def ahook(active: Any, wait: float | None, response: Any,
+                            in_flight: BaseException | None) -> None:
+                refusal = await active.gov.aretry(active.ticket, wait)
+                if refusal is not None:
+                    self._raise_veto(active.instance, response, in_flight, refusal)
+
+            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+                active = active_for(instance)
+                if active is None or args:
+                    return wrapped(*args, **kwargs)
+                return ahook(active, sdk_wait(instance, kwargs), kwargs.get("response"),
+                             sys.exc_info()[1])
+
+            return awrapper
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            active = active_for(instance)
+            if active is None or args:
+                return wrapped(*args, **kwargs)
+            refusal = active.gov.retry(active.ticket, sdk_wait(instance, kwargs))
+            if refusal is not None:
+                self._raise_veto(instance, kwargs.get("response"), sys.exc_info()[1], refusal)
+            return None
+
+        return wrapper
+
+    def _raise_veto(self, instance: Any, response: Any, in_flight: BaseException | None,
+                    refusal: GovernorError) -> NoReturn:
+        """Raise what the SDK raises when it does not retry this attempt's failure."""
+        if response is not None:
+            try:
+                err = instance._make_status_error_from_response(response)
+            except Exception:  # the body could not be read: the status says enough
+                err = self.sdk.APIStatusError(f"Error code: {response.status_code}",
+                                              response=response, body=None)
+            raise note_veto(err, refusal) from None
+        if in_flight is None:
+            raise refusal
+        httpx2 = sys.modules.get("httpx2")
+        if httpx2 is not None and isinstance(in_flight, httpx2.TransportError):
+            request = None
+            with contextlib.suppress(RuntimeError):
+                request = in_flight.request
+            wrapped_cls = self.sdk.APITimeoutError \
+                if isinstance(in_flight, httpx2.TimeoutException) else self.sdk.APIConnectionError
+            raise note_veto(wrapped_cls(request=request), refusal) from in_flight
+        raise note_veto(in_flight, refusal)
 
     # --------------------------------------------------------------- calls
     def service(self, instance: Any) -> str:
@@ -122,6 +296,10 @@ class StainlessAdapter(Adapter):
         """Whether to ask this stream for its usage the user did not request."""
         return False
 
+    def media(self, model: str | None, body: Mapping[str, Any]) -> MediaBound:
+        """The request's input, bounded (text bytes, image/file and audio tokens)."""
+        return media_bound(self.module, model, body)
+
     def describe(self, instance: Any, args: tuple[Any, ...],
                  kwargs: Mapping[str, Any]) -> Call | None:
         # request(cast_to, options, *, stream=False, stream_cls=None)
@@ -138,29 +316,35 @@ class StainlessAdapter(Adapter):
         service = self.service(instance)
         headers = options.headers if isinstance(options.headers, Mapping) else {}
         model = body.get("model")
+        model = model if isinstance(model, str) and model else None
+        bound = self.media(model, body)
         spec = CallSpec(
-            service=service, operation=operation,
-            model=model if isinstance(model, str) and model else None, stream=stream,
+            service=service, operation=operation, model=model, stream=stream,
             max_output_tokens=self.max_output_tokens(operation, body),
-            prompt_bytes=_body_size(body), embedding=operation == "embeddings",
+            prompt_bytes=bound.text_bytes, media_tokens=bound.media_tokens,
+            audio_tokens=bound.audio_tokens, media_unbounded=bound.unbounded,
+            embedding=operation == "embeddings",
             max_retries=options.get_max_retries(instance.max_retries),
         )
-        attempt_options = options.model_copy()
-        attempt_options.max_retries = 0  # the governor owns retries
-        if attempt_options.idempotency_key is None:  # one key for every attempt, as the SDK does
-            attempt_options.idempotency_key = instance._idempotency_key()
         injected = stream and not headers.get(RAW_HEADER) and \
             self.inject_usage(service, operation, body)
         if injected:
             asked = body.get("stream_options")
-            attempt_options.json_data = {
+            options = options.model_copy()
+            options.json_data = {
                 **(options.json_data or {}),
                 "stream_options": {**(asked if isinstance(asked, Mapping) else {}),
                                    "include_usage": True}}
         cast_to = args[0] if args else kwargs.get("cast_to")
         rest = {k: v for k, v in kwargs.items() if k not in ("cast_to", "options")}
-        return Call(spec, (cast_to, attempt_options), rest,
+        return Call(spec, (cast_to, options), rest,
                     {"instance": instance, "options": options, "injected": injected})
+
+    def limit_retries(self, call: Call, retries: int) -> Call:
+        cast_to, options = call.args
+        options = options.model_copy()
+        options.max_retries = retries
+        return Call(call.spec, (cast_to, options), call.kwargs, call.context)
 
     # ------------------------------------------------------------- failures
     def classify(self, exc: BaseException) -> AttemptFailure:
@@ -169,12 +353,15 @@ class StainlessAdapter(Adapter):
             code = getattr(exc, "code", None) or getattr(exc, "type", None)
             return classify_status(exc.status_code, exc.response.headers,
                                    code if isinstance(code, str) else None, self.provider_limits)
+        transport = transport_failure(exc)
+        if transport is not None:
+            return transport
         if isinstance(exc, sdk.APITimeoutError):
-            return AttemptFailure("failure", reason="timeout")
+            return AttemptFailure("failure", reason="timeout", lost=True)
         if isinstance(exc, sdk.APIConnectionError):
-            return AttemptFailure("failure", reason="connection")
+            return AttemptFailure("failure", reason="connection", lost=True)
         if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
-            return AttemptFailure("fatal", reason="parse")
+            return AttemptFailure("fatal", reason="parse", lost=True)
         return AttemptFailure("fatal", reason=type(exc).__name__)
 
     @abc.abstractmethod

@@ -71,6 +71,15 @@ class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
     operations = OPERATIONS
     error_prefix = "Anthropic"
+    attempt_points = (("anthropic._base_client", "SyncAPIClient", "_attempt_request"),
+                      ("anthropic._base_client", "AsyncAPIClient", "_attempt_request"))
+
+    def attempt_response(self, result: Any) -> Any:
+        return result[0]  # (response, prepared options)
+
+    def replayable(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        options = args[0] if args else kwargs.get("options")
+        return options is not None and not getattr(options, "files", None)
 
     def provider_limits(self, headers: Mapping[str, str]) -> ProviderLimits | None:
         return anthropic_limits(headers)

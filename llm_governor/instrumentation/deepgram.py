@@ -6,14 +6,15 @@ Governed: pre-recorded transcription, ``listen.v1.media.transcribe_file`` and
 agent) passes through ungoverned.
 
 Choke point: ``deepgram.core.http_client.HttpClient.request`` /
-``AsyncHttpClient.request``. The SDK retries by calling ``request`` again with
-``retries + 1``, so ``retries == 0`` marks the outer call: only that one is
-governed, with ``request_options["max_retries"] = 0`` so the SDK never
-recurses; the governor's retries use the client's ``max_retries`` (default 2).
-``request`` returns error responses instead of raising: an attempt whose
-status is >= 400 is turned into an exception for the governor's retry loop,
-and the last one is handed back to the SDK unchanged, which raises its usual
-``ApiError``.
+``AsyncHttpClient.request``. The SDK retries by sleeping and calling
+``request`` again with ``retries + 1``, so the outer call (``retries == 0``)
+is governed and each nested call is a retry point: the SDK has decided to
+retry and slept its own wait (recorded from its ``_retry_timeout``); the
+governor waits whatever more it needs, re-admits, and either lets the SDK's
+attempt go or vetoes it by handing back the previous attempt's outcome, just
+as the SDK does when its retries run out. Every response passes the SDK's
+``_should_retry``, where it is observed. ``request`` returns error responses
+instead of raising; the SDK's caller raises its ``ApiError`` from them.
 
 Cost is per audio minute (``[prices]``, else the list prices in
 ``llm_governor.pricing.AUDIO_PRICES``). The reservation bounds the audio's
@@ -30,22 +31,37 @@ at the reservation. Deepgram limits concurrent requests: set
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..context import current_cost_override
 from ..errors import GovernorError
-from ..governor import FAILURE_ATTR, CallSpec, Governor, Ticket
+from ..governor import CallSpec, Governor, Ticket
+from ..media import wav_seconds
 from ..policies.retry import AttemptFailure
-from ..pricing import Usage, wav_seconds
-from ._base import Adapter, Call, GovernorGetter, Patch, Wrapper, async_governed, sync_governed
-from ._errors import classify_status, sdk_rejection
+from ..pricing import Usage
+from ._base import (
+    ACTIVE,
+    Active,
+    Adapter,
+    Call,
+    GovernorGetter,
+    Patch,
+    Wrapper,
+    active_for,
+    async_governed,
+    note_veto,
+    sync_governed,
+)
+from ._errors import classify_status, sdk_rejection, transport_failure
 from .streams import UsageTracker, field
 
 __all__ = ["DeepgramAdapter", "DeepgramResponseError"]
 
+logger = logging.getLogger("llm_governor")
 SERVICE = "deepgram"
 DEFAULT_MODEL = "nova-3"
 _LISTEN = "v1/listen"
@@ -53,9 +69,9 @@ _ERROR_CODES = {429: "TOO_MANY_REQUESTS", 402: "ASR_PAYMENT_REQUIRED"}
 
 
 class DeepgramResponseError(Exception):
-    """An error status returned by one attempt, raised so the governor's retry loop sees it.
+    """Stands for an error status the SDK turns into its ``ApiError`` after the call.
 
-    Never reaches user code: the final one's response goes back to the SDK.
+    Only recorded (error type in telemetry); never raised into user code.
     """
 
     def __init__(self, response: Any) -> None:
@@ -103,65 +119,97 @@ class DeepgramAdapter(Adapter):
         self._api_error = importlib.import_module("deepgram.core.api_error").ApiError
         self._getter = getter
         return [
-            Patch(http.HttpClient, "request", self._outer(sync_governed(self, getter), False)),
-            Patch(http.AsyncHttpClient, "request", self._outer(async_governed(self, getter), True)),
+            Patch(http.HttpClient, "request", self._levels(sync_governed(self, getter), False)),
+            Patch(http.AsyncHttpClient, "request",
+                  self._levels(async_governed(self, getter), True)),
+            Patch(http, "_should_retry", self._observer()),
+            Patch(http, "_retry_timeout", self._sdk_wait()),
+            Patch(http, "_retry_timeout_from_retries", self._sdk_wait()),
         ]
 
-    def _outer(self, governed: Wrapper, asynchronous: bool) -> Wrapper:
-        """Attempts raise on error statuses; the last error's response goes back to the SDK."""
+    def _levels(self, governed: Wrapper, asynchronous: bool) -> Wrapper:
+        """The outer call is governed; a nested one (the SDK's retry) passes the retry point."""
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
-            if not _is_listen(args, kwargs):
-                return wrapped(*args, **kwargs)
-            one_shot = _one_shot(kwargs)
+            active = active_for(instance)
+            if active is None:
+                return governed(self._first(wrapped), instance, args, kwargs)
+            in_flight = sys.exc_info()[1]  # the SDK retries a connection error from its except
+            if in_flight is not None and active.ticket.state == "sending":
+                active.gov.attempt_failed(active.ticket, self.classify(in_flight),
+                                          answered=False)
+            waited, active.sdk_wait = active.sdk_wait or 0.0, None
             if asynchronous:
-                return _returning_async(governed(self._checked_async(wrapped, one_shot),
-                                                 instance, args, kwargs))
-            try:
-                return governed(self._checked(wrapped, one_shot), instance, args, kwargs)
-            except DeepgramResponseError as exc:
-                return exc.response
+                return self._aretry(active, wrapped, args, kwargs, in_flight, waited)
+            refusal = active.gov.retry(active.ticket, waited, already_waited=waited)
+            if refusal is not None:
+                return self._veto(active, in_flight, refusal)
+            active.gov.attempt_started(active.ticket)
+            return wrapped(*args, **kwargs)
 
         return wrapper
 
-    def _raise_for(self, response: Any, one_shot: bool) -> Any:
-        if response.status_code < 400:
-            return response
-        err = DeepgramResponseError(response)
-        failure = self.classify(err)
-        if one_shot:  # the body was an iterator, now consumed: a retry would send nothing
-            failure = AttemptFailure("fatal", failure.retry_after, failure.provider,
-                                     "one_shot_body")
-        setattr(err, FAILURE_ATTR, failure)
-        raise err
+    async def _aretry(self, active: Active, wrapped: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any], in_flight: BaseException | None,
+                      waited: float) -> Any:
+        refusal = await active.gov.aretry(active.ticket, waited, already_waited=waited)
+        if refusal is not None:
+            return self._veto(active, in_flight, refusal)
+        active.gov.attempt_started(active.ticket)
+        return await wrapped(*args, **kwargs)
 
-    def _checked(self, wrapped: Callable[..., Any], one_shot: bool) -> Callable[..., Any]:
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            try:
-                response = wrapped(*args, **kwargs)
-            except Exception as exc:
-                self._no_retry(exc, one_shot)
-                raise
-            return self._raise_for(response, one_shot)
-        return checked
+    def _veto(self, active: Active, in_flight: BaseException | None,
+              refusal: GovernorError) -> Any:
+        """What the SDK does when it has no retry left: re-raise, or hand the response back."""
+        if in_flight is not None:
+            raise note_veto(in_flight, refusal)
+        logger.info("RATE_LIMIT llm-governor did not retry a deepgram call: %s", refusal)
+        return active.last
 
-    def _checked_async(self, wrapped: Callable[..., Awaitable[Any]],
-                       one_shot: bool) -> Callable[..., Awaitable[Any]]:
-        async def checked(*args: Any, **kwargs: Any) -> Any:
-            try:
-                response = await wrapped(*args, **kwargs)
-            except Exception as exc:
-                self._no_retry(exc, one_shot)
-                raise
-            return self._raise_for(response, one_shot)
-        return checked
+    def _first(self, wrapped: Callable[..., Any]) -> Callable[..., Any]:
+        """The outer call's own attempt starts with it (admission is done by then)."""
 
-    def _no_retry(self, exc: Exception, one_shot: bool) -> None:
-        if one_shot and not hasattr(exc, FAILURE_ATTR):
-            failure = self.classify(exc)
-            setattr(exc, FAILURE_ATTR, AttemptFailure("fatal", failure.retry_after,
-                                                      failure.provider, "one_shot_body"))
+        def first(*args: Any, **kwargs: Any) -> Any:
+            active = ACTIVE.get()
+            if active is not None:
+                active.gov.attempt_started(active.ticket)
+            return wrapped(*args, **kwargs)
+
+        return first
+
+    def _observer(self) -> Wrapper:
+        """``_should_retry(response)`` sees every attempt's response: record how it went."""
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            active = ACTIVE.get()
+            response = args[0] if args else kwargs.get("response")
+            if active is not None and active.adapter is self and response is not None:
+                active.last = response
+                status = getattr(response, "status_code", 0)
+                if 200 <= status < 300:
+                    active.gov.attempt_succeeded(active.ticket)
+                else:
+                    active.gov.attempt_failed(
+                        active.ticket, self.classify(DeepgramResponseError(response)),
+                        answered=True)
+            return wrapped(*args, **kwargs)
+
+        return wrapper
+
+    def _sdk_wait(self) -> Wrapper:
+        """The SDK's own wait before a retry, recorded so the governor waits only the rest."""
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            wait = wrapped(*args, **kwargs)
+            active = ACTIVE.get()
+            if active is not None and active.adapter is self:
+                active.sdk_wait = float(wait)
+            return wait
+
+        return wrapper
 
     # --------------------------------------------------------------- calls
     def describe(self, instance: Any, args: tuple[Any, ...],
@@ -187,11 +235,18 @@ class DeepgramAdapter(Adapter):
             audio_bytes=audio_bytes, audio_seconds=seconds, cost=cost,
             max_retries=retries if isinstance(retries, int) and retries >= 0 else None,
         )
-        attempt = {**kwargs, "request_options": {**options, "max_retries": 0}}
-        return Call(spec, args, attempt)
+        return Call(spec, args, dict(kwargs))
 
     def tracker(self, call: Call) -> DeepgramTracker:
         return DeepgramTracker()
+
+    def limit_retries(self, call: Call, retries: int) -> Call:
+        options = call.kwargs.get("request_options")
+        options = dict(options) if isinstance(options, Mapping) else {}
+        return Call(call.spec, call.args, {**call.kwargs,
+                                           "request_options": {**options,
+                                                               "max_retries": retries}},
+                    call.context)
 
     # --------------------------------------------------------------- failures
     def classify(self, exc: BaseException) -> AttemptFailure:
@@ -202,14 +257,11 @@ class DeepgramAdapter(Adapter):
             if status == 402:  # out of credit: no wait fixes it
                 return AttemptFailure("fatal", reason="insufficient_quota")
             return classify_status(status, headers, None, lambda h: None)
-        httpx = sys.modules.get("httpx")
-        if httpx is not None:
-            if isinstance(exc, httpx.TimeoutException):
-                return AttemptFailure("failure", reason="timeout")
-            if isinstance(exc, httpx.TransportError):
-                return AttemptFailure("failure", reason="connection")
+        transport = transport_failure(exc)
+        if transport is not None:
+            return transport
         if isinstance(exc, ValueError):
-            return AttemptFailure("fatal", reason="parse")
+            return AttemptFailure("fatal", reason="parse", lost=True)
         return AttemptFailure("fatal", reason=type(exc).__name__)
 
     def rejection(self, exc: GovernorError, call: Call) -> BaseException:
@@ -225,13 +277,17 @@ class DeepgramAdapter(Adapter):
 
     # --------------------------------------------------------------- results
     def complete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
-        usage = self.usage(call, result)
-        gov.settle(t, usage, cost=t.reserved if usage is None else None)
+        if getattr(result, "status_code", 200) >= 400:
+            gov.settle(t, error=DeepgramResponseError(result))
+        else:
+            gov.settle(t, self.usage(call, result))
         return result
 
     async def acomplete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
-        usage = self.usage(call, result)
-        await gov.asettle(t, usage, cost=t.reserved if usage is None else None)
+        if getattr(result, "status_code", 200) >= 400:
+            await gov.asettle(t, error=DeepgramResponseError(result))
+        else:
+            await gov.asettle(t, self.usage(call, result))
         return result
 
 
@@ -243,16 +299,3 @@ def _is_listen(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
     method = kwargs.get("method")
     return isinstance(path, str) and path.strip("/") == _LISTEN and \
         isinstance(method, str) and method.upper() == "POST"
-
-
-def _one_shot(kwargs: Mapping[str, Any]) -> bool:
-    """The audio is an iterator: sent once, it cannot be sent again."""
-    content = kwargs.get("content")
-    return content is not None and not isinstance(content, (bytes, bytearray, memoryview))
-
-
-async def _returning_async(governed: Awaitable[Any]) -> Any:
-    try:
-        return await governed
-    except DeepgramResponseError as exc:
-        return exc.response

@@ -9,12 +9,13 @@ passes through ungoverned. Every client counts as the ``gemini`` service.
 
 Choke points: ``BaseApiClient.request`` / ``async_request`` /
 ``async_request_streamed`` and the generator ``request_streamed``
-``(http_method, path, request_dict, http_options)``, with the SDK's tenacity
-retry loop inside. The governor owns retries: each attempt passes per-request
-``http_options`` whose ``retry_options`` allow one attempt (which also turns
-off the SDK's implicit aiohttp reconnect), while the client's own
-``HttpRetryOptions.attempts`` (when configured) sets how many the governor
-makes. So attempts never multiply.
+``(http_method, path, request_dict, http_options)`` govern the call; with the
+SDK's tenacity loop inside (``_request`` / ``_async_request``), built from its
+``HttpRetryOptions`` exactly as the SDK builds it, except that its sleep is
+the governor's (it waits at least the SDK's wait and re-admits the attempt,
+or vetoes the retry); each attempt passes ``_request_once`` /
+``_async_request_once``, where it is observed. Without ``HttpRetryOptions``
+the SDK makes one attempt, and so does the governor.
 
 Usage comes from the raw body's ``usageMetadata``; in a stream every chunk
 carries the cumulative counts, so the last chunk's are the call's. Gemini
@@ -30,23 +31,31 @@ import math
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
+
+import tenacity
 
 from ..errors import GovernorError
-from ..governor import FAILURE_ATTR, CallSpec, Governor, Ticket
+from ..governor import CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
 from ..pricing import Usage
 from ._base import (
+    ACTIVE,
+    Active,
     Adapter,
     Call,
     GovernorGetter,
     Patch,
     Wrapper,
+    active_for,
     async_governed,
-    run_attempts,
+    call_failed,
+    note_veto,
     sync_governed,
+    unobserved,
 )
-from ._errors import sdk_rejection
+from ._errors import sdk_rejection, transport_failure
+from ._media import gemini_media
 from .streams import Settlement, UsageTracker, count, field, watch_aiter, watch_iter
 
 __all__ = ["GeminiAdapter", "gemini_usage", "retry_delay"]
@@ -73,15 +82,6 @@ _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 def _positive(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
         else None
-
-
-def _body_size(body: Any) -> int:
-    """Bytes of the JSON body: an upper bound of the prompt's text tokens."""
-    try:
-        return len(json.dumps(body, ensure_ascii=False, separators=(",", ":"),
-                              default=str).encode())
-    except (TypeError, ValueError):
-        return len(repr(body).encode())
 
 
 def gemini_usage(u: Any) -> Usage | None:
@@ -225,7 +225,7 @@ async def _athrough(source: AsyncIterator[Any], tracker: GeminiTracker) -> Async
 
 # ------------------------------------------------------------------ adapter
 class GeminiAdapter(Adapter):
-    """Governs ``google.genai`` through ``BaseApiClient``'s four request methods."""
+    """Governs ``google.genai`` through ``BaseApiClient``'s request methods."""
 
     module = "google.genai"
 
@@ -236,6 +236,10 @@ class GeminiAdapter(Adapter):
             Patch(base, "request_streamed", self._stream_wrapper(getter)),
             Patch(base, "async_request", async_governed(self, getter)),
             Patch(base, "async_request_streamed", async_governed(self, getter)),
+            Patch(base, "_request_once", self._attempt_point(False)),
+            Patch(base, "_async_request_once", self._attempt_point(True)),
+            Patch(base, "_request", self._retry_loop(False)),
+            Patch(base, "_async_request", self._retry_loop(True)),
         ]
 
     # --------------------------------------------------------------- calls
@@ -256,23 +260,178 @@ class GeminiAdapter(Adapter):
         if operation is None and not predict:
             return None
         body = body if isinstance(body, Mapping) else {}
-        options = bound.get("http_options")
+        media = gemini_media(body)
         spec = CallSpec(
             service=SERVICE, operation=operation or "embeddings", model=model,
             stream=action == "streamGenerateContent",
             max_output_tokens=None if operation != "generate_content"
             else _max_output_tokens(body),
-            prompt_bytes=_body_size(body), embedding=operation != "generate_content",
-            max_retries=_client_retries(instance, options),
+            prompt_bytes=media.text_bytes, media_tokens=media.media_tokens,
+            audio_tokens=media.audio_tokens, media_unbounded=media.unbounded,
+            embedding=operation != "generate_content",
+            max_retries=_client_retries(instance, bound.get("http_options")),
         )
-        attempt_kwargs = {k: v for k, v in kwargs.items() if k not in names}
-        attempt_kwargs.update(bound)
-        attempt_kwargs["http_options"] = _one_attempt(options)
-        return Call(spec, (), attempt_kwargs,
+        return Call(spec, args, dict(kwargs),
                     {"instance": instance, "path": path, "predict": predict})
 
     def tracker(self, call: Call) -> GeminiTracker:
         return GeminiTracker(bool(call.context.get("predict")))
+
+    # --------------------------------------------------------------- attempts
+    def _attempt_point(self, asynchronous: bool) -> Wrapper:
+        """``_request_once`` / ``_async_request_once``: one HTTP attempt of a governed call."""
+
+        def start(instance: Any) -> Active | None:
+            active = active_for(instance)
+            if active is None or active.attempting:
+                return None
+            active.gov.attempt_started(active.ticket)
+            active.attempting = True
+            return active
+
+        def ended(active: Active, exc: BaseException | None) -> bool:
+            """Record how the attempt went; True when it was throttled (and may be re-sent)."""
+            active.attempting = False
+            gov, t = active.gov, active.ticket
+            if exc is None:
+                gov.attempt_succeeded(t)
+                return False
+            if not isinstance(exc, Exception):
+                return False
+            errors = sys.modules["google.genai.errors"]
+            failure = self.classify(exc)
+            gov.attempt_failed(t, failure, answered=isinstance(exc, errors.APIError))
+            return failure.kind == "throttled"
+
+        if asynchronous:
+            async def ahook(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
+                            kwargs: dict[str, Any]) -> Any:
+                while True:
+                    try:
+                        result = await wrapped(*args, **kwargs)
+                    except BaseException as exc:
+                        if not ended(active, exc) or \
+                                not await active.gov.arequeue(active.ticket):
+                            raise
+                        active.gov.attempt_started(active.ticket)
+                        active.attempting = True
+                        continue
+                    ended(active, None)
+                    return result
+
+            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+                active = start(instance)
+                if active is None:
+                    return wrapped(*args, **kwargs)
+                return ahook(wrapped, active, args, kwargs)
+
+            return awrapper
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            active = start(instance)
+            if active is None:
+                return wrapped(*args, **kwargs)
+            while True:
+                try:
+                    result = wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    if not ended(active, exc) or not active.gov.requeue(active.ticket):
+                        raise
+                    active.gov.attempt_started(active.ticket)
+                    active.attempting = True
+                    continue
+                ended(active, None)
+                return result
+
+        return wrapper
+
+    def _retry_loop(self, asynchronous: bool) -> Wrapper:
+        """``_request`` / ``_async_request``: the SDK's own tenacity loop, but the governor sleeps.
+
+        The loop is the one the SDK would build (its ``retry_args`` of the
+        request's or the client's ``HttpRetryOptions``: same stop, same retry
+        predicate, same waits); only its ``sleep`` is the governor's, which
+        waits at least the SDK's wait, re-admits the attempt, or vetoes the
+        retry by raising the SDK's own error of the last attempt.
+        """
+
+        def plan(instance: Any, args: tuple[Any, ...],
+                 kwargs: Mapping[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | None:
+            names = ("http_request", "http_options", "stream")
+            bound = dict(zip(names, args, strict=False))
+            bound.update((k, v) for k, v in kwargs.items() if k in names)
+            if "http_request" not in bound or set(kwargs) - set(names):
+                return None  # a shape we do not know: the SDK's loop, ungoverned waits
+            sdk = sys.modules["google.genai._api_client"]
+            options, once_kwargs = bound.get("http_options"), {}
+            retrying = instance._async_retry if asynchronous else instance._retry
+            if options:
+                model = sys.modules["google.genai.types"].HttpOptions(**options) \
+                    if isinstance(options, dict) else options
+                if model.retry_options:
+                    loop_cls = tenacity.AsyncRetrying if asynchronous else tenacity.Retrying
+                    retrying = loop_cls(**sdk.retry_args(model.retry_options))
+                    if asynchronous:
+                        once_kwargs = {"implicit_retry": False}
+            once = instance._async_request_once if asynchronous else instance._request_once
+            return retrying, (once, bound["http_request"], bool(bound.get("stream", False))), \
+                once_kwargs
+
+        def before_sleep(retrying: Any, last: list[BaseException]) -> Callable[[Any], None]:
+            original = retrying.before_sleep
+
+            def hook(state: Any) -> None:
+                if state.outcome is not None and state.outcome.failed:
+                    last[:] = [state.outcome.exception()]
+                if original is not None:
+                    original(state)
+            return hook
+
+        def veto(last: list[BaseException], refusal: GovernorError) -> NoReturn:
+            if not last:
+                raise refusal
+            raise note_veto(last[0], refusal)
+
+        if asynchronous:
+            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
+                active = active_for(instance)
+                planned = plan(instance, args, kwargs) if active is not None else None
+                if active is None or planned is None:
+                    return wrapped(*args, **kwargs)
+                retrying, call_args, call_kwargs = planned
+                last: list[BaseException] = []
+
+                async def sleep(seconds: float) -> None:
+                    refusal = await active.gov.aretry(active.ticket, seconds)
+                    if refusal is not None:
+                        veto(last, refusal)
+
+                loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
+                return loop(*call_args, **call_kwargs)
+
+            return awrapper
+
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            active = active_for(instance)
+            planned = plan(instance, args, kwargs) if active is not None else None
+            if active is None or planned is None:
+                return wrapped(*args, **kwargs)
+            retrying, call_args, call_kwargs = planned
+            last: list[BaseException] = []
+
+            def sleep(seconds: float) -> None:
+                refusal = active.gov.retry(active.ticket, seconds)
+                if refusal is not None:
+                    veto(last, refusal)
+
+            loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
+            return loop(*call_args, **call_kwargs)
+
+        return wrapper
 
     # --------------------------------------------------------------- failures
     def classify(self, exc: BaseException) -> AttemptFailure:
@@ -289,12 +448,14 @@ class GeminiAdapter(Adapter):
             if code >= 500:
                 return AttemptFailure("failure", delay, reason="server_error")
             return AttemptFailure("fatal", reason=f"http_{code}")
-        if isinstance(exc, _transport_errors("TimeoutException")):
-            return AttemptFailure("failure", reason="timeout")
-        if isinstance(exc, _transport_errors("TransportError")):
+        transport = transport_failure(exc)
+        if transport is not None:
+            return transport
+        auth = sys.modules.get("google.auth.exceptions")
+        if auth is not None and isinstance(exc, auth.TransportError):
             return AttemptFailure("failure", reason="connection")
         if isinstance(exc, (errors.UnknownApiResponseError, ValueError)):
-            return AttemptFailure("fatal", reason="parse")
+            return AttemptFailure("fatal", reason="parse", lost=True)
         return AttemptFailure("fatal", reason=type(exc).__name__)
 
     def rejection(self, exc: GovernorError, call: Call) -> BaseException:
@@ -310,11 +471,6 @@ class GeminiAdapter(Adapter):
                              _synthetic_response(call, body))
 
     # --------------------------------------------------------------- results
-    def complete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
-        usage = self.usage(call, result)
-        gov.settle(t, usage, cost=t.reserved if usage is None else None)
-        return result
-
     async def acomplete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
         if call.spec.stream:  # async_request_streamed: an async generator of chunks
             tracker = self.tracker(call)
@@ -322,20 +478,22 @@ class GeminiAdapter(Adapter):
             watched = watch_aiter(_athrough(result, tracker), s, self.failed)
             s.watch(watched)  # collected without ever being iterated: settle all the same
             return watched
-        usage = self.usage(call, result)
-        await gov.asettle(t, usage, cost=t.reserved if usage is None else None)
+        await gov.asettle(t, self.usage(call, result))
         return result
 
     def _stream_wrapper(self, getter: GovernorGetter) -> Wrapper:
         """``request_streamed`` is a generator: nothing is sent before its first ``next()``.
 
-        So admission, attempts (each one primed to its first chunk, where an
-        HTTP error surfaces) and settlement all happen inside the generator
-        handed back, lazily, as the SDK would have sent the request.
+        So admission, the SDK's attempts (run by priming the generator to its
+        first chunk, where an HTTP error surfaces) and settlement all happen
+        inside the generator handed back, lazily, as the SDK would have sent
+        the request.
         """
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+            if active_for(instance) is not None:
+                return wrapped(*args, **kwargs)
             try:
                 call = self.describe(instance, args, kwargs)
             except Exception:  # an SDK shape we cannot read never breaks the user's call
@@ -344,32 +502,29 @@ class GeminiAdapter(Adapter):
                 call = None
             if call is None:
                 return wrapped(*args, **kwargs)
-            return self._governed_stream(getter(), wrapped, call)
+            return self._governed_stream(getter(), wrapped, instance, call)
 
         return wrapper
 
-    def _governed_stream(self, gov: Governor, wrapped: Callable[..., Any],
+    def _governed_stream(self, gov: Governor, wrapped: Callable[..., Any], instance: Any,
                          call: Call) -> Iterator[Any]:
         try:
             t = gov.admit(call.spec)
         except GovernorError as exc:
             raise self.rejection(exc, call) from None
-
-        failed: list[Exception] = []
-
-        def attempt() -> tuple[Iterator[Any], tuple[Any, ...]]:
+        token = ACTIVE.set(Active(gov, t, self, instance, call))
+        try:
             source = wrapped(*call.args, **call.kwargs)
             try:
-                return source, (next(source),)
+                head: tuple[Any, ...] = (next(source),)
             except StopIteration:
-                return source, ()
-            except Exception as exc:
-                if not hasattr(exc, FAILURE_ATTR):
-                    setattr(exc, FAILURE_ATTR, self.classify(exc))
-                failed[:] = [exc]
-                raise
-
-        source, head = run_attempts(self, gov, t, call, attempt, failed)
+                head = ()
+        except BaseException as exc:
+            call_failed(self, gov, t, exc)
+            gov.settle(t, error=exc, outcome=unobserved(t))
+            raise
+        finally:
+            ACTIVE.reset(token)
         tracker = self.tracker(call)
         yield from watch_iter(_through(head, source, tracker), Settlement(gov, t, tracker),
                               self.failed)
@@ -402,37 +557,6 @@ def _client_retries(instance: Any, options: Any) -> int | None:
     if not isinstance(attempts, int) or isinstance(attempts, bool):
         return _SDK_ATTEMPTS - 1
     return max(attempts, 1) - 1
-
-
-def _one_attempt(options: Any) -> Any:
-    """The user's per-request ``http_options`` with the SDK's retries off."""
-    types = sys.modules["google.genai.types"]
-    if options is None:
-        base = types.HttpOptions()
-    elif isinstance(options, Mapping):
-        base = types.HttpOptions.model_validate(dict(options))
-    else:
-        base = options
-    return base.model_copy(update={"retry_options": types.HttpRetryOptions(attempts=1)})
-
-
-def _transport_errors(name: str) -> tuple[type[BaseException], ...]:
-    """``name`` from whichever HTTP stacks google-genai may be using (httpx2, httpx, aiohttp)."""
-    found: list[type[BaseException]] = []
-    for module in ("httpx2", "httpx"):
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type):
-            found.append(cls)
-    if name == "TransportError":
-        aiohttp = sys.modules.get("aiohttp")
-        if aiohttp is not None:
-            found.append(aiohttp.ClientConnectionError)
-        auth = sys.modules.get("google.auth.exceptions")
-        if auth is not None:
-            found.append(auth.TransportError)
-    else:
-        found.append(TimeoutError)
-    return tuple(found)
 
 
 def _synthetic_response(call: Call, body: dict[str, Any]) -> Any:

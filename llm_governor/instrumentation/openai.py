@@ -60,13 +60,21 @@ def openai_usage(u: Any) -> Usage | None:
 
 
 class OpenAITracker(UsageTracker):
-    """Usage of chat chunks (last chunk) and Responses events (``response.completed``…)."""
+    """Usage of chat chunks (last chunk) and Responses events (``response.completed``…).
 
-    __slots__ = ("injected",)
+    When the governor asked for the usage chunk (``injected``), it hides that
+    chunk, but only from a server that honoured the request: such a server
+    sends ``"usage": null`` on every earlier chunk, as api.openai.com does.
+    A server that sends a usage chunk whatever was asked never does, and
+    its chunk reaches the user as it would bare.
+    """
+
+    __slots__ = ("honoured", "injected")
 
     def __init__(self, injected: bool) -> None:
         super().__init__()
         self.injected = injected
+        self.honoured = False  # an earlier chunk carried an explicit "usage": null
 
     def see(self, event: Any) -> bool:
         u = field(event, "usage")
@@ -78,10 +86,13 @@ class OpenAITracker(UsageTracker):
             return True
         choices = field(event, "choices")
         if u is not None and isinstance(choices, list) and not choices:
-            return False  # the usage chunk the governor asked for
+            return not self.honoured  # the usage chunk the governor asked for
         fields_set = getattr(event, "__pydantic_fields_set__", None)
-        if fields_set is not None:  # "usage": null came only because we asked
-            fields_set.discard("usage")
+        if u is None and fields_set is not None and "usage" in fields_set:
+            self.honoured = True
+            fields_set.discard("usage")  # "usage": null came only because we asked
+        elif isinstance(event, dict) and "usage" in event and event["usage"] is None:
+            self.honoured = True
         return True
 
     def final(self, response: Any) -> Usage | None:
@@ -92,6 +103,15 @@ class OpenAIAdapter(StainlessAdapter):
     module = "openai"
     operations = OPERATIONS
     error_prefix = "OpenAI"
+    # OpenAI and AsyncOpenAI override the base send (auth retries) without calling it.
+    attempt_points = (("openai._base_client", "SyncAPIClient", "_send_request"),
+                      ("openai._base_client", "AsyncAPIClient", "_send_request"),
+                      ("openai._client", "OpenAI", "_send_request"),
+                      ("openai._client", "AsyncOpenAI", "_send_request"))
+
+    def replayable(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+        request = args[0] if args else kwargs.get("request")
+        return isinstance(getattr(request, "stream", None), sys.modules["httpx2"].ByteStream)
 
     def service(self, instance: Any) -> str:
         azure = sys.modules.get("openai.lib.azure")

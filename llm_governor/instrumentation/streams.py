@@ -8,12 +8,15 @@ iterator is exhausted or fails, the response is closed (by the user, a
 Usage is read from the events as they pass (:class:`UsageTracker`), either
 from the SDK's parsed objects (the iterator watcher) or from the raw SSE bytes
 (:class:`SSEScanner`, for ``with_raw_response`` / ``with_streaming_response``).
-A stream that ends without its usage is settled at its reserved upper bound:
-the provider may have billed every token it generated.
+A stream that ends without its usage (cut, closed early, or a server that
+sends none) is charged by the governor's charging rule: at its reserved upper
+bound, since the provider may have billed every token it generated.
 
 Settling takes the backend's lock, so it must never run inside a garbage
 collection that may have interrupted this very thread while it held that lock:
-settlements triggered by the collector go to a daemon thread instead.
+settlements triggered by the collector go to a daemon thread instead. That
+thread is per process: a forked child starts its own, and never settles a
+stream its parent opened (the parent does).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import abc
 import gc
 import json
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -88,19 +92,34 @@ _reaper: threading.Thread | None = None
 _reaper_lock = threading.Lock()
 
 
-def _reap() -> None:
+def _reap(pending: queue.SimpleQueue[Settlement]) -> None:
     while True:
-        _pending.get().settle()
+        pending.get().settle()
+
+
+def _after_fork_in_child() -> None:
+    """The parent's reaper thread does not exist here; its queue and lock may be mid-use."""
+    global _pending, _reaper, _reaper_lock, _in_gc
+    _pending = queue.SimpleQueue()
+    _reaper = None
+    _reaper_lock = threading.Lock()
+    _in_gc = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _defer(s: Settlement) -> None:
     """Settle ``s`` on the reaper thread (safe from finalizers and the collector)."""
     global _reaper
+    if s.pid != os.getpid():
+        return  # a stream of the parent process: the parent settles it
     _pending.put(s)
     if _reaper is None:
         with _reaper_lock:
             if _reaper is None:
-                _reaper = threading.Thread(target=_reap, name="llm-governor-settle", daemon=True)
+                _reaper = threading.Thread(target=_reap, args=(_pending,),
+                                           name="llm-governor-settle", daemon=True)
                 _reaper.start()
 
 
@@ -108,7 +127,7 @@ class Settlement:
     """Settles one governed call exactly once, from whichever end comes first."""
 
     __slots__ = ("__weakref__", "_done", "_finalizer", "_lock", "error", "failure", "gov",
-                 "iterating", "ticket", "tracker")
+                 "iterating", "pid", "ticket", "tracker")
 
     def __init__(self, gov: Governor, ticket: Ticket, tracker: UsageTracker) -> None:
         self.gov = gov
@@ -117,6 +136,7 @@ class Settlement:
         self.error: BaseException | None = None
         self.failure = False  # the error counts for the breaker
         self.iterating = False  # inside the watched iterator's next(): it will settle
+        self.pid = ticket.pid
         self._done = False
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -126,6 +146,8 @@ class Settlement:
         self._finalizer = weakref.finalize(owner, _defer, self)
 
     def _claim(self) -> bool:
+        if self.pid != os.getpid():
+            return False
         with self._lock:
             if self._done:
                 return False
@@ -135,10 +157,7 @@ class Settlement:
         return True
 
     def _kwargs(self) -> dict[str, Any]:
-        usage = self.tracker.usage
-        kw: dict[str, Any] = {"usage": usage}
-        if usage is None:
-            kw["cost"] = self.ticket.reserved
+        kw: dict[str, Any] = {"usage": self.tracker.usage}
         if self.error is not None:
             kw["error"] = self.error
             kw["outcome"] = "failure" if self.failure else "neutral"

@@ -6,18 +6,53 @@ settled and the rest released. A reservation fits only if, in every window,
 exceeds any budget, whatever the concurrency. Reservations are held as leases
 by the backend (with an expiry, so a crashed process cannot pin budget
 forever); this module sees only their total.
+
+After the call, :func:`charge` is the one charging rule: real usage when it
+is known; the reservation when the request may have reached the provider and
+its usage is unknown; nothing only when the request provably never left the
+process (or the provider answered with an error, which it does not bill).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Literal
 
-__all__ = ["WINDOW_SECONDS", "WindowSpend", "check", "pacing_factor", "remaining", "roll",
-           "settle", "window_start"]
+__all__ = ["BILLABLE", "WINDOW_SECONDS", "AttemptState", "WindowSpend", "charge", "check",
+           "pacing_factor", "remaining", "roll", "settle", "window_start"]
 
 WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
 _ZERO = Decimal(0)
+
+AttemptState = Literal["none", "unsent", "sending", "rejected", "received", "lost", "charged"]
+"""Where a call's latest attempt got to, as far as the provider's bill is concerned.
+
+``none``: no attempt started (refused, or cancelled before sending). ``unsent``:
+it failed before a byte left (connection refused, DNS, connect timeout).
+``sending``: it was sent and nothing came back yet (a hang, or a cancellation
+mid-flight). ``rejected``: the provider answered with an error status, which
+it does not bill. ``received``: the provider answered with success (usage may
+follow, in the body or at the end of a stream). ``lost``: the connection failed
+after sending (read timeout, reset, cut stream). ``charged``: a lost attempt
+already charged at its reservation before a retry.
+"""
+
+BILLABLE: frozenset[str] = frozenset({"sending", "received", "lost"})
+"""States in which the provider may have billed the attempt."""
+
+
+def charge(state: AttemptState, usage_cost: Decimal | None, reserved: Decimal) -> Decimal:
+    """What one attempt costs the budget: the charging rule, in one place.
+
+    ``usage_cost`` is the price of the usage the provider reported (``None``
+    when it reported none). Unknown usage of an attempt the provider may have
+    billed is charged at its reservation, an upper bound of what it billed;
+    an attempt that never left the process, or that the provider refused, is free.
+    """
+    if usage_cost is not None:
+        return usage_cost
+    return reserved if state in BILLABLE else _ZERO
 
 
 def window_start(window: str, now: float) -> float:

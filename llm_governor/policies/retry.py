@@ -1,61 +1,60 @@
-"""Retry strategies for tenacity: a retry-after aware wait and a retry budget.
+"""Retry pacing: what a failed attempt means, how long to wait, and a retry budget.
 
-The governor owns retries (the SDK's own loop is switched off), so one loop
-decides: it waits what the provider asked (``retry-after-ms`` /
-``retry-after`` / Gemini's ``retryDelay``) or else exponential backoff with
-jitter, and it stops retrying when retries would exceed ``budget_ratio`` of
-recent calls: a storm of failures cannot multiply traffic.
+The SDK's own retry loop decides *whether* to retry (its status rules, server
+hints, body replay guards, token refresh, ``max_retries``); the governor
+decides *when*. At the SDK's retry point it waits at least what the SDK would,
+and at least :class:`ProviderWait` (what the provider asked for, else
+tenacity's exponential backoff with full jitter), then re-admits the attempt.
+:class:`RetryBudget` caps retries at a share of recent calls, so a storm of
+failures cannot multiply traffic.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, cast
 
-from tenacity.wait import wait_base
+from tenacity import RetryCallState, wait_random_exponential
 
 from .adaptive import ProviderLimits
 
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
-__all__ = ["AttemptFailure", "RetryBudget", "wait_provider"]
+__all__ = ["AttemptFailure", "ProviderWait", "RetryBudget"]
 
 FailureKind = Literal["throttled", "failure", "fatal"]
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptFailure:
-    """An SDK error classified by the instrumentation.
+    """A failed attempt, classified by the instrumentation.
 
-    ``throttled``: a 429 worth retrying after ``retry_after``; ``failure``: 5xx,
-    timeout or connection error (counts for the breaker, retried); ``fatal``:
-    anything a retry cannot fix (4xx, ``insufficient_quota``, parse errors).
+    ``throttled``: a 429 (slows the adaptive rate); ``failure``: 5xx, timeout
+    or connection error (counts for the circuit breaker); ``fatal``: anything
+    else (4xx, ``insufficient_quota``, parse errors), which counts for neither.
+    ``lost``: the request may have reached the provider, which may bill it,
+    and no usage came back (read timeout, connection lost after sending).
     """
 
     kind: FailureKind
     retry_after: float | None = None
     provider: ProviderLimits | None = None
     reason: str = "error"
+    lost: bool = False
 
 
-class wait_provider(wait_base):
-    """Wait what the provider asked for, else exponential backoff with full jitter."""
+class ProviderWait:
+    """The governor's own back-off: the provider's ``retry-after``, else tenacity's
+    exponential backoff with full jitter, never above ``maximum``."""
 
-    def __init__(self, classify_attr: str = "llm_governor_failure", initial: float = 0.5,
-                 maximum: float = 60.0) -> None:
-        self.attr = classify_attr
-        self.initial = initial
+    def __init__(self, initial: float = 0.5, maximum: float = 60.0) -> None:
         self.maximum = maximum
+        self._backoff = wait_random_exponential(multiplier=initial, max=maximum)
 
-    def __call__(self, retry_state: RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        failure: AttemptFailure | None = getattr(exc, self.attr, None)
+    def __call__(self, failure: AttemptFailure | None, attempt_number: int) -> float:
         if failure is not None and failure.retry_after is not None and failure.retry_after >= 0:
             return min(failure.retry_after, self.maximum)
-        ceiling = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        state = RetryCallState(cast(Any, None), None, (), {})
+        state.attempt_number = max(1, attempt_number)
+        return float(self._backoff(state))
 
 
 class RetryBudget:

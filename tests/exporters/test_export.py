@@ -35,8 +35,8 @@ def gov(governor_factory: GovFactory) -> Governor:
 
     @llm_governor.rate_limited("speech", cost=Decimal("0.25"), model="nova-3")
     def speech(fail: bool = False) -> None:
-        if fail:
-            raise ConnectionError("down")
+        if fail:  # provably never sent: free by the charging rule
+            raise ConnectionRefusedError("down")
 
     with llm_governor.job("j1"):
         chat()
@@ -45,7 +45,7 @@ def gov(governor_factory: GovFactory) -> Governor:
     with llm_governor.job("j2"):
         chat_mini()
     chat_mini()  # no job
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionRefusedError):
         speech(fail=True)
     with pytest.raises(llm_governor.BudgetExceededError):
         llm_governor.rate_limited("chat", cost=Decimal("3.00"))(lambda: None)()

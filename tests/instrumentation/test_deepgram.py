@@ -28,7 +28,7 @@ from deepgram.core.api_error import ApiError
 import llm_governor
 from llm_governor import BudgetExceededError, GovernorError, cost_estimate, job
 from llm_governor.governor import Governor
-from llm_governor.pricing import wav_seconds
+from llm_governor.media import wav_seconds
 from llm_governor.testing import FakeProvider
 
 from .conftest import FAST, Driver, Governed, calls, spent
@@ -242,11 +242,10 @@ async def test_out_of_credit_402_is_not_retried(deepgram: Deepgram, fake: FakePr
     assert statuses(fake) == [402]
 
 
-async def test_a_streamed_upload_is_sent_once(deepgram: Deepgram, fake: FakeProvider,
-                                              governed: Governed) -> None:
-    """An iterator body cannot be replayed: no retry, and the configured bound is reserved."""
-    gov = governed(config({"cost_per_request": "0.03"}, retry={"max_wait": 0.01}))
-    seen = Reservations(gov)
+async def test_a_streamed_upload_is_retried_as_bare(deepgram: Deepgram, fake: FakeProvider,
+                                                    governed: Governed) -> None:
+    """The SDK retries an iterator body it already consumed (an empty body the provider
+    refuses): governed, the same requests go out; the configured bound is reserved."""
     audio = wav(1.0)
 
     def chunks() -> Iterator[bytes]:
@@ -260,7 +259,16 @@ async def test_a_streamed_upload_is_sent_once(deepgram: Deepgram, fake: FakeProv
     fake.fail_next(1, status=500, provider="deepgram")
     with pytest.raises(ApiError):
         await deepgram.file(achunks() if deepgram.is_async else chunks())
-    assert statuses(fake) == [500]
+    bare = statuses(fake)
+    assert bare[0] == 500
+    fake.reset()
+    gov = governed(config({"cost_per_request": "0.03"}, retry={"max_wait": 0.01}))
+    seen = Reservations(gov)
+    fake.fail_next(1, status=500, provider="deepgram")
+    with pytest.raises(ApiError):
+        await deepgram.file(achunks() if deepgram.is_async else chunks())
+    assert statuses(fake) == bare
+    fake.reset()
     result = await deepgram.file(achunks() if deepgram.is_async else chunks())
     assert result.metadata.duration == 1.0
     assert seen.costs == [Decimal("0.03")] * 2

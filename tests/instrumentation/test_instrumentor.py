@@ -19,10 +19,14 @@ from llm_governor.testing import FakeProvider
 
 from .conftest import Driver, Governed, calls
 
-PATCHED = [(sdk._base_client.SyncAPIClient, name) for sdk in (openai, anthropic)
-           for name in ("request", "_process_response")] + \
-          [(sdk._base_client.AsyncAPIClient, name) for sdk in (openai, anthropic)
-           for name in ("request", "_process_response")]
+PATCHED = [(cls, name) for sdk in (openai, anthropic)
+           for cls in (sdk._base_client.SyncAPIClient, sdk._base_client.AsyncAPIClient)
+           for name in ("request", "_sleep_for_retry")] + \
+          [(cls, "_send_request") for cls in (openai._base_client.SyncAPIClient,
+                                              openai._base_client.AsyncAPIClient,
+                                              openai.OpenAI, openai.AsyncOpenAI)] + \
+          [(cls, "_attempt_request") for cls in (anthropic._base_client.SyncAPIClient,
+                                                 anthropic._base_client.AsyncAPIClient)]
 
 
 def originals() -> list[object]:

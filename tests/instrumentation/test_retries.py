@@ -41,14 +41,16 @@ async def test_429_waits_what_retry_after_says(driver: Driver, fake: FakeProvide
     assert gov.backend.counters()["retries"]["openai"] == 1
 
 
-async def test_insufficient_quota_is_never_retried(driver: Driver, fake: FakeProvider,
-                                                   governed: Governed) -> None:
-    governed()
-    fake.fail_next(1, kind="insufficient_quota")
+async def test_insufficient_quota_is_retried_as_the_sdk_does_but_never_slows_us(
+        driver: Driver, fake: FakeProvider, governed: Governed) -> None:
+    """The SDK retries every 429 and keeps doing so governed; out of credit is not throttling."""
+    gov = governed()
+    fake.fail_next(3, kind="insufficient_quota")
     with pytest.raises(openai.RateLimitError) as caught:
         await chat(driver.openai)
     assert caught.value.code == "insufficient_quota"
-    assert statuses(fake) == [429]
+    assert statuses(fake) == [429, 429, 429]  # 1 + the client's max_retries=2
+    assert gov.backend.service_state("openai").adaptive.rate == 0.0  # not slowed down
 
 
 async def test_server_errors_are_retried_and_open_the_breaker(driver: Driver, fake: FakeProvider,

@@ -62,7 +62,7 @@ def test_keys_never_leak(fake: FakeProvider, governed: Governed,
     list(chat(model="gpt-4o-mini", messages=MESSAGES, max_tokens=4, stream=True))
     attempt(d.anthropic.messages.create, model="claude-3-5-haiku-latest", messages=MESSAGES,
             max_tokens=4)
-    fake.fail_next(1, kind="insufficient_quota")
+    fake.fail_next(3, kind="insufficient_quota")  # the SDK's attempt and its 2 retries
     attempt(chat, model="gpt-4o-mini", messages=MESSAGES, max_tokens=4)
     attempt(chat, model="gpt-4o", messages=MESSAGES, max_tokens=8000)  # over budget
     fake.set_fault("error", status=500)

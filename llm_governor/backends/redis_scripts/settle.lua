@@ -1,11 +1,20 @@
--- Settle one call: release its lease, charge its cost to every budget window,
--- fold in the last attempt's outcome, count it.
--- KEYS: svc, leases, spend, ctr
+-- Settle one call (or charge one lost attempt): release its lease, charge its
+-- cost to every budget window, fold in the last attempt's outcome, count it.
+-- Idempotent per settle id: a settlement replayed after a timeout that the
+-- server did apply (or replayed from the outage journal) counts once.
+-- KEYS: svc, leases, spend, ctr, done
 -- ARGV: now override, lease id ('' = none), service, model, job ('' = none),
---       status, attempts, cost (nanos), windows, then outcome ('' = no
---       observation), provider limits, limits (see observe in common.lua)
-local K_SVC, K_LEASES, K_SPEND, K_CTR = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+--       status, attempts, cost (nanos), windows, final (1/0), overrun (nanos),
+--       settle id ('' = not idempotent), then outcome ('' = no observation),
+--       provider limits, limits (see observe in common.lua)
+local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
+local settle_id = ARGV[12]
+if settle_id ~= '' then
+  redis.call('ZREMRANGEBYSCORE', K_DONE, '-inf', now)
+  if redis.call('ZSCORE', K_DONE, settle_id) then return 0 end
+  redis.call('ZADD', K_DONE, now + 3600, settle_id)
+end
 local service, model, job, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local attempts, cost = tonumber(ARGV[7]), tonumber(ARGV[8])
 local ws = read_windows(ARGV[9])
@@ -17,15 +26,22 @@ if cost ~= 0 and #ws > 0 then
     redis.call('HSET', K_SPEND, w.name, fmt(start) .. ' ' .. fmt(spent + cost))
   end
 end
-if ARGV[10] ~= '' then
-  local s = observe(load_state(redis.call('HGET', K_SVC, service)), ARGV[10], ARGV[11],
-    ARGV[12], now)
+if ARGV[13] ~= '' then
+  local s = observe(load_state(redis.call('HGET', K_SVC, service)), ARGV[13], ARGV[14],
+    ARGV[15], now)
   redis.call('HSET', K_SVC, service, dump_state(s))
 end
-redis.call('HINCRBY', K_CTR, 'calls|' .. service .. '|' .. model .. '|' .. status, 1)
+if ARGV[10] == '1' then
+  redis.call('HINCRBY', K_CTR, 'calls|' .. service .. '|' .. model .. '|' .. status, 1)
+  if attempts > 1 then redis.call('HINCRBY', K_CTR, 'retries|' .. service, attempts - 1) end
+else
+  redis.call('HINCRBY', K_CTR, 'lost|' .. service, 1)
+end
 if cost ~= 0 then
   redis.call('HINCRBY', K_CTR, 'cost|' .. service .. '|' .. model, ARGV[8])
   if job ~= '' then redis.call('HINCRBY', K_CTR, 'job|' .. job, ARGV[8]) end
 end
-if attempts > 1 then redis.call('HINCRBY', K_CTR, 'retries|' .. service, attempts - 1) end
+if ARGV[11] ~= '0' then
+  redis.call('HINCRBY', K_CTR, 'overrun|' .. service .. '|' .. model, ARGV[11])
+end
 return 1
