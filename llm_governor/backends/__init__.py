@@ -39,7 +39,8 @@ def create_backend(
 
         path = default_state_path() if url == "sqlite" else Path(url.removeprefix("sqlite://"))
         try:
-            return SQLiteBackend(path, budget_limits, clock, namespace)
+            return SQLiteBackend(path, budget_limits, clock, namespace, on_error=on_error,
+                                 degraded_budget_share=degraded_budget_share)
         except (OSError, Exception) as exc:  # sqlite3.Error included
             logger.warning(
                 "RATE_LIMIT llm-governor cannot use the SQLite state file %s (%s); "

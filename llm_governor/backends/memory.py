@@ -108,6 +108,11 @@ class MemoryBackend(TransactionalBackend):
     def transaction(self) -> _Locked:
         return self._locked
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread of the parent held stays held here."""
+        self._lock = threading.Lock()
+        self._locked = _Locked(self._lock, self._txn)
+
     def emergency(self) -> bool:
         return self._emergency
 

@@ -4,14 +4,23 @@ WAL mode, one ``BEGIN IMMEDIATE`` transaction per step, so admission is
 atomic across threads and processes; budgets, breaker state and the emergency
 flag persist across restarts. The directory is created 0700 and the file
 0600: cost data and circuit states are sensitive.
+
+:class:`SQLiteStore` runs the steps and raises ``sqlite3.Error`` / ``OSError``
+when the file cannot be used (disk full, read-only, locked longer than
+``busy_timeout``); :class:`SQLiteBackend` wraps it in a
+:class:`~.failover.FailoverBackend`, so those never reach user code. A file
+replaced or deleted under a running process is noticed within a second and
+reopened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -22,8 +31,12 @@ from ..policies import budget
 from ..policies.admission import ServiceState
 from ._codec import dump_service, dump_spends, load_service, load_spends
 from .base import MONEY_COUNTERS, Clock, Lease, TransactionalBackend, Txn, nest_counters
+from .failover import FailoverBackend, SharedStore
 
-__all__ = ["SQLiteBackend", "prepare_path"]
+__all__ = ["SQLiteBackend", "SQLiteStore", "prepare_path"]
+
+BUSY_TIMEOUT = 5.0  # seconds a step waits for the file's write lock before failing over
+_FILE_CHECK = 1.0  # seconds between checks that the path still names the open file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, state TEXT NOT NULL);
@@ -114,11 +127,12 @@ class _SQLiteTxn(Txn):
         self._c.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (k, value))
 
 
-class SQLiteBackend(TransactionalBackend):
+class SQLiteStore(TransactionalBackend, SharedStore):
     """State in one SQLite file; safe across threads, processes and ``fork()``."""
 
     name = "sqlite"
     blocking = True
+    errors = (sqlite3.Error, OSError)
 
     def __init__(
         self,
@@ -131,23 +145,52 @@ class SQLiteBackend(TransactionalBackend):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self.namespace = namespace
-        prepare_path(self.path)
         self._local = threading.local()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         pid = os.getpid()
-        if conn is None or getattr(self._local, "pid", None) != pid:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            self._local.pid = pid
+        if conn is not None and self._local.pid == pid:
+            now = time.monotonic()
+            if now - self._local.checked < _FILE_CHECK:
+                return conn
+            self._local.checked = now
+            if self._same_file(self._local.file):
+                return conn
+            conn.close()  # replaced or deleted: the path is the truth, reopen it
+        prepare_path(self.path)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        conn.executescript(_SCHEMA)
+        self._local.conn = conn
+        self._local.pid = pid
+        self._local.checked = time.monotonic()
+        self._local.file = self._identity()
         return conn
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _same_file(self, opened: tuple[int, int] | None) -> bool:
+        return opened is not None and self._identity() == opened
+
+    def ping(self) -> None:
+        """A real write, so a full disk or a read-only file fails here."""
+        with self.transaction() as tx:
+            tx.incr("probe", 1)
+
+    def add_counters(self, deltas: dict[str, int]) -> None:
+        with self.transaction() as tx:
+            for key, value in deltas.items():
+                tx.incr(key, value)
 
     @contextmanager
     def transaction(self) -> Iterator[Txn]:
@@ -155,10 +198,12 @@ class SQLiteBackend(TransactionalBackend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield _SQLiteTxn(conn, self.namespace)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
@@ -168,7 +213,9 @@ class SQLiteBackend(TransactionalBackend):
         try:
             yield _SQLiteTxn(conn, self.namespace, readonly=True)
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
 
     def _kv(self, key: str) -> str | None:
         row = self._connect().execute("SELECT value FROM kv WHERE key=?",
@@ -231,3 +278,30 @@ class SQLiteBackend(TransactionalBackend):
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+class SQLiteBackend(FailoverBackend):
+    """State in one SQLite file: a :class:`SQLiteStore` whose failures follow ``on_error``.
+
+    Raises ``OSError`` / ``sqlite3.Error`` at construction when the file
+    cannot be created or opened at all (``create_backend`` then falls back
+    to memory for the process's life).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        budget_limits: dict[str, Decimal] | None = None,
+        clock: Clock | None = None,
+        namespace: str = "default",
+        *,
+        on_error: str = "local",
+        degraded_budget_share: float = 0.25,
+        probe_interval: float = 1.0,
+    ) -> None:
+        store = SQLiteStore(path, budget_limits, clock, namespace)
+        super().__init__(store, budget_limits, on_error=on_error,
+                         degraded_budget_share=degraded_budget_share,
+                         probe_interval=probe_interval)
+        self.path = store.path
+        self.namespace = namespace
