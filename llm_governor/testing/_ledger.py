@@ -74,6 +74,8 @@ class LedgerEntry:
     request_bytes: int
     key_id: str | None = None
     outcome: Outcome = "served"
+    retry_count: str | None = None  # the request's x-stainless-retry-count header
+    body_sha256: str = ""  # of the request body: differential tests compare bodies by it
 
     def __post_init__(self) -> None:
         if self.outcome == "served" and self.status != 200:

@@ -327,10 +327,12 @@ def _parse_json_call(call: Call, req: JsonObj, settings: Settings) -> None:
 
 def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> None:
     call.stream = bool(req.get("stream"))
-    call.usage_null = bool(_dig(req, "stream_options", "include_usage"))
-    call.include_usage = call.usage_null or (
-        settings.usage_always and call.endpoint in ("chat", "completions")
-    )
+    asked = bool(_dig(req, "stream_options", "include_usage"))
+    # A server that always sends usage ignores stream_options: it never marks the
+    # other chunks with "usage": null, as api.openai.com does when asked.
+    always = settings.usage_always and call.endpoint in ("chat", "completions")
+    call.usage_null = asked and not always
+    call.include_usage = asked or always
     if call.endpoint == "embeddings":
         items = req.get("input")
         call.input_tokens = count_input_tokens(items)

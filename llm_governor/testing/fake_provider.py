@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import hashlib
 import threading
 import time
 from collections import deque
@@ -148,8 +149,8 @@ class FakeProvider:
     else body bytes / ``audio_bytes_per_second``, and ``url_audio_seconds``
     for URL transcriptions. TPM counts input + output tokens at admission.
     ``usage_always`` makes OpenAI chat/completions streams end with a usage
-    chunk even when ``include_usage`` was not asked, as some compatible
-    servers do.
+    chunk whatever ``stream_options`` asked, as some compatible servers do
+    (such a server never sends ``"usage": null`` on the other chunks).
     """
 
     def __init__(
@@ -494,6 +495,8 @@ class FakeProvider:
         key_id: str | None = None,
         scope: str | None = None,
         outcome: Outcome = "served",
+        retry_count: str | None = None,
+        body_sha256: str = "",
     ) -> LedgerEntry:
         served = status == 200
         entry = LedgerEntry(
@@ -516,6 +519,8 @@ class FakeProvider:
             request_bytes=request_bytes,
             key_id=key_id,
             outcome=outcome,
+            retry_count=retry_count,
+            body_sha256=body_sha256,
         )
         with self._lock:
             if release:
@@ -530,6 +535,8 @@ class FakeProvider:
         api_key = _api_key(handler, query)
         key_seen = api_key is not None
         key_id = None if api_key is None else key_fingerprint(api_key)
+        retry_count = handler.headers.get("x-stainless-retry-count")
+        body_sha256 = hashlib.sha256(body).hexdigest()
         target = _wire.route(split.path)
         if target is None or handler.command != "POST":
             message = f"fake provider has no route for {handler.command} {split.path}"
@@ -554,7 +561,8 @@ class FakeProvider:
             )
         except _wire.BadRequestError as exc:
             call = _wire.Call(provider, endpoint, split.path, path_model or "")
-            self._record(call, time.monotonic(), exc.status, key_seen, len(body), key_id=key_id)
+            self._record(call, time.monotonic(), exc.status, key_seen, len(body), key_id=key_id,
+                         retry_count=retry_count, body_sha256=body_sha256)
             reply = _wire.error_reply(provider, exc.status, message=str(exc))
             handler.send_reply(reply, (), self._overrides(provider, reply.status))
             return
@@ -566,6 +574,7 @@ class FakeProvider:
         record = functools.partial(
             self._record, call, decision.now, api_key_seen=key_seen,
             request_bytes=len(body), fault=fault, key_id=key_id, scope=decision.scope,
+            retry_count=retry_count, body_sha256=body_sha256,
         )  # fmt: skip
         if fault is not None and fault.kind == "reset":
             record(status=0)

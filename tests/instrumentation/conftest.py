@@ -110,6 +110,12 @@ class Driver:
 
 
 @pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    """One test body for the sync and the async clients."""
+    return bool(request.param)
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
 def driver(request: pytest.FixtureRequest, fake: FakeProvider) -> Driver:
     return Driver(fake, request.param)
 

@@ -297,8 +297,3 @@ async def test_job_costs_add_up(deepgram: Deepgram, fake: FakeProvider,
             await deepgram.file(wav(seconds))
     assert gov.backend.counters()["job"]["video_123"] == PER_MINUTE * Decimal("3.5") / 60
     assert fake.ledger.total_billed() == PER_MINUTE * Decimal("3.5") / 60
-
-
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)

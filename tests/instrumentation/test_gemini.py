@@ -370,8 +370,3 @@ def test_max_output_tokens_bounds_candidates_and_thinking() -> None:
     assert _max_output_tokens({"generationConfig": cfg}) == 350
     assert _max_output_tokens({"generationConfig": {"candidateCount": 2}}) is None
     assert _max_output_tokens({}) is None
-
-
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def is_async(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
