@@ -7,7 +7,9 @@ local renewed = 0
 for k = 3, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[k])
   if raw then
-    redis.call('HSET', KEYS[1], ARGV[k], expires .. string.sub(raw, string.find(raw, ' ', 1, true)))
+    -- keep " nanos service" (string.find returns start and end: take the start only)
+    local space = string.find(raw, ' ', 1, true)
+    redis.call('HSET', KEYS[1], ARGV[k], expires .. string.sub(raw, space))
     renewed = renewed + 1
   end
 end
