@@ -14,9 +14,12 @@ bound, since the provider may have billed every token it generated.
 
 Settling takes the backend's lock, so it must never run inside a garbage
 collection that may have interrupted this very thread while it held that lock:
-settlements triggered by the collector go to a daemon thread instead. That
+settlements triggered by the collector go to a reaper thread instead. That
 thread is per process: a forked child starts its own, and never settles a
-stream its parent opened (the parent does).
+stream its parent opened (the parent does). It is not a daemon, and it ends
+once it has been idle for a moment: a process that exits (at the end of its
+main thread, ``sys.exit``, a multiprocessing worker's return) waits for the
+settlements it deferred instead of dropping them with their spend.
 """
 
 from __future__ import annotations
@@ -89,12 +92,29 @@ def _gc_phase(phase: str, info: dict[str, int]) -> None:
 gc.callbacks.append(_gc_phase)
 _pending: queue.SimpleQueue[Settlement] = queue.SimpleQueue()  # put() is reentrant-safe
 _reaper: threading.Thread | None = None
-_reaper_lock = threading.Lock()
+# Reentrant: a collection inside Thread.start() may defer again on the same thread.
+_reaper_lock = threading.RLock()
+_REAPER_IDLE = 0.2  # seconds without work after which the reaper ends (exit need not wait)
 
 
 def _reap(pending: queue.SimpleQueue[Settlement]) -> None:
+    """Settle deferred calls until idle; then end, unless more arrived meanwhile.
+
+    Not a daemon: interpreter exit and multiprocessing workers join it, so the
+    settlements deferred just before a process exits still reach the backend.
+    """
+    global _reaper
     while True:
-        pending.get().settle()
+        try:
+            s = pending.get(timeout=_REAPER_IDLE)
+        except queue.Empty:
+            with _reaper_lock:  # _defer checks for a reaper under the same lock
+                if pending.empty():
+                    if _reaper is threading.current_thread():
+                        _reaper = None
+                    return
+            continue
+        s.settle()
 
 
 def _after_fork_in_child() -> None:
@@ -102,7 +122,7 @@ def _after_fork_in_child() -> None:
     global _pending, _reaper, _reaper_lock, _in_gc
     _pending = queue.SimpleQueue()
     _reaper = None
-    _reaper_lock = threading.Lock()
+    _reaper_lock = threading.RLock()
     _in_gc = False
 
 
@@ -115,12 +135,15 @@ def _defer(s: Settlement) -> None:
     if s.pid != os.getpid():
         return  # a stream of the parent process: the parent settles it
     _pending.put(s)
-    if _reaper is None:
-        with _reaper_lock:
-            if _reaper is None:
-                _reaper = threading.Thread(target=_reap, args=(_pending,),
-                                           name="llm-governor-settle", daemon=True)
-                _reaper.start()
+    with _reaper_lock:
+        if _reaper is None:
+            reaper = threading.Thread(target=_reap, args=(_pending,),
+                                      name="llm-governor-settle")
+            try:
+                reaper.start()
+            except RuntimeError:  # interpreter shutdown: the lease expires by its TTL
+                return
+            _reaper = reaper
 
 
 class Settlement:
