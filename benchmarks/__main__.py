@@ -3,7 +3,9 @@
 Sections run one after another in this process, each cleaning up after itself
 (servers stopped, SDKs uninstrumented). Raw numbers land in
 ``benchmarks/results/<section>.json`` (gitignored), plots in
-``benchmarks/plots/`` (committed), the report in ``BENCHMARKS.md``.
+``benchmarks/plots/`` (committed), the report in ``BENCHMARKS.md``. A section
+may take sub-sections (``SUBSECTIONS``): the budget section ends with the
+"Faults" table of ``bench_faults``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("footprint", "benchmarks.bench_footprint"),
     ("redis", "benchmarks.bench_redis"),
 )
+# Modules whose tables join a section of the report (their own JSON is saved too).
+SUBSECTIONS: dict[str, tuple[str, ...]] = {"budget": ("benchmarks.bench_faults",)}
 NUMBERS = {key: n for n, (key, _) in enumerate(SECTIONS, 1)}
 FAILED: list[str] = []
 
@@ -58,10 +62,37 @@ def _run_section(key: str, module: str, mode: Mode) -> Section | None:
         print(text, file=sys.stderr, flush=True)
         FAILED.append(key)
         section = Section(key, key.title(), f"This section failed:\n\n```\n{text}```\n")
+    for sub_module in SUBSECTIONS.get(key, ()):
+        _join(section, sub_module, mode)
     section.seconds = time.perf_counter() - t0
     section.save()
     print(f"[{key}] done in {section.seconds:.1f} s", flush=True)
     return section
+
+
+def _join(section: Section, module: str, mode: Mode) -> None:
+    """Run ``module`` and fold its table, targets and headlines into ``section``."""
+    mod = _load(module)
+    runner: Callable[[Mode], Section] | None = getattr(mod, "run", None) if mod else None
+    if runner is None:
+        print(f"[{section.key}] {module} skipped: no run(mode) -> Section", flush=True)
+        return
+    print(f"[{section.key}] running {module} …", flush=True)
+    t0 = time.perf_counter()
+    try:
+        sub = runner(mode)
+    except Exception:  # report the failure inside the section, keep the rest of it
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        FAILED.append(f"{section.key}/{module}")
+        section.markdown += f"\n\n{module} failed:\n\n```\n{text}```\n"
+        return
+    sub.seconds = time.perf_counter() - t0
+    sub.save()
+    section.markdown = section.markdown.rstrip() + "\n\n" + sub.markdown
+    section.targets += sub.targets
+    section.headlines += sub.headlines
+    section.data[sub.key] = sub.data
 
 
 def _load_average(avg: object) -> str:

@@ -161,6 +161,9 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver listens with a backlog of 5: a burst of concurrent clients would see
+    # their SYNs dropped and time out connecting (a provider never does that)
+    request_queue_size = 128
 
     def __init__(self, serve: Callable[[Handler], None]) -> None:
         self.serve = serve
