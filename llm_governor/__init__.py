@@ -15,6 +15,7 @@ from .api import (
     instrument,
     is_emergency_mode,
     rate_limited,
+    reset_limits,
     start_rate_limit_monitoring,
     stop_rate_limit_monitoring,
     uninstrument,
@@ -44,5 +45,5 @@ __all__ = [
     "enable_emergency_mode", "export_rate_limit_metrics", "get_governor",
     "get_rate_limit_health", "get_service_config", "graceful_api_call", "instrument",
     "is_emergency_mode", "job", "load_config", "log_alert_handler", "priority", "rate_limited",
-    "start_rate_limit_monitoring", "stop_rate_limit_monitoring", "uninstrument",
+    "reset_limits", "start_rate_limit_monitoring", "stop_rate_limit_monitoring", "uninstrument",
 ]

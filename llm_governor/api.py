@@ -26,7 +26,7 @@ from .governor import CallSpec, Governor
 __all__ = [
     "check_budget", "disable_emergency_mode", "enable_emergency_mode",
     "export_rate_limit_metrics", "get_governor", "get_rate_limit_health", "get_service_config",
-    "graceful_api_call", "instrument", "is_emergency_mode", "rate_limited",
+    "graceful_api_call", "instrument", "is_emergency_mode", "rate_limited", "reset_limits",
     "start_rate_limit_monitoring", "stop_rate_limit_monitoring", "uninstrument",
 ]
 
@@ -246,6 +246,15 @@ def stop_rate_limit_monitoring() -> None:
         if _monitor is not None:
             _monitor.stop()
             _monitor = None
+
+
+def reset_limits(service: str | None = None) -> list[str]:
+    """Forget learned provider limits, blocks, circuit and bucket state of ``service``
+    (every service when None), in every process on the backend; budgets stay.
+
+    Returns the limit scopes reset. The CLI's ``llm-governor reset [SERVICE]``.
+    """
+    return get_governor().reset_limits(service)
 
 
 def enable_emergency_mode() -> None:

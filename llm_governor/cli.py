@@ -439,6 +439,21 @@ def cmd_emergency(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_reset(args: argparse.Namespace, out: Output) -> int:
+    gov = _governor(args)
+    try:
+        where = f"{gov.config.redacted_backend()} (namespace {gov.config.namespace})"
+        keys = gov.reset_limits(args.service)
+        _check_reachable(gov, "nothing was reset")
+    finally:
+        gov.close()
+    what = args.service or "every service"
+    out.text(f"limits state of {what} reset on {where}: {len(keys)} limit scope(s) "
+             f"({', '.join(keys) or 'none had state'}); learned provider limits, blocks, "
+             "circuit and buckets start afresh; budgets are untouched")
+    return EXIT_OK
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write atomically, readable by the user only (cost data is sensitive)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -623,6 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disable", action="store_true", help="turn emergency mode off")
     g.add_argument("--status", action="store_true", help="only show whether it is on")
 
+    p = command("reset", "forget learned limits, blocks and circuit state (not budgets)",
+                "Reset the limiter state of SERVICE (every service when omitted) for every "
+                "process on the backend: the limits learned from the provider's headers, any "
+                "block a retry-after set, the circuit breaker and the rate buckets start "
+                "afresh. Budgets and spend are untouched.")
+    p.add_argument("service", nargs="?", metavar="SERVICE",
+                   help="the service to reset, e.g. openai (default: all)")
+
     p = command("export", "write the JSON metrics document",
                 "Write the JSON metrics export (per-service state, counters, costs by "
                 "service/model/job, budgets, live processes). Files are created 0600.")
@@ -653,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "status": cmd_status, "monitor": cmd_monitor, "emergency": cmd_emergency,
-    "export": cmd_export, "validate": cmd_validate, "rules": cmd_rules,
+    "reset": cmd_reset, "export": cmd_export, "validate": cmd_validate, "rules": cmd_rules,
     "dashboard": cmd_dashboard,
 }
 

@@ -98,8 +98,15 @@ class RateLimitConfig(BaseModel):
     llm_tokens_per_minute: int = Field(0, ge=0, description="Provider TPM limit, 0 = none")
     max_concurrency: int = Field(0, ge=0, description="In-flight cap, 0 = none")
     max_retries: int | None = Field(None, ge=0, le=20, description="None = the client's own")
+    timeout_failure_floor: float = Field(
+        1.0, ge=0, description="a call's own timeout shorter than this (and than the service's "
+                               "typical latency) is the caller's impatience, not a provider "
+                               "failure for the breaker")
     audio_bytes_per_second: int = Field(
         16000, ge=1, description="Assumed bitrate bounding an audio file's duration"
+    )
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible endpoint whose calls count as this service"
     )
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -109,9 +116,12 @@ class RateLimitConfig(BaseModel):
             raise ValueError(
                 f"max_interval ({self.max_interval}) must be >= min_interval ({self.min_interval})"
             )
+        if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url = {self.base_url!r} must be an http(s):// URL")
         for model, override in self.models.items():
-            if not isinstance(override, dict) or "models" in override:
-                raise ValueError(f"models.{model} must be a table of service fields")
+            if not isinstance(override, dict) or "models" in override or "base_url" in override:
+                raise ValueError(f"models.{model} must be a table of service fields "
+                                 "(other than models and base_url)")
             try:
                 self.for_model(model)
             except ValidationError as exc:
@@ -201,7 +211,9 @@ class RetryConfig(BaseModel):
     Retries may add at most ``budget_ratio`` of recent calls (plus a floor).
     ``absorb_throttled``: a 429 the SDK would retry is re-queued and re-sent
     as the same attempt (until ``request_timeout``) instead of spending one of
-    the SDK's retries, which exist for failures.
+    the SDK's retries, which exist for failures. ``max_block`` bounds every
+    wait a provider's headers can impose (a ``retry-after`` of a year blocks
+    for at most that long).
     """
 
     model_config = _STRICT
@@ -210,6 +222,9 @@ class RetryConfig(BaseModel):
     budget_min_per_minute: int = Field(10, ge=0)
     max_wait: float = Field(60.0, gt=0, description="never sleep longer than this between tries")
     absorb_throttled: bool = True
+    max_block: float = Field(
+        300.0, gt=0, le=86400,
+        description="the longest a provider's retry-after or reset may block a limit scope")
 
 
 def default_state_path() -> Path:
@@ -238,6 +253,9 @@ class GovernorConfig(BaseModel):
     model_config = _STRICT
 
     environment: Environment = "development"
+    defaults: Literal["preset", "permissive"] = Field(
+        "preset", description="services not configured start from the environment's preset, "
+                              "or (no environment chosen) from permissive limits")
     backend: Annotated[str, AfterValidator(_check_backend)] = "sqlite"
     namespace: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     on_backend_error: Literal["local", "closed", "open"] = "local"
@@ -268,6 +286,7 @@ class GovernorConfig(BaseModel):
         env = data.get("environment", "development")
         if env not in ENVIRONMENTS:
             return data  # the field validator reports it
+        preset = "permissive" if data.get("defaults") == "permissive" else env
         raw_services = data.get("services") or {}
         if not isinstance(raw_services, Mapping):
             return data
@@ -282,7 +301,7 @@ class GovernorConfig(BaseModel):
                 merged[name] = given  # reported by validation
                 continue
             overrides[name] = dict(given)
-            merged[name] = {**preset_for(env, name), **given}
+            merged[name] = {**preset_for(preset, name), **given}
         data["services"] = merged
         data["service_overrides"] = overrides
         return data
@@ -290,8 +309,9 @@ class GovernorConfig(BaseModel):
     @model_validator(mode="after")
     def _service_names(self) -> GovernorConfig:
         for name in self.services:
-            if not name or len(name) > 64:
-                raise ValueError(f"service name {name!r} must be 1-64 characters")
+            if not name or len(name) > 64 or any(c in name for c in "/|"):
+                raise ValueError(f"service name {name!r} must be 1-64 characters, "
+                                 "without '/' or '|'")
         return self
 
     def service(self, name: str, model: str | None = None) -> RateLimitConfig:
@@ -300,9 +320,14 @@ class GovernorConfig(BaseModel):
         if cfg is None:
             cfg = self._extra_services.get(name)
             if cfg is None:
-                cfg = RateLimitConfig.model_validate(preset_for(self.environment, name))
+                cfg = RateLimitConfig.model_validate(preset_for(self.preset, name))
                 self._extra_services[name] = cfg
         return cfg.for_model(model)
+
+    @property
+    def preset(self) -> str:
+        """The preset services start from: the environment's, or ``permissive``."""
+        return "permissive" if self.defaults == "permissive" else self.environment
 
     @cached_property
     def _extra_services(self) -> dict[str, RateLimitConfig]:
@@ -378,14 +403,19 @@ def load_config(
 
     ``source`` None reads ``$LLM_GOVERNOR_CONFIG`` when set. The environment is
     the explicit argument, else the source's ``environment``, else
-    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV``, else development. The backend
-    is the explicit argument, else ``$LLM_GOVERNOR_BACKEND``, else the source's,
-    else the SQLite file in the user's state directory.
+    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV``, else development; when none of
+    them chose it, services start from permissive limits (``defaults =
+    "permissive"``) rather than the development preset, so an unconfigured
+    governor never slows an app by itself. The backend is the explicit
+    argument, else ``$LLM_GOVERNOR_BACKEND``, else the source's, else the SQLite
+    file in the user's state directory.
     """
     where = ""
     if isinstance(source, GovernorConfig):
         raw: dict[str, Any] = source.model_dump(exclude={"services", "service_overrides"})
         raw["services"] = source.service_overrides
+        if environment is not None:  # an environment chosen now brings its preset
+            raw.pop("defaults", None)
     elif source is None:
         path = os.environ.get("LLM_GOVERNOR_CONFIG")
         raw = _read_toml(path) if path else {}
@@ -401,7 +431,10 @@ def load_config(
             f"got {type(source).__name__}"
         )
     env = environment or raw.get("environment") or os.environ.get("LLM_GOVERNOR_ENV") \
-        or os.environ.get("MONTAGE_ENV") or "development"
+        or os.environ.get("MONTAGE_ENV")
+    if env is None:  # nothing chose an environment: stay out of the way until the provider
+        raw.setdefault("defaults", "permissive")  # or a configured limit says otherwise
+        env = "development"
     if isinstance(env, str):
         env = env.strip().lower()
     raw["environment"] = env

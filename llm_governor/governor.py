@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
+from .accounts import host_of, scope_key, service_of
 from .backends import Backend, CallRecord, create_backend
 from .config import GovernorConfig, RateLimitConfig
 from .context import Priority, current_cost_override, current_job, current_priority
@@ -79,6 +80,8 @@ class CallSpec:
     job: str | None = None  # None: from context
     cost: Decimal | None = None  # a stated estimate replaces the computed upper bound
     max_retries: int | None = None  # the client's own setting, when known
+    key: str | None = None  # the limit scope (provider account); None: the service itself
+    endpoint: str | None = None  # the provider's host, for status
 
 
 class Ticket:
@@ -89,15 +92,16 @@ class Ticket:
     ``sunk`` is what lost attempts were already charged before a retry.
     """
 
-    __slots__ = ("attempts", "cfg", "emergency", "failure", "holding", "job", "lease_id",
-                 "limits", "llm_tokens", "model", "pid", "priority", "provider", "queue_wait",
-                 "requeues", "reserved", "service", "settled", "span", "spec", "started",
-                 "state", "sunk", "usage_hint")
+    __slots__ = ("attempt_started", "attempts", "cfg", "emergency", "failure", "holding", "job",
+                 "key", "lease_id", "limits", "llm_tokens", "model", "pid", "priority",
+                 "provider", "queue_wait", "requeues", "reserved", "service", "settled", "span",
+                 "spec", "started", "state", "sunk", "usage_hint")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
                  reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None) -> None:
         self.spec = spec
         self.service = spec.service
+        self.key = spec.key or spec.service
         self.model = spec.model or "unknown"
         self.cfg = cfg
         self.limits = limits
@@ -110,6 +114,7 @@ class Ticket:
         self.started = time.monotonic()
         self.queue_wait = 0.0
         self.attempts = 0
+        self.attempt_started = 0.0  # monotonic time the latest attempt was sent
         self.requeues = 0  # throttled attempts re-sent by the governor
         self.state: AttemptState = "none"
         self.sunk = _ZERO
@@ -122,7 +127,7 @@ class Ticket:
         self.usage_hint: Usage | None = None
 
 
-def limits_of(cfg: RateLimitConfig) -> Limits:
+def limits_of(cfg: RateLimitConfig, max_block: float = 300.0) -> Limits:
     floor, ceiling = adaptive.bounds(cfg.refill_rate, cfg.min_interval, cfg.max_interval)
     return Limits(
         capacity=float(cfg.capacity), refill_rate=cfg.refill_rate, rate_floor=floor,
@@ -131,7 +136,7 @@ def limits_of(cfg: RateLimitConfig) -> Limits:
         cost_per_minute=cfg.max_cost_per_minute,
         cost_per_minute_f=float(cfg.max_cost_per_minute), max_concurrency=cfg.max_concurrency,
         failure_threshold=cfg.failure_threshold, success_threshold=cfg.success_threshold,
-        recovery_timeout=float(cfg.recovery_timeout),
+        recovery_timeout=float(cfg.recovery_timeout), max_block=max_block,
     )
 
 
@@ -224,6 +229,10 @@ class Governor:
         self.lease_ttl = float(config.lease_ttl)
         self._queues: dict[str, AdmissionQueue] = {}
         self._limits: dict[tuple[str, str | None], tuple[RateLimitConfig, Limits, Limits]] = {}
+        self._service_urls = sorted(
+            ((cfg.base_url.rstrip("/").lower(), name) for name, cfg in config.services.items()
+             if cfg.base_url), key=lambda item: -len(item[0]))  # the longest prefix wins
+        self._accounts: dict[tuple[str, str, str | None], tuple[str, str, str]] = {}
         self._retry_budgets: dict[str, RetryBudget] = {}
         self._wait = ProviderWait(maximum=config.retry.max_wait)
         self._closed = threading.Event()
@@ -237,6 +246,8 @@ class Governor:
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
+        self._latency: dict[str, float] = {}  # limit scope → typical attempt latency (EWMA)
+        self._binding: set[tuple[str, str]] = set()  # (scope, limit) already explained
         self._live: dict[str, Ticket] = {}  # lease id → ticket whose hold is renewed
         self._heart: threading.Thread | None = None
         self._last_publish = 0.0
@@ -258,21 +269,70 @@ class Governor:
         return self._resolve(service, model)[0]
 
     def _resolve(self, service: str, model: str | None) -> tuple[RateLimitConfig, Limits, Limits]:
+        """Config and limits of ``service`` (or of a scope key's service) and ``model``."""
         key = (service, model)
         found = self._limits.get(key)
         if found is None:
+            service = service_of(service)
             cfg = self.config.service(service, model)
-            found = (cfg, limits_of(cfg), limits_of(self.config.emergency_service(service)))
+            block = self.config.retry.max_block
+            found = (cfg, limits_of(cfg, block),
+                     limits_of(self.config.emergency_service(service), block))
             self._limits[key] = found
         return found
 
-    def queue(self, service: str) -> AdmissionQueue:
-        q = self._queues.get(service)
+    def queue(self, key: str) -> AdmissionQueue:
+        """The in-process admission queue of a limit scope (a service or an account)."""
+        q = self._queues.get(key)
         if q is None:
             with self._lock:
                 q = self._queues.setdefault(
-                    service, AdmissionQueue(self.config.service(service).max_queue_size))
+                    key, AdmissionQueue(self.config.service(service_of(key)).max_queue_size))
         return q
+
+    # ---------------------------------------------------------------- accounts
+    def account(self, spec: CallSpec, base_url: str | None,
+                credential: str | None) -> CallSpec:
+        """``spec`` scoped to the provider account it goes to.
+
+        The service becomes the configured one whose ``base_url`` the call's
+        endpoint starts with (an OpenAI-compatible host named in the config),
+        and the limit scope key names (service, host, credential).
+        """
+        if base_url is None:
+            return spec
+        found = self._accounts.get((spec.service, base_url, credential))
+        if found is None:
+            service = self._service_at(base_url) or spec.service
+            host = host_of(base_url)
+            found = (service, scope_key(service, host, credential), host)
+            if len(self._accounts) > 1024:
+                self._accounts.clear()
+            self._accounts[(spec.service, base_url, credential)] = found
+        return replace(spec, service=found[0], key=found[1], endpoint=found[2])
+
+    def _service_at(self, base_url: str) -> str | None:
+        url = base_url.rstrip("/").lower()
+        for prefix, name in self._service_urls:
+            if url == prefix or url.startswith(prefix + "/"):
+                return name
+        return None
+
+    def scopes(self, service: str) -> list[str]:
+        """The limit scopes (accounts) of ``service`` that have state in the backend."""
+        return [k for k in self.backend.services()
+                if service_of(k) == service and k != service] or [service]
+
+    def reset_limits(self, service: str | None = None) -> list[str]:
+        """Forget learned provider limits, blocks, breaker and bucket state; budgets stay.
+
+        ``service`` None resets every service. Returns the scopes reset.
+        """
+        keys = [k for k in self.backend.services()
+                if service is None or service_of(k) == service]
+        self.backend.forget(keys)
+        logger.warning("RATE_LIMIT limits state reset for %s", ", ".join(keys) or "nothing")
+        return keys
 
     def retry_budget(self, service: str) -> RetryBudget:
         rb = self._retry_budgets.get(service)
@@ -318,6 +378,7 @@ class Governor:
         return AdmitRequest(
             t.service, int(t.priority), float(t.llm_tokens), t.reserved, limits, emergency,
             reserve=reserve, refuse_in_emergency=self.config.emergency_action == "refuse",
+            key=t.key,
         )
 
     def _refusal(self, t: Ticket, d: Decision) -> GovernorError:
@@ -349,11 +410,47 @@ class Governor:
         if reserve and d.admitted:
             t.holding = True
             with self._lock:
-                self._in_flight[t.service] = self._in_flight.get(t.service, 0) + 1
+                self._in_flight[t.key] = self._in_flight.get(t.key, 0) + 1
             self._live[t.lease_id] = t
             if self._heart is None:
                 self._start_heartbeat()
         self._emit(self.telemetry.decision, t, d.outcome, d.retry_after)
+
+    def _explain(self, t: Ticket, d: Decision) -> None:
+        """Say once per scope and limit why calls wait or are refused, and how to change it."""
+        what = d.bound or d.outcome
+        if (t.key, what) in self._binding or d.outcome not in ("rate_limited", "budget_exceeded"):
+            return
+        self._binding.add((t.key, what))
+        svc, cfg = t.service, t.cfg
+        given = self.config.service_overrides.get(svc, {})
+
+        def source(*keys: str) -> str:
+            if any(k in given for k in keys):
+                return "your configuration"
+            return f"the {self.config.preset} preset"
+
+        if d.outcome == "budget_exceeded":
+            text = (f"the {d.window} budget (budget.per_{d.window}) is spent; calls are refused "
+                    "until its window resets, or raise it in the configuration")
+        elif what == "provider":
+            text = ("the provider asked to wait (retry-after, or nothing left before its reset); "
+                    f"blocks last at most retry.max_block={self.config.retry.max_block:g}s")
+        elif what == "requests":
+            text = (f"its request limit: {cfg.capacity} per burst at {cfg.refill_rate:g}/s, or "
+                    f"lower if the provider reports less ({source('max_tokens', 'refill_rate')}; "
+                    f"change services.{svc}.refill_rate / max_tokens)")
+        elif what == "llm_tokens":
+            text = (f"its LLM-token limit ({cfg.llm_tokens_per_minute} per minute, or the "
+                    "provider's reported one; "
+                    f"{source('llm_tokens_per_minute')}: services.{svc}.llm_tokens_per_minute)")
+        elif what == "cost":
+            text = (f"its cost limit of ${cfg.max_cost_per_minute} per minute "
+                    f"({source('max_cost_per_minute')}: services.{svc}.max_cost_per_minute)")
+        else:
+            text = (f"its concurrency limit of {cfg.max_concurrency} calls in flight "
+                    f"({source('max_concurrency')}: services.{svc}.max_concurrency)")
+        logger.warning("RATE_LIMIT %s calls (%s) wait for %s", svc, t.key, text)
 
     def _shed(self, t: Ticket) -> QueueFullError:
         self.backend.count_decision(t.service, "queue_full")
@@ -373,13 +470,14 @@ class Governor:
         req = self._request(t, reserve)
         lease = t.lease_id if reserve else None
         ttl = self.lease_ttl
-        q = self.queue(t.service)
+        q = self.queue(t.key)
         start = time.monotonic()
         if not len(q):  # fast path: nobody waiting
             d: Decision = yield _Admit(t, req, lease, ttl)
             if d.admitted:
                 self._after_decision(t, d, reserve)
                 return
+            self._explain(t, d)
             if d.outcome != "rate_limited":
                 self._after_decision(t, d, reserve)
                 raise self._refusal(t, d)
@@ -398,6 +496,7 @@ class Governor:
                         t.queue_wait += time.monotonic() - start
                         self._after_decision(t, d, reserve)
                         return
+                    self._explain(t, d)
                     if d.outcome != "rate_limited" or d.retry_after > remaining:
                         self._after_decision(t, d, reserve)
                         raise self._refusal(t, d)
@@ -522,7 +621,7 @@ class Governor:
         t, lease = step.ticket, step.lease
         assert lease is not None
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
-                            _ZERO, "cancelled", "CancelledError", settle_id=lease)
+                            _ZERO, "cancelled", "CancelledError", settle_id=lease, key=t.key)
         threading.Thread(target=self._quietly, args=(self.backend.settle, lease, step.req.limits,
                                                      None, record),
                          name="llm-governor-release", daemon=True).start()
@@ -540,10 +639,14 @@ class Governor:
         t.attempts += 1
         t.state = "sending"
         t.failure = None
+        t.attempt_started = time.monotonic()
 
     def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
         """The provider answered with success; its rate-limit headers are folded in at settle."""
         t.state = "received"
+        took = time.monotonic() - t.attempt_started
+        typical = self._latency.get(t.key)
+        self._latency[t.key] = took if typical is None else 0.8 * typical + 0.2 * took
         if provider is not None:
             t.provider = provider
             if provider.remaining_requests is not None:
@@ -559,6 +662,11 @@ class Governor:
         Failures feed the breaker, 429s the adaptive rate, at once (other
         processes see them before this call settles).
         """
+        if not answered and failure.kind == "failure" and failure.reason == "timeout":
+            waited = time.monotonic() - t.attempt_started
+            if waited < max(self._latency.get(t.key, 0.0), t.cfg.timeout_failure_floor):
+                # the caller's own short timeout says nothing of the provider's health
+                failure = replace(failure, kind="fatal", reason="client_timeout")
         t.failure = failure
         t.state = "rejected" if answered else ("lost" if failure.lost else "unsent")
         if failure.kind == "fatal" and failure.provider is None:
@@ -570,7 +678,7 @@ class Governor:
         if failure.kind == "throttled" and failure.retry_after is not None:
             provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
         try:
-            self.backend.observe(t.service, t.limits, Observation(outcome, provider))
+            self.backend.observe(t.key, t.limits, Observation(outcome, provider))
         except Exception:  # never fail the SDK's own error path for a lost observation
             logger.debug("observing a failed attempt failed", exc_info=True)
 
@@ -602,7 +710,7 @@ class Governor:
         if reserve:
             record = CallRecord(_clean(t.service), _clean(t.model),
                                 _clean(t.job) if t.job else None, t.reserved, "lost",
-                                final=False, settle_id=f"{t.lease_id}#{t.attempts}")
+                                final=False, settle_id=f"{t.lease_id}#{t.attempts}", key=t.key)
             self._release(t)
             yield _Charge(t.lease_id, t.limits, record)
             t.sunk += t.reserved
@@ -626,7 +734,9 @@ class Governor:
     def _requeue_steps(self, t: Ticket) -> Steps[bool]:
         """A throttled attempt is "not yet": wait, re-queue, and say whether to re-send it.
 
-        The provider did not process it (nothing to charge); the wait is what
+        Only a 429 the SDK would retry (it has retries left) is re-sent, in
+        place of that retry. The provider did not process it (nothing to
+        charge); the wait is what
         it asked, else a back-off; the call keeps its priority in the queue.
         False once ``request_timeout`` (from the call's start) would pass: the
         429 then goes to the SDK, which decides as it would bare.
@@ -635,6 +745,9 @@ class Governor:
         if not self.config.retry.absorb_throttled or failure is None \
                 or failure.kind != "throttled":
             return False
+        retries = t.spec.max_retries
+        if retries is None or t.attempts - t.requeues > retries:
+            return False  # the SDK itself would not retry it: it is the SDK's error to raise
         t.requeues += 1
         wait = self._wait(failure, t.requeues)
         deadline = t.started + t.cfg.request_timeout
@@ -664,9 +777,9 @@ class Governor:
         if t.holding:
             t.holding = False
             with self._lock:
-                self._in_flight[t.service] = max(0, self._in_flight.get(t.service, 1) - 1)
+                self._in_flight[t.key] = max(0, self._in_flight.get(t.key, 1) - 1)
             if t.cfg.max_concurrency:
-                self.queue(t.service).wake_head()
+                self.queue(t.key).wake_head()
 
     def settle(
         self,
@@ -706,7 +819,7 @@ class Governor:
         error_type = None if error is None else type(error).__name__
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
                             cost, status, error_type, max(1, t.attempts), overrun=overrun,
-                            settle_id=t.lease_id)
+                            settle_id=t.lease_id, key=t.key)
         lease = t.lease_id if t.holding else None
         self._release(t)
         try:

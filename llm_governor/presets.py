@@ -14,7 +14,10 @@ emergency   minimum      minimum     slowest       tiny
 =========== ============ =========== ============= ==========
 
 ``docs/configuration.md`` prints the full table; ``default`` is what a service
-without a preset of its own gets.
+without a preset of its own gets. ``permissive`` is what a configuration that
+chooses no environment at all gets: limits that never slow an app by
+themselves (the provider's own headers and 429s then set the pace), with the
+development preset's circuit breaker.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ PRESETS: Final[dict[str, dict[str, dict[str, Any]]]] = {
         "anthropic": _svc(1, 0.25, "1.25", 90),
         "gemini": _svc(10, 2.0, "0.50", 30),
         "default": _svc(2, 0.5, "1.00", 60),
+    },
+    # No environment chosen: stay out of the way, learn the limits from the provider.
+    "permissive": {
+        "_common": {"burst_capacity": 0, "max_queue_size": 10_000, "failure_threshold": 5,
+                    "min_interval": 0.001},
+        "default": _svc(1_000, 1_000.0, "10000", 30),
     },
     # The absolute minimums emergency mode drops every service to.
     "emergency": {

@@ -121,10 +121,10 @@ class Pricer:
                 if (model or "nova-3").startswith(prefix):
                     return ModelPrice(per_audio_minute=per_minute, source="llm-governor")
             return None
-        provider = PROVIDER_IDS.get(service)
-        if not model or provider is None:
+        if not model:
             return None
-        return _genai_price(model, provider)
+        # a custom service (an OpenAI-compatible host) is looked up under its own name
+        return _genai_price(model, PROVIDER_IDS.get(service, service))
 
     def _fallback(self, service: str, model: str | None, cfg: RateLimitConfig) -> Decimal:
         key = (service, model or "")
@@ -200,7 +200,7 @@ class Pricer:
             return self._fallback(service, model, cfg)
         if not price.exact or ((usage.cache_read_tokens or usage.input_audio_tokens)
                                and price.source == "genai-prices"):
-            return _genai_cost(model or "", PROVIDER_IDS[service], usage)
+            return _genai_cost(model or "", PROVIDER_IDS.get(service, service), usage)
         audio = min(usage.input_audio_tokens, usage.input_tokens)
         total = price.per_request + price.input * (usage.input_tokens - audio) \
             + max(price.input, price.input_audio) * audio + price.output * usage.output_tokens

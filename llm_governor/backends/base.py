@@ -62,6 +62,11 @@ class CallRecord:
     final: bool = True
     overrun: Decimal = _ZERO
     settle_id: str | None = None
+    key: str = ""  # the limit scope whose state the outcome folds into (default: service)
+
+    @property
+    def scope(self) -> str:
+        return self.key or self.service
 
 
 class Backend(abc.ABC):
@@ -85,6 +90,13 @@ class Backend(abc.ABC):
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> None:
         """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call."""
+
+    @abc.abstractmethod
+    def forget(self, keys: list[str]) -> None:
+        """Reset the state of these limit scopes (buckets, breaker, learned limits, blocks).
+
+        Budgets, leases and counters are untouched.
+        """
 
     @abc.abstractmethod
     def renew(self, lease_ids: list[str], ttl: float) -> int:
@@ -153,8 +165,9 @@ class Txn(abc.ABC):
     def put_spends(self, spends: dict[str, budget.WindowSpend]) -> None: ...
 
     @abc.abstractmethod
-    def leases(self, now: float) -> list[Lease]:
-        """Live leases (expired ones are dropped on the way)."""
+    def leases(self, now: float, max_ttl: float | None = None) -> list[Lease]:
+        """Live leases (expired ones are dropped on the way; with ``max_ttl``, an expiry
+        further away than that, from a clock stepped back, is brought back to it)."""
 
     @abc.abstractmethod
     def add_lease(self, lease: Lease) -> None: ...
@@ -198,22 +211,21 @@ class TransactionalBackend(Backend):
             emergency = tx.emergency()
             lim = req.emergency_limits if emergency else req.limits
             if req.reserve and (self.budget_limits or lim.max_concurrency) \
-                    and (leases := tx.leases(now)):
+                    and (leases := tx.leases(now, ttl)):
                 reserved = sum((le.amount for le in leases), _ZERO)
-                in_flight = sum(1 for le in leases if le.service == req.service)
+                in_flight = sum(1 for le in leases if le.service == req.key)
             else:
                 reserved, in_flight = _ZERO, 0
-            state = tx.service(req.service)
+            state = tx.service(req.key)
             spends = tx.spends() if self.budget_limits else {}
             decision, new_state = admission.decide(
                 state, spends, self.budget_limits, reserved, in_flight, req, now,
                 emergency=emergency,
             )
-            if decision.admitted:
-                if new_state is not state:
-                    tx.put_service(req.service, new_state)
-                if lease_id is not None:
-                    tx.add_lease(Lease(lease_id, req.service, req.cost, now + ttl))
+            if new_state is not state:
+                tx.put_service(req.key, new_state)
+            if decision.admitted and lease_id is not None:
+                tx.add_lease(Lease(lease_id, req.key, req.cost, now + ttl))
             key = self._decision_keys.get((req.service, decision.outcome))
             if key is None:
                 key = self._decision_keys[(req.service, decision.outcome)] = \
@@ -223,8 +235,10 @@ class TransactionalBackend(Backend):
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         with self.transaction() as tx:
+            now = self._clock()
             state = tx.service(service)
-            new_state = admission.observe(state, limits, obs, self._clock())
+            new_state = admission.observe(state, limits, obs, now,
+                                          _in_flight(tx, now, service, obs))
             if new_state is not state:
                 tx.put_service(service, new_state)
 
@@ -238,10 +252,11 @@ class TransactionalBackend(Backend):
             if record.cost and self.budget_limits:
                 tx.put_spends(budget.settle(tx.spends(), self.budget_limits, record.cost, now))
             if obs is not None:
-                state = tx.service(record.service)
-                new_state = admission.observe(state, limits, obs, now)
+                state = tx.service(record.scope)
+                new_state = admission.observe(state, limits, obs, now,
+                                              _in_flight(tx, now, record.scope, obs))
                 if new_state is not state:
-                    tx.put_service(record.service, new_state)
+                    tx.put_service(record.scope, new_state)
             if record.final:
                 tx.incr(f"calls|{record.service}|{record.model}|{record.status}", 1)
                 if record.attempts > 1:
@@ -254,6 +269,11 @@ class TransactionalBackend(Backend):
                     tx.incr(f"job|{record.job}", record.cost)
             if record.overrun:
                 tx.incr(f"overrun|{record.service}|{record.model}", record.overrun)
+
+    def forget(self, keys: list[str]) -> None:
+        with self.transaction() as tx:
+            for key in keys:
+                tx.put_service(key, ServiceState())
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         if not lease_ids:
@@ -280,6 +300,13 @@ class TransactionalBackend(Backend):
     def service_state(self, service: str) -> ServiceState:
         with self.read() as tx:
             return tx.service(service)
+
+
+def _in_flight(tx: Txn, now: float, service: str, obs: Observation) -> int:
+    """Calls of ``service`` in flight, when provider headers need them (else 0, no scan)."""
+    if obs.provider is None:
+        return 0
+    return sum(1 for le in tx.leases(now) if le.service == service)
 
 
 MONEY_COUNTERS = ("cost|", "job|", "overrun|")

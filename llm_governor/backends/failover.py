@@ -239,6 +239,10 @@ class FailoverBackend(Backend):
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         return self._do(lambda s: s.renew(lease_ids, ttl), lambda b: b.renew(lease_ids, ttl))
 
+    def forget(self, keys: list[str]) -> None:
+        self._local.forget(keys)
+        self._do(lambda s: s.forget(keys), lambda b: None, refuse=True)
+
     def count_decision(self, service: str, decision: str) -> None:
         self._do(lambda s: s.count_decision(service, decision),
                  lambda b: b.count_decision(service, decision))

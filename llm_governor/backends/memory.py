@@ -15,10 +15,11 @@ __all__ = ["MemoryBackend"]
 
 
 class _MemoryTxn(Txn):
-    __slots__ = ("_b",)
+    __slots__ = ("_b", "_readonly")
 
-    def __init__(self, backend: MemoryBackend) -> None:
+    def __init__(self, backend: MemoryBackend, readonly: bool = False) -> None:
         self._b = backend
+        self._readonly = readonly  # status reads change nothing, as on the other backends
 
     def service(self, name: str) -> ServiceState:
         state = self._b._services.get(name)
@@ -35,13 +36,20 @@ class _MemoryTxn(Txn):
     def put_spends(self, spends: dict[str, budget.WindowSpend]) -> None:
         self._b._spends = spends
 
-    def leases(self, now: float) -> list[Lease]:
+    def leases(self, now: float, max_ttl: float | None = None) -> list[Lease]:
         leases = self._b._leases
         if not leases:
             return []
+        if self._readonly:
+            return [le for le in leases.values() if le.expires_at > now]
         expired = [k for k, le in leases.items() if le.expires_at <= now]
         for k in expired:
             del leases[k]
+        if max_ttl is not None:
+            horizon = now + max_ttl
+            for k, le in list(leases.items()):
+                if le.expires_at > horizon:
+                    leases[k] = Lease(le.id, le.service, le.amount, horizon)
         return list(leases.values())
 
     def add_lease(self, lease: Lease) -> None:
@@ -95,6 +103,7 @@ class MemoryBackend(TransactionalBackend):
         self._lock = threading.Lock()
         self._txn = _MemoryTxn(self)
         self._locked = _Locked(self._lock, self._txn)
+        self._reading = _Locked(self._lock, _MemoryTxn(self, readonly=True))
         self.reset()
 
     def reset(self) -> None:
@@ -108,10 +117,14 @@ class MemoryBackend(TransactionalBackend):
     def transaction(self) -> _Locked:
         return self._locked
 
+    def read(self) -> _Locked:
+        return self._reading
+
     def after_fork(self) -> None:
         """In a forked child: a lock another thread of the parent held stays held here."""
         self._lock = threading.Lock()
         self._locked = _Locked(self._lock, self._txn)
+        self._reading = _Locked(self._lock, _MemoryTxn(self, readonly=True))
 
     def emergency(self) -> bool:
         return self._emergency

@@ -84,7 +84,7 @@ def _limits_arg(lim: Limits) -> str:
                      _f(lim.backoff_multiplier), _f(lim.tokens_per_minute),
                      _f(lim.cost_per_minute_f), str(lim.max_concurrency),
                      str(lim.failure_threshold), str(lim.success_threshold),
-                     _f(lim.recovery_timeout)))
+                     _f(lim.recovery_timeout), _f(lim.max_block)))
 
 
 _NO_PROVIDER = " ".join("-" * 7)
@@ -104,11 +104,13 @@ def _load_state(raw: str | None) -> ServiceState:
     if not raw:
         return ServiceState()
     v = raw.split(" ")
+    v += ["0"] * (23 - len(v))  # records written before fields were appended
     return ServiceState(
         float(v[0]), float(v[1]), float(v[2]),
-        BreakerState(cast(BreakerName, v[3]), int(v[4]), int(v[5]), float(v[6])),
+        BreakerState(cast(BreakerName, v[3]), int(v[4]), int(v[5]), float(v[6]), int(v[18]),
+                     float(v[19])),
         AdaptiveState(float(v[7]), int(v[8]), float(v[9]), float(v[10]), float(v[11]),
-                      float(v[12])),
+                      float(v[12]), float(v[20]), float(v[21]), float(v[22])),
         float(v[13]), int(v[14]), int(v[15]), int(v[16]), int(v[17]),
     )
 
@@ -127,7 +129,8 @@ def _live_leases(raw: dict[str, str], now: float) -> list[tuple[str, int]]:
 def _script_source(name: str) -> str:
     pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
     prelude = (pkg / "common.lua").read_text("utf-8")
-    for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN)):
+    for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
+                       ("$LEARNED_TTL", adaptive.LEARNED_TTL)):
         prelude = prelude.replace(key, repr(value))
     return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
 
@@ -206,19 +209,19 @@ class RedisStore(SharedStore):
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         r = self._scripts["admit"](
             keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency],
-            args=[self._now_arg(), req.service, lease_id or "", _f(ttl),
+            args=[self._now_arg(), req.key, lease_id or "", _f(ttl),
                   "1" if req.reserve else "0", "1" if req.refuse_in_emergency else "0",
                   _f(rate.share(req.priority)), _f(req.llm_tokens), str(to_nanos(req.cost)),
                   _f(req.cost_f), self._windows, _limits_arg(req.limits),
-                  _limits_arg(req.emergency_limits)],
+                  _limits_arg(req.emergency_limits), req.service],
         )
         emergency = bool(r[5])
         return Decision(bool(r[0]), r[1], float(r[2]), from_nanos(int(r[3])) if r[3] else None,
-                        r[4] or None, emergency)
+                        r[4] or None, emergency, r[6] or None)
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         self._scripts["observe"](
-            keys=[self._k_svc],
+            keys=[self._k_svc, self._k_leases],
             args=[self._now_arg(), service, *_observation_args(obs, limits)])
 
     def settle(
@@ -229,8 +232,12 @@ class RedisStore(SharedStore):
             args=[self._now_arg(), lease_id or "", record.service, record.model,
                   record.job or "", record.status, str(record.attempts),
                   str(to_nanos(record.cost)), self._windows, "1" if record.final else "0",
-                  str(to_nanos(record.overrun)), record.settle_id or "",
+                  str(to_nanos(record.overrun)), record.settle_id or "", record.scope,
                   *(_observation_args(obs, limits) if obs is not None else ("",))])
+
+    def forget(self, keys: list[str]) -> None:
+        if keys:
+            self._client.hdel(self._k_svc, *keys)
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         if not lease_ids:

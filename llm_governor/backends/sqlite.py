@@ -83,9 +83,13 @@ class _SQLiteTxn(Txn):
         self._c.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)",
                         (f"{self._ns}|spends", dump_spends(spends)))
 
-    def leases(self, now: float) -> list[Lease]:
+    def leases(self, now: float, max_ttl: float | None = None) -> list[Lease]:
         if not self._readonly:
             self._c.execute("DELETE FROM leases WHERE expires <= ?", (now,))
+            if max_ttl is not None:
+                self._c.execute("UPDATE leases SET expires = ? WHERE expires > ?"
+                                " AND service >= ? AND service < ?",
+                                (now + max_ttl, now + max_ttl, f"{self._ns}|", f"{self._ns}}}"))
         prefix = f"{self._ns}|"
         return [
             Lease(i, s.removeprefix(prefix), Decimal(a), e)

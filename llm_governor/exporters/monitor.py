@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..accounts import service_of
 from ..policies import admission
 
 if TYPE_CHECKING:
@@ -128,9 +129,20 @@ def health(gov: Governor) -> dict[str, Any]:
         logger.debug("reading live processes failed", exc_info=True)
         processes = {}
     services: dict[str, Any] = {}
-    for name in names:
-        r = service_report(gov, name, now, processes, emergency)
-        r["health_score"] = round(_service_score(r), 1)
+    for name in sorted({service_of(n) for n in names}):
+        # one row per service; a service called through several provider accounts
+        # (keys, hosts) shows its most constrained one, with every account under it
+        accounts = {}
+        for key in (k for k in names if k != name and service_of(k) == name):
+            a = service_report(gov, key, now, processes, emergency)
+            a["health_score"] = round(_service_score(a), 1)
+            accounts[key] = a
+        if accounts:
+            r = dict(min(accounts.values(), key=lambda a: float(a["health_score"])))
+        else:
+            r = service_report(gov, name, now, processes, emergency)
+            r["health_score"] = round(_service_score(r), 1)
+        r["accounts"] = accounts
         services[name] = r
     scores = [s["health_score"] for s in services.values()] or [100.0]
     overall = (min(scores) + sum(scores) / len(scores)) / 2

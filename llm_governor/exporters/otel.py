@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ..accounts import scopes, service_of
 from ..policies import admission, breaker
 
 if TYPE_CHECKING:
@@ -39,6 +40,12 @@ PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "anthro
 _DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                      40.96, 81.92)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+
+def _where(key: str) -> dict[str, str]:
+    """Gauge attributes of a limit scope: its service, and the account when it is one."""
+    service = service_of(key)
+    return {"service": service} if key == service else {"service": service, "account": key}
 
 
 class Telemetry:
@@ -197,8 +204,8 @@ class Telemetry:
 
     # ----------------------------------------------------------- gauges
     def _services(self) -> list[str]:
-        names = set(self._gov.config.services) | set(self._gov.backend.services())
-        return sorted(names)
+        """Every limit scope: a service's accounts, or the service itself."""
+        return scopes(set(self._gov.config.services) | set(self._gov.backend.services()))
 
     def _snapshots(self) -> dict[str, dict[str, Any]]:
         """Every service's state from the backend (so every process's), read now.
@@ -223,7 +230,7 @@ class Telemetry:
             except Exception:
                 logger.debug("gauge %s failed", key, exc_info=True)
                 return []
-            return [Observation(float(snap[key]), {"service": svc})
+            return [Observation(float(snap[key]), _where(svc))
                     for svc, snap in snaps.items()]
         return callback
 
@@ -233,7 +240,7 @@ class Telemetry:
         except Exception:
             logger.debug("circuit gauge failed", exc_info=True)
             return []
-        return [Observation(breaker.state_code(str(snap["circuit_state"])), {"service": svc})
+        return [Observation(breaker.state_code(str(snap["circuit_state"])), _where(svc))
                 for svc, snap in snaps.items()]
 
     def _budget(self, key: str) -> Any:
@@ -250,14 +257,14 @@ class Telemetry:
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
             return [Observation(len(q) if (q := self._gov._queues.get(svc)) else 0,
-                                {"service": svc}) for svc in self._services()]
+                                _where(svc)) for svc in self._services()]
         except Exception:
             logger.debug("queue gauge failed", exc_info=True)
             return []
 
     def _queue_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
-            return [Observation(self._gov.service_config(svc).max_queue_size, {"service": svc})
+            return [Observation(self._gov.service_config(svc).max_queue_size, _where(svc))
                     for svc in self._services()]
         except Exception:
             logger.debug("queue capacity gauge failed", exc_info=True)

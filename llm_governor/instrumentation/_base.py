@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from ..pricing import Usage
 
 __all__ = ["ACTIVE", "Active", "Adapter", "Call", "GovernorGetter", "Patch", "Wrapper",
-           "active_for", "async_governed", "call_failed", "note_veto", "sync_governed",
-           "unobserved"]
+           "active_for", "async_governed", "call_failed", "note_veto", "scoped",
+           "sync_governed", "unobserved"]
 
 logger = logging.getLogger("llm_governor")
 GovernorGetter = Callable[[], Governor]
@@ -128,6 +128,14 @@ class Adapter(abc.ABC):
         """``exc`` as this SDK's own error for the same situation (default: unchanged)."""
         return exc
 
+    def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
+        """``(base URL, credential)`` of the account the call goes to (limit scope).
+
+        The credential is only hashed into a fingerprint, never stored or shown.
+        Default ``(None, None)``: the service itself is the scope.
+        """
+        return None, None
+
     def limit_retries(self, call: Call, retries: int) -> Call:
         """``call`` with the SDK's own retries set to ``retries`` (configured ``max_retries``).
 
@@ -167,6 +175,17 @@ def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
         return None
 
 
+def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
+    """``call`` with its spec scoped to the provider account it goes to."""
+    try:
+        base_url, credential = adapter.endpoint(instance, call)
+    except Exception:  # an SDK shape we cannot read: the service is the scope
+        logger.debug("reading the endpoint of a %s call failed", adapter.module, exc_info=True)
+        return call
+    call.spec = gov.account(call.spec, base_url, credential)
+    return call
+
+
 def call_failed(adapter: Adapter, gov: Governor, t: Ticket, exc: BaseException) -> None:
     """The SDK call ended in ``exc``: classify the attempt if no attempt hook did.
 
@@ -194,6 +213,7 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
         if call is None:
             return wrapped(*args, **kwargs)
         gov = getter()
+        call = scoped(adapter, gov, instance, call)
         try:
             t = gov.admit(call.spec)
         except GovernorError as exc:
@@ -224,6 +244,7 @@ def async_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
 
     async def governed(wrapped: Callable[..., Any], instance: Any, call: Call) -> Any:
         gov = getter()
+        call = scoped(adapter, gov, instance, call)
         try:
             t = await gov.aadmit(call.spec)
         except GovernorError as exc:

@@ -19,6 +19,7 @@ import asyncio
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..errors import GovernorError
@@ -40,17 +41,27 @@ def classify_status(
     headers: Mapping[str, str],
     code: str | None,
     limits: Callable[[Mapping[str, str]], ProviderLimits | None],
+    max_retry_after: float | None = None,
 ) -> AttemptFailure:
-    """Classify an HTTP error status (the provider answered: it bills nothing)."""
+    """Classify an HTTP error status (the provider answered: it bills nothing).
+
+    A ``retry-after`` above ``max_retry_after`` (the SDK's own cap, beyond
+    which it does not retry) is treated as the SDK treats it: ignored.
+    """
     provider = limits(headers)
+    wait = retry_after(headers)
+    if wait is not None and max_retry_after is not None and wait > max_retry_after:
+        wait = None
+        if provider is not None:
+            provider = replace(provider, retry_after=None)
     if status == 429:
         if code in _QUOTA_CODES:
             return AttemptFailure("fatal", provider=provider, reason="insufficient_quota")
-        return AttemptFailure("throttled", retry_after(headers), provider, "rate_limit")
+        return AttemptFailure("throttled", wait, provider, "rate_limit")
     if status == 408:
-        return AttemptFailure("failure", retry_after(headers), provider, "timeout")
+        return AttemptFailure("failure", wait, provider, "timeout")
     if status >= 500:
-        return AttemptFailure("failure", retry_after(headers), provider, "server_error")
+        return AttemptFailure("failure", wait, provider, "server_error")
     return AttemptFailure("fatal", provider=provider, reason=f"http_{status}")
 
 

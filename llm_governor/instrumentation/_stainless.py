@@ -20,6 +20,7 @@ import math
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 from ..errors import GovernorError
@@ -68,11 +69,15 @@ class StainlessAdapter(Adapter):
     def __init__(self) -> None:
         self.sdk: Any = None
         self.raw_types: tuple[Any, ...] = ()
+        #: the longest ``retry-after`` the SDK honours (it does not retry beyond it)
+        self.max_retry_after: float | None = None
 
     # --------------------------------------------------------------- patches
     def patches(self, getter: GovernorGetter) -> list[Patch]:
         self.sdk = sys.modules[self.module]
         base = sys.modules[f"{self.module}._base_client"]
+        cap = getattr(sys.modules.get(f"{self.module}._constants"), "MAX_RETRY_AFTER_DELAY", None)
+        self.max_retry_after = float(cap) if isinstance(cap, (int, float)) else None
         # with_raw_response / with_streaming_response wrappers (the legacy one is openai's)
         self.raw_types = tuple(
             getattr(sys.modules.get(f"{self.module}.{mod}"), cls)
@@ -211,7 +216,7 @@ class StainlessAdapter(Adapter):
                     if isinstance(error, Mapping) else None
                 code = found if isinstance(found, str) else None
         return classify_status(response.status_code, response.headers, code,
-                               self.provider_limits)
+                               self.provider_limits, self.max_retry_after)
 
     # --------------------------------------------------------------- retries
     def _retry_point(self, asynchronous: bool) -> Wrapper:
@@ -280,6 +285,10 @@ class StainlessAdapter(Adapter):
         raise note_veto(in_flight, refusal)
 
     # --------------------------------------------------------------- calls
+    def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
+        credential = getattr(instance, "api_key", None) or getattr(instance, "auth_token", None)
+        return str(instance.base_url), credential if isinstance(credential, str) else None
+
     def service(self, instance: Any) -> str:
         """The governed service a client's calls count against."""
         return self.module
@@ -344,7 +353,8 @@ class StainlessAdapter(Adapter):
         cast_to, options = call.args
         options = options.model_copy()
         options.max_retries = retries
-        return Call(call.spec, (cast_to, options), call.kwargs, call.context)
+        return Call(replace(call.spec, max_retries=retries), (cast_to, options), call.kwargs,
+                    call.context)
 
     # ------------------------------------------------------------- failures
     def classify(self, exc: BaseException) -> AttemptFailure:
@@ -352,7 +362,8 @@ class StainlessAdapter(Adapter):
         if isinstance(exc, sdk.APIStatusError):
             code = getattr(exc, "code", None) or getattr(exc, "type", None)
             return classify_status(exc.status_code, exc.response.headers,
-                                   code if isinstance(code, str) else None, self.provider_limits)
+                                   code if isinstance(code, str) else None, self.provider_limits,
+                                   self.max_retry_after)
         transport = transport_failure(exc)
         if transport is not None:
             return transport

@@ -35,6 +35,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ..context import current_cost_override
@@ -240,12 +241,19 @@ class DeepgramAdapter(Adapter):
     def tracker(self, call: Call) -> DeepgramTracker:
         return DeepgramTracker()
 
+    def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
+        base = call.kwargs.get("base_url") or instance.get_base_url(None)
+        headers = instance.base_headers() if callable(getattr(instance, "base_headers", None)) \
+            else {}
+        credential = headers.get("Authorization") if isinstance(headers, Mapping) else None
+        return (base if isinstance(base, str) else None,
+                credential if isinstance(credential, str) else None)
+
     def limit_retries(self, call: Call, retries: int) -> Call:
         options = call.kwargs.get("request_options")
         options = dict(options) if isinstance(options, Mapping) else {}
-        return Call(call.spec, call.args, {**call.kwargs,
-                                           "request_options": {**options,
-                                                               "max_retries": retries}},
+        return Call(replace(call.spec, max_retries=retries), call.args,
+                    {**call.kwargs, "request_options": {**options, "max_retries": retries}},
                     call.context)
 
     # --------------------------------------------------------------- failures

@@ -51,6 +51,7 @@ from ._base import (
     async_governed,
     call_failed,
     note_veto,
+    scoped,
     sync_governed,
     unobserved,
 )
@@ -277,6 +278,14 @@ class GeminiAdapter(Adapter):
     def tracker(self, call: Call) -> GeminiTracker:
         return GeminiTracker(bool(call.context.get("predict")))
 
+    def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
+        base = getattr(getattr(instance, "_http_options", None), "base_url", None)
+        credential = getattr(instance, "api_key", None)
+        if not credential and getattr(instance, "vertexai", False):
+            credential = f"{getattr(instance, 'project', '')}/{getattr(instance, 'location', '')}"
+        return (base if isinstance(base, str) else None,
+                credential if isinstance(credential, str) else None)
+
     # --------------------------------------------------------------- attempts
     def _attempt_point(self, asynchronous: bool) -> Wrapper:
         """``_request_once`` / ``_async_request_once``: one HTTP attempt of a governed call."""
@@ -502,7 +511,8 @@ class GeminiAdapter(Adapter):
                 call = None
             if call is None:
                 return wrapped(*args, **kwargs)
-            return self._governed_stream(getter(), wrapped, instance, call)
+            gov = getter()
+            return self._governed_stream(gov, wrapped, instance, scoped(self, gov, instance, call))
 
         return wrapper
 

@@ -4,7 +4,12 @@
 concurrency and the three rate buckets (requests, LLM tokens, dollars) are
 checked together, and state changes only when every one of them admits.
 ``observe`` folds one attempt's outcome (and the provider's rate-limit
-headers) back into the service state.
+headers, which win over the configuration) back into the service state.
+
+Both are immune to wall-clock steps: a stored instant further in the future
+than it could legitimately be (a clock stepped back, a VM restored) is read
+as its horizon (a bucket's drain time, a block's ``max_block``), so no step
+ever blocks longer than that; a step forward only refills buckets.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ __all__ = ["AdmitRequest", "Decision", "Limits", "Observation", "ServiceState", 
 
 Outcome = Literal["admitted", "rate_limited", "budget_exceeded", "circuit_open", "emergency",
                   "queue_full"]
+# What held a rate-limited call back (the longest wait).
+Bound = Literal["concurrency", "provider", "requests", "llm_tokens", "cost"]
 _ZERO = Decimal(0)
 
 
@@ -41,6 +48,7 @@ class Limits:
     failure_threshold: int
     success_threshold: int
     recovery_timeout: float
+    max_block: float = 300.0  # the longest any provider-imposed wait may last
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,9 @@ class ServiceState:
 
 @dataclass(frozen=True, slots=True)
 class AdmitRequest:
+    """One admission: ``service`` labels the counters, ``key`` (default: the service)
+    names the limit scope whose state, leases and breaker are used."""
+
     service: str
     priority: int
     llm_tokens: float
@@ -69,10 +80,13 @@ class AdmitRequest:
     emergency_limits: Limits
     reserve: bool = True  # False for a retry attempt: buckets only, no budget, no slot
     refuse_in_emergency: bool = False
+    key: str = ""
     cost_f: float = field(init=False)  # ``cost`` as a float, for the bucket arithmetic
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cost_f", float(self.cost))
+        if not self.key:
+            object.__setattr__(self, "key", self.service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,7 @@ class Decision:
     remaining: Decimal | None = None
     window: str | None = None
     emergency: bool = False
+    bound: Bound | None = None  # rate_limited: which limit held the call back
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +121,12 @@ def decide(
     now: float,
     emergency: bool = False,
 ) -> tuple[Decision, ServiceState]:
-    """Admit or refuse ``req`` at ``now``; the new state is ``s`` itself unless admitted."""
+    """Admit or refuse ``req`` at ``now``.
+
+    The new state is ``s`` itself unless the call is admitted, or a stored
+    instant had to be brought back within its horizon (the backend stores it
+    either way: a refusal never changes anything else).
+    """
     if emergency:
         if req.refuse_in_emergency:
             return Decision(False, "emergency", emergency=True), s
@@ -114,8 +134,9 @@ def decide(
     else:
         lim = req.limits
     new_breaker = s.breaker
-    if new_breaker.state == breaker.OPEN:
-        allowed, new_breaker, wait = breaker.allow(new_breaker, now, lim.recovery_timeout)
+    if new_breaker.state != breaker.CLOSED:
+        allowed, new_breaker, wait = breaker.allow(new_breaker, now, lim.recovery_timeout,
+                                                   lim.success_threshold)
         if not allowed:
             return Decision(False, "circuit_open", wait, emergency=emergency), s
     if req.reserve and budget_limits:
@@ -124,49 +145,76 @@ def decide(
             return Decision(False, "budget_exceeded", reset, left, window, emergency), s
     # The hot path below avoids allocations: the longest wait so far, -1 = none.
     longest = -1.0
+    bound: Bound | None = None
     if req.reserve and lim.max_concurrency and in_flight >= lim.max_concurrency:
-        longest = 0.05  # a slot frees on some settle; poll briefly
+        longest, bound = 0.05, "concurrency"  # a slot frees on some settle; poll briefly
     a = s.adaptive
-    if a.rate == 0.0 and a.cap_until <= now and a.blocked_until <= now:
-        req_rate, tok_rate = lim.rate_ceiling, lim.tokens_per_minute / 60.0  # not adapted
+    cap, tok_cap = lim.capacity, lim.tokens_per_minute
+    if a.rate == 0.0 and a.cap_until <= now and a.blocked_until <= now \
+            and a.learned_until <= now:
+        req_rate, tok_rate = lim.rate_ceiling, tok_cap / 60.0  # not adapted, nothing learned
     else:
+        a = adaptive.sane(a, now, lim.max_block)
         req_rate, tok_rate, blocked = adaptive.effective_rates(
-            a, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0)
-        if blocked > 0:
-            longest = max(longest, blocked)
+            a, now, lim.rate_floor, lim.rate_ceiling, tok_cap / 60.0)
+        cap, tok_cap = adaptive.capacities(a, now, cap, tok_cap)
+        if tok_rate > 0 and tok_cap > 0:  # a full bucket refills within max_block at worst
+            tok_rate = max(tok_rate, tok_cap / lim.max_block)
+        if blocked > 0 and blocked > longest:
+            longest, bound = blocked, "provider"
+    # A stored instant beyond its horizon (a clock stepped back) is brought back to it,
+    # and that correction is kept even if the call is refused (else it never drains).
+    req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
+    horizon = now + cap / req_rate
+    clamped = a is not s.adaptive
+    if req_tat > horizon:
+        req_tat, clamped = horizon, True
+    if cost_tat > now + 60.0:
+        cost_tat, clamped = now + 60.0, True
     share = rate.share(req.priority)
-    cap = lim.capacity
-    ok_r, req_tat, w = rate.gcra(s.req_tat, now, 1.0, req_rate, cap,
+    ok_r, new_req, w = rate.gcra(req_tat, now, 1.0, req_rate, cap,
                                  rate.headroom(cap - 1.0, 0.0, share))
-    if not ok_r:
-        longest = max(longest, w)
-    tok_tat = s.tok_tat
-    if tok_rate > 0 and req.llm_tokens > 0:
-        cap = lim.tokens_per_minute
-        cost = min(req.llm_tokens, cap)
-        ok_t, tok_tat, w = rate.gcra(s.tok_tat, now, cost, tok_rate, cap,
-                                     rate.headroom(cap, cost, share))
-        if not ok_t:
-            longest = max(longest, w)
-    cost_tat = s.cost_tat
+    if not ok_r and w > longest:
+        longest, bound = w, "requests"
+    new_tok = tok_tat
+    if tok_rate > 0 and req.llm_tokens > 0 and tok_cap > 0:
+        if tok_tat > now + tok_cap / tok_rate:
+            tok_tat, clamped = now + tok_cap / tok_rate, True
+        cost = min(req.llm_tokens, tok_cap)
+        ok_t, new_tok, w = rate.gcra(tok_tat, now, cost, tok_rate, tok_cap,
+                                     rate.headroom(tok_cap, cost, share))
+        if not ok_t and w > longest:
+            longest, bound = w, "llm_tokens"
+    new_cost = cost_tat
     if req.cost_f > 0:
         pacing = budget.pacing_factor(spends, budget_limits, now) if budget_limits else 1.0
-        cap = lim.cost_per_minute_f * pacing
-        cost = min(req.cost_f, cap)
-        ok_c, cost_tat, w = rate.gcra(s.cost_tat, now, cost, cap / 60.0, cap,
-                                      rate.headroom(cap, cost, share))
-        if not ok_c:
-            longest = max(longest, w)
+        per_minute = lim.cost_per_minute_f * pacing
+        cost = min(req.cost_f, per_minute)
+        ok_c, new_cost, w = rate.gcra(cost_tat, now, cost, per_minute / 60.0, per_minute,
+                                      rate.headroom(per_minute, cost, share))
+        if not ok_c and w > longest:
+            longest, bound = w, "cost"
     if longest >= 0.0:
-        return Decision(False, "rate_limited", longest, emergency=emergency), s
+        refused = Decision(False, "rate_limited", longest, emergency=emergency, bound=bound)
+        if not clamped:
+            return refused, s
+        return refused, ServiceState(req_tat, tok_tat, cost_tat, s.breaker, a, s.minute, s.ok,
+                                     s.failed, s.prev_ok, s.prev_failed)
     # Direct construction: dataclasses.replace costs more than the whole decision.
-    new = ServiceState(req_tat, tok_tat, cost_tat, new_breaker, a, s.minute, s.ok,
+    new = ServiceState(new_req, new_tok, new_cost, new_breaker, a, s.minute, s.ok,
                        s.failed, s.prev_ok, s.prev_failed)
     return _ADMITTED[emergency], new
 
 
-def observe(s: ServiceState, lim: Limits, obs: Observation, now: float) -> ServiceState:
-    """Fold one attempt's outcome into breaker, adaptive rate and recent counts."""
+def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
+            in_flight: int = 0) -> ServiceState:
+    """Fold one attempt's outcome into breaker, adaptive rate and recent counts.
+
+    With provider headers, the request and token buckets' levels are brought
+    down to what the provider says is left (requests: minus ``in_flight``,
+    this service's other calls in flight, which the provider may not have
+    counted yet).
+    """
     minute = budget.window_start("minute", now)
     if minute != s.minute:
         carry = minute - s.minute == 60.0
@@ -187,33 +235,62 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float) -> Servi
     elif obs.outcome == "throttled":
         retry_after = obs.provider.retry_after if obs.provider else None
         a = adaptive.on_throttled(a, now, lim.rate_floor, lim.rate_ceiling,
-                                  lim.backoff_multiplier, retry_after)
-    if obs.provider is not None:
-        a = adaptive.on_provider_limits(a, obs.provider, now, lim.rate_floor, lim.rate_ceiling,
-                                        lim.backoff_multiplier)
-    return s if a is s.adaptive else replace(s, adaptive=a)
+                                  lim.backoff_multiplier, retry_after, lim.max_block)
+    p = obs.provider
+    if p is None:
+        return s if a is s.adaptive else replace(s, adaptive=a)
+    a = adaptive.on_provider_limits(adaptive.sane(a, now, lim.max_block), p, now,
+                                    lim.rate_floor, lim.rate_ceiling, lim.backoff_multiplier,
+                                    lim.max_block)
+    req_rate, tok_rate, _ = adaptive.effective_rates(a, now, lim.rate_floor, lim.rate_ceiling,
+                                                     lim.tokens_per_minute / 60.0)
+    cap, tok_cap = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
+    if tok_rate > 0 and tok_cap > 0:
+        tok_rate = max(tok_rate, tok_cap / lim.max_block)
+    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight)
+    tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
+        if tok_rate > 0 and tok_cap > 0 else s.tok_tat
+    return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat)
+
+
+def _level(tat: float, now: float, capacity: float, rate_: float, remaining: float | None,
+           in_flight: int) -> float:
+    """A GCRA ``tat`` holding at most ``remaining - in_flight`` of ``capacity``."""
+    if remaining is None or not 0 <= remaining <= capacity:  # NaN fails too
+        return tat
+    available = max(0.0, remaining - in_flight)
+    return max(tat, now + (capacity - available) / rate_)
 
 
 def snapshot(s: ServiceState, lim: Limits, now: float) -> dict[str, float | int | str]:
     """Plain numbers for status, health and metrics."""
+    a = adaptive.sane(s.adaptive, now, lim.max_block)
     req_rate, tok_rate, blocked = adaptive.effective_rates(
-        s.adaptive, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0
+        a, now, lim.rate_floor, lim.rate_ceiling, lim.tokens_per_minute / 60.0
     )
+    capacity, tok_capacity = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
+    if tok_rate > 0 and tok_capacity > 0:
+        tok_rate = max(tok_rate, tok_capacity / lim.max_block)
     state = s.breaker.state
-    if state == breaker.OPEN and now >= s.breaker.opened_at + lim.recovery_timeout:
+    if state == breaker.OPEN and now >= min(s.breaker.opened_at, now) + lim.recovery_timeout:
         state = breaker.HALF_OPEN
     recent_ok = s.ok + s.prev_ok if budget.window_start("minute", now) == s.minute else 0
     recent_failed = s.failed + s.prev_failed if budget.window_start("minute", now) == s.minute \
         else 0
+    learned = now < a.learned_until
     return {
-        "tokens_available": rate.available(s.req_tat, now, req_rate, lim.capacity),
-        "tokens_capacity": lim.capacity,
+        "tokens_available": rate.available(s.req_tat, now, req_rate, capacity),
+        "tokens_capacity": capacity,
         "rate": req_rate,
-        "llm_tokens_available": rate.available(s.tok_tat, now, tok_rate, lim.tokens_per_minute)
-        if tok_rate > 0 else 0.0,
+        "llm_tokens_available": rate.available(s.tok_tat, now, tok_rate, tok_capacity)
+        if tok_rate > 0 and tok_capacity > 0 else 0.0,
+        "llm_tokens_capacity": tok_capacity,
         "circuit_state": state,
         "consecutive_failures": s.breaker.failures,
         "recent_ok": recent_ok,
         "recent_failed": recent_failed,
         "blocked_for": blocked,
+        "provider_request_limit": a.request_limit if learned else 0.0,
+        "provider_token_limit": a.token_limit if learned else 0.0,
+        "provider_rate_cap": a.request_cap if now < a.cap_until else 0.0,
     }

@@ -70,9 +70,16 @@ class WindowSpend:
 
 
 def roll(spend: WindowSpend, window: str, now: float) -> WindowSpend:
-    """The spend record for the window instance containing ``now``."""
+    """The spend record for the window instance containing ``now``.
+
+    A record of a later instance (the clock was stepped back) counts as this
+    one: a budget never forgets spend because time ran backwards, nor blocks
+    longer than one window for it.
+    """
     start = window_start(window, now)
-    return spend if spend.start == start else WindowSpend(start, _ZERO)
+    if spend.start == start:
+        return spend
+    return WindowSpend(start, spend.spent if spend.start > start else _ZERO)
 
 
 def remaining(

@@ -60,8 +60,9 @@ def limits(draw: st.DrawFn) -> Limits:
     )
 
 
+# hostile header values too: huge resets and retry-afters, a vanishing limit
 opt_float = st.one_of(st.none(), st.floats(-5, 200, allow_nan=False),
-                      st.sampled_from([0.0, 1.0, 0.5]))
+                      st.sampled_from([0.0, 1.0, 0.5, 1e9, 999999999.0, 1e-308, 1e300]))
 providers = st.one_of(st.none(), st.builds(
     ProviderLimits, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float))
 observations = st.builds(
@@ -79,6 +80,8 @@ ops = st.one_of(
     st.tuples(st.just("emergency"), st.booleans()),
     st.tuples(st.just("advance"),
               st.sampled_from([0.0, 1e-6, 0.05, 0.3, 1.0, 2.5, 7.0, 59.999, 61.0, 3600.5])),
+    # the wall clock stepped back (NTP, a restored VM) or far forward
+    st.tuples(st.just("advance"), st.sampled_from([-1.0, -3600.5, -86400.0, 86400.0])),
     # land exactly on a boundary: the last retry-after, or the last lease's expiry
     st.tuples(st.just("wait")),
     st.tuples(st.just("expire")),

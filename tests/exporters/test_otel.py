@@ -34,8 +34,8 @@ GovFactory = Callable[..., Governor]
 FAST = {"max_tokens": 100, "refill_rate": 100.0, "burst_capacity": 0, "min_interval": 0.001,
         "max_cost_per_minute": "100"}
 
-# The contract: OTel name -> (kind, unit, attribute keys). "+error.type" marks the
-# attribute present on errors only.
+# The contract: OTel name -> (kind, unit, attribute keys). error.type is present on
+# errors only, account (the provider account, a limit scope) on SDK services' gauges.
 CONTRACT: dict[str, tuple[str, str, set[str]]] = {
     "llm_governor.requests": ("counter", "", {"service", "model", "priority", "decision"}),
     "llm_governor.calls": ("counter", "", {"service", "model", "status"}),
@@ -108,7 +108,7 @@ def otel() -> Iterator[Otel]:
 @pytest.fixture
 def gov(governor_factory: GovFactory, otel: Otel) -> Governor:
     return governor_factory(
-        {"budget": {"per_day": "10.00", "per_hour": "5.00"},
+        {"environment": "development", "budget": {"per_day": "10.00", "per_hour": "5.00"},
          "services": {"svc": {**FAST, "failure_threshold": 2, "recovery_timeout": 600}}},
         meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
 

@@ -52,6 +52,7 @@ WORKLOAD = textwrap.dedent("""
     fake = FakeProvider().start()
     config = {
         "backend": "memory",
+        "environment": "development",  # min_interval 0.1: the rate in force is 10/s
         "budget": {"per_day": "100.00"},
         "services": {"openai": {
             "max_tokens": 100, "refill_rate": 20.0, "burst_capacity": 0,

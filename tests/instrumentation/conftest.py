@@ -23,6 +23,7 @@ import pytest
 import llm_governor
 from llm_governor.api import set_governor
 from llm_governor.governor import Governor
+from llm_governor.policies.admission import ServiceState
 from llm_governor.testing import FakeProvider
 
 OPENAI_KEY = "sk-test-OPENAI-SECRET-3f9a1c7e"
@@ -125,6 +126,17 @@ def calls(gov: Governor, service: str | None = None) -> int:
     counted = gov.backend.counters().get("calls", {})
     return sum(n for svc, models in counted.items() if service in (None, svc)
                for statuses in models.values() for n in statuses.values())
+
+
+def in_flight(gov: Governor, service: str) -> int:
+    """Calls of ``service`` in flight, over all its provider accounts (limit scopes)."""
+    return sum(gov.backend.in_flight(key) for key in gov.scopes(service))
+
+
+def state(gov: Governor, service: str) -> ServiceState:
+    """The limit state of ``service``'s one provider account in the test."""
+    (key,) = gov.scopes(service)
+    return gov.backend.service_state(key)
 
 
 def spent(gov: Governor) -> Decimal:

@@ -19,14 +19,14 @@ from llm_governor.policies.adaptive import AdaptiveState
 from llm_governor.policies.admission import snapshot
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed
+from .conftest import Driver, Governed, state
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def rate_in_force(gov: Any, service: str) -> float:
     limits = gov._resolve(service, None)[1]
-    return float(snapshot(gov.backend.service_state(service), limits, gov.backend.now())["rate"])
+    return float(snapshot(state(gov, service), limits, gov.backend.now())["rate"])
 
 
 async def test_openai_headers_lower_the_rate(driver: Driver, fake: FakeProvider,
@@ -35,7 +35,7 @@ async def test_openai_headers_lower_the_rate(driver: Driver, fake: FakeProvider,
     gov = governed()
     await driver.call(driver.openai.chat.completions.create, model="gpt-4o-mini",
                       messages=MESSAGES, max_tokens=4)
-    adaptive = gov.backend.service_state("openai").adaptive
+    adaptive = state(gov, "openai").adaptive
     assert 0 < adaptive.request_cap <= 30.0
     assert rate_in_force(gov, "openai") <= 30.0 < 100.0
 
@@ -46,7 +46,7 @@ async def test_anthropic_headers_lower_the_rate(driver: Driver, fake: FakeProvid
     gov = governed()
     await driver.call(driver.anthropic.messages.create, model="claude-3-5-haiku-latest",
                       messages=MESSAGES, max_tokens=4)
-    adaptive = gov.backend.service_state("anthropic").adaptive
+    adaptive = state(gov, "anthropic").adaptive
     assert adaptive.request_cap > 0 and adaptive.token_cap > 0
     assert rate_in_force(gov, "anthropic") < 100.0
 
@@ -56,7 +56,7 @@ async def test_a_429_slows_down(driver: Driver, fake: FakeProvider, governed: Go
     fake.fail_next(1, kind="rate_limit", retry_after=0.05)
     await driver.call(driver.openai.chat.completions.create, model="gpt-4o-mini",
                       messages=MESSAGES, max_tokens=4)
-    assert 0 < gov.backend.service_state("openai").adaptive.rate < 100.0
+    assert 0 < state(gov, "openai").adaptive.rate < 100.0
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
@@ -83,7 +83,7 @@ async def test_malformed_headers_are_ignored(is_async: bool, governed: Governed)
     r = await Driver.call(client.chat.completions.create, model="gpt-4o-mini",
                           messages=MESSAGES)
     assert r.choices[0].message.content == "ok"
-    assert gov.backend.service_state("openai").adaptive == AdaptiveState()
+    assert state(gov, "openai").adaptive == AdaptiveState()
 
 
 # -------------------------------------------------------------------- parsing

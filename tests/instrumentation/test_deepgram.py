@@ -31,7 +31,7 @@ from llm_governor.governor import Governor
 from llm_governor.media import wav_seconds
 from llm_governor.testing import FakeProvider
 
-from .conftest import FAST, Driver, Governed, calls, spent
+from .conftest import FAST, Driver, Governed, calls, in_flight, spent
 
 PER_MINUTE = Decimal("0.0043")  # nova-3, in the governor's and the fake's price tables
 URL = "https://media.example.com/interview.mp3"
@@ -126,7 +126,7 @@ async def test_governed_call_is_unchanged_and_costed_per_audio_minute(
     gov = governed(config())  # the client was created before instrument(): still governed
     assert normalized(await run(deepgram)) == bare
     assert statuses(fake) == [200]
-    assert calls(gov, "deepgram") == 1 and gov.backend.in_flight("deepgram") == 0
+    assert calls(gov, "deepgram") == 1 and in_flight(gov, "deepgram") == 0
     billed = fake.ledger.total_billed("deepgram")
     assert billed > 0 and spent(gov) == billed  # metadata.duration × price, Decimal for Decimal
 
@@ -229,7 +229,7 @@ async def test_sdk_retries_never_multiply_ours(
         await d.file()
     assert caught.value.status_code == 503 and not isinstance(caught.value, GovernorError)
     assert statuses(fake) == [503] * sent
-    assert calls(gov, "deepgram") == 1 and gov.backend.in_flight("deepgram") == 0
+    assert calls(gov, "deepgram") == 1 and in_flight(gov, "deepgram") == 0
 
 
 async def test_out_of_credit_402_is_not_retried(deepgram: Deepgram, fake: FakeProvider,

@@ -33,7 +33,7 @@ from llm_governor.pricing import Usage
 from llm_governor.testing import FakeProvider
 from tests.instrumentation._spies import SettlementSpy
 
-from .conftest import FAST, Driver, Governed, calls, eventually, spent
+from .conftest import FAST, Driver, Governed, calls, eventually, in_flight, spent, state
 
 MODEL = "gemini-2.0-flash"
 EMBED = "gemini-embedding-001"
@@ -151,7 +151,7 @@ async def test_governed_call_is_unchanged_and_accounted(
     assert normalized(await run(gemini)) == bare
     assert statuses(fake) == [200]
     assert calls(gov, "gemini") == 1
-    assert gov.backend.in_flight("gemini") == 0
+    assert in_flight(gov, "gemini") == 0
     billed = fake.ledger.total_billed("gemini")
     assert billed > 0
     assert spent(gov) == billed  # Decimal for Decimal
@@ -196,11 +196,15 @@ async def test_calls_are_paced_to_the_configured_rate(
 
 
 # ------------------------------------------------------------------ retries
-async def test_429_is_absorbed_after_the_retry_delay(gemini: Gemini, fake: FakeProvider,
-                                                     governed: Governed) -> None:
+RETRYING = types.HttpRetryOptions(attempts=3, initial_delay=0.01, max_delay=0.01)
+
+
+async def test_429_is_absorbed_after_the_retry_delay(fake: FakeProvider, governed: Governed,
+                                                     is_async: bool) -> None:
+    """With retries configured, a 429 is re-sent after its retryDelay as the same attempt."""
     gov = governed(config(retry={"max_wait": 5.0}))
     fake.fail_next(1, kind="rate_limit", retry_after=1.0, provider="gemini")  # retryDelay "1s"
-    reply = await gemini.generate()
+    reply = await Gemini(fake, is_async, retry_options=RETRYING).generate()
     assert reply.text
     first, second = fake.ledger.entries
     assert (first.status, second.status) == (429, 200)
@@ -209,15 +213,27 @@ async def test_429_is_absorbed_after_the_retry_delay(gemini: Gemini, fake: FakeP
     assert spent(gov) == fake.ledger.total_billed()
 
 
-async def test_429_before_a_stream_is_absorbed(gemini: Gemini, fake: FakeProvider,
-                                               governed: Governed) -> None:
+async def test_429_before_a_stream_is_absorbed(fake: FakeProvider, governed: Governed,
+                                               is_async: bool) -> None:
     gov = governed(config(retry={"max_wait": 0.05}))
     fake.fail_next(1, kind="rate_limit", retry_after=None, provider="gemini")
-    chunks = await Driver.collect(await gemini.stream())
+    g = Gemini(fake, is_async, retry_options=RETRYING)
+    chunks = await Driver.collect(await g.stream())
     assert chunks and chunks[-1].usage_metadata.candidates_token_count == 20
     assert statuses(fake) == [429, 200]
     assert calls(gov, "gemini") == 1
     assert spent(gov) == fake.ledger.total_billed()
+
+
+async def test_without_retry_options_a_429_is_raised_as_bare(
+        gemini: Gemini, fake: FakeProvider, governed: Governed) -> None:
+    """The SDK would not retry: the governor does not either (it paces the next calls)."""
+    gov = governed(config(retry={"max_wait": 0.05}))
+    fake.fail_next(1, kind="rate_limit", retry_after=1.0, provider="gemini")
+    with pytest.raises(errors.ClientError) as caught:
+        await gemini.generate()
+    assert caught.value.code == 429 and statuses(fake) == [429]
+    assert state(gov, "gemini").adaptive.blocked_until > 0  # the next calls wait the delay
 
 
 @pytest.mark.parametrize(("client_attempts", "sent"), [(None, 1), (1, 1), (4, 4)])
@@ -235,7 +251,7 @@ async def test_the_sdks_retry_options_decide_the_attempts(
     assert caught.value.code == 503
     assert statuses(fake) == [503] * sent
     assert calls(gov, "gemini") == 1
-    assert gov.backend.in_flight("gemini") == 0
+    assert in_flight(gov, "gemini") == 0
 
 
 async def test_per_request_retry_options_set_the_attempts(
@@ -293,7 +309,7 @@ async def test_stream_settles_exactly_once(
     gc.collect()
     await asyncio.sleep(0.05)
     assert len(spy.settled) == 1 and len(spy.reserved) == 1
-    assert gov.backend.in_flight("gemini") == 0
+    assert in_flight(gov, "gemini") == 0
     if end is exhausted:
         assert spy.settled[0] == fake.ledger.total_billed()  # the last chunk's counts
     else:  # the provider may have billed every token: charge the reservation
@@ -306,7 +322,7 @@ async def test_a_stream_is_only_sent_when_iterated(fake: FakeProvider,
     g = Gemini(fake, False)
     gov = governed(config())
     it = await g.stream()
-    assert len(fake.ledger) == 0 and gov.backend.in_flight("gemini") == 0  # lazy, as the SDK
+    assert len(fake.ledger) == 0 and in_flight(gov, "gemini") == 0  # lazy, as the SDK
     assert len(await Driver.collect(it)) == 20
     assert calls(gov, "gemini") == 1
 

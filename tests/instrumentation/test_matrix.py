@@ -20,7 +20,7 @@ import pytest
 
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed, calls, spent
+from .conftest import Driver, Governed, calls, in_flight, spent
 
 GPT = "gpt-4o-mini"
 EMBED = "text-embedding-3-small"
@@ -286,7 +286,7 @@ async def test_governed_call_is_unchanged_and_accounted(
     served = fake.ledger.entries
     assert [e.status for e in served] == [200]
     assert calls(gov, service) == 1
-    assert gov.backend.in_flight(service) == 0
+    assert in_flight(gov, service) == 0
     billed = fake.ledger.total_billed()
     assert billed > Decimal(0)
     assert spent(gov) == billed  # exactly what the provider billed, Decimal for Decimal

@@ -15,7 +15,7 @@ import pytest
 
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed
+from .conftest import Driver, Governed, state
 
 GPT = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -50,7 +50,7 @@ async def test_insufficient_quota_is_retried_as_the_sdk_does_but_never_slows_us(
         await chat(driver.openai)
     assert caught.value.code == "insufficient_quota"
     assert statuses(fake) == [429, 429, 429]  # 1 + the client's max_retries=2
-    assert gov.backend.service_state("openai").adaptive.rate == 0.0  # not slowed down
+    assert state(gov, "openai").adaptive.rate == 0.0  # not slowed down
 
 
 async def test_server_errors_are_retried_and_open_the_breaker(driver: Driver, fake: FakeProvider,
@@ -65,7 +65,7 @@ async def test_server_errors_are_retried_and_open_the_breaker(driver: Driver, fa
     with pytest.raises(openai.InternalServerError):
         await chat(driver.openai)
     assert statuses(fake) == [503, 503, 503]  # the client's max_retries=2: three attempts
-    assert gov.backend.service_state("openai").breaker.state == "open"
+    assert state(gov, "openai").breaker.state == "open"
 
 
 async def test_connection_errors_are_retried(driver: Driver, fake: FakeProvider,
@@ -85,7 +85,7 @@ async def test_client_errors_are_not_retried_nor_counted(driver: Driver, fake: F
         with pytest.raises(openai.BadRequestError):
             await chat(driver.openai)
     assert statuses(fake) == [400] * 4
-    breaker = gov.backend.service_state("openai").breaker
+    breaker = state(gov, "openai").breaker
     assert (breaker.state, breaker.failures) == ("closed", 0)
 
 
@@ -106,7 +106,7 @@ async def test_parse_errors_are_not_counted(is_async: bool, governed: Governed) 
     gov = governed({"services": {"openai": {"failure_threshold": 1}}})
     with pytest.raises(ValueError):  # the SDK's own JSONDecodeError, unchanged
         await chat(client)
-    assert gov.backend.service_state("openai").breaker.failures == 0
+    assert state(gov, "openai").breaker.failures == 0
     assert gov.backend.counters()["calls"]["openai"][GPT] == {"error": 1}
 
 

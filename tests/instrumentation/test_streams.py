@@ -20,7 +20,7 @@ import pytest
 from llm_governor.testing import FakeProvider
 from tests.instrumentation._spies import SettlementSpy
 
-from .conftest import Driver, Governed, calls, eventually
+from .conftest import Driver, Governed, calls, eventually, in_flight, state
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-3-5-haiku-latest"
@@ -97,7 +97,7 @@ async def test_stream_settles_exactly_once(ending: str, service: str, driver: Dr
     complete = await ENDINGS[ending](driver, service)
 
     assert await eventually(lambda: calls(gov) >= 1), "the stream was never settled"
-    assert await eventually(lambda: gov.backend.in_flight(service) == 0)
+    assert await eventually(lambda: in_flight(gov, service) == 0)
     await asyncio.sleep(0.02)  # a second settlement, if there were one, would show by now
     assert calls(gov) == 1
     assert len(spy.settled) == 1
@@ -143,8 +143,8 @@ async def test_stream_failing_midway_settles_as_failure(driver: Driver, fake: Fa
         await driver.collect(stream)
     assert await eventually(lambda: calls(gov) == 1)
     assert gov.backend.counters()["calls"]["openai"][GPT] == {"error": 1}
-    assert gov.backend.in_flight("openai") == 0
-    assert gov.backend.service_state("openai").breaker.failures == 1
+    assert in_flight(gov, "openai") == 0
+    assert state(gov, "openai").breaker.failures == 1
     assert spy.settled == spy.reserved  # no usage came: the upper bound
 
 

@@ -50,10 +50,33 @@ def test_without_a_limit_header_remaining_over_reset_is_used() -> None:
     assert s.request_cap == 0.5
 
 
-def test_remaining_zero_blocks_for_one_refill_interval() -> None:
-    p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=50.0)
+def test_retry_after_and_resets_are_bounded_by_max_block() -> None:
+    s = adaptive.on_throttled(AdaptiveState(), 0.0, FLOOR, CEIL, 1.5, retry_after=1e9,
+                              max_block=300.0)
+    assert adaptive.effective_rates(s, 0.0, FLOOR, CEIL, 0.0)[2] == 300.0
+    p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=999999999.0)
+    s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5, max_block=300.0)
+    assert s.cap_until == 300.0
+    for infinite in (float("inf"), float("nan")):
+        s = adaptive.on_throttled(AdaptiveState(), 0.0, FLOOR, CEIL, 1.5, retry_after=infinite)
+        assert s.blocked_until == 0.0
+
+
+def test_provider_limits_are_learned_and_expire() -> None:
+    p = ProviderLimits(limit_requests=4, remaining_requests=3, reset_requests=2.0,
+                       limit_tokens=10_000, remaining_tokens=9_000, reset_tokens=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert adaptive.effective_rates(s, 0.25, FLOOR, CEIL, 0.0)[2] == 0.25
+    assert adaptive.capacities(s, 1.0, 8.0, 0.0) == (4.0, 10_000.0)  # tokens: none configured
+    assert adaptive.capacities(s, 1.0, 2.0, 50_000.0) == (2.0, 10_000.0)  # the lower wins
+    assert adaptive.capacities(s, adaptive.LEARNED_TTL, 8.0, 0.0) == (8.0, 0.0)  # stale
+    assert adaptive.effective_rates(s, 1.0, FLOOR, 100.0, 0.0)[1] == 10_000 / 60.0
+
+
+def test_a_vanishing_limit_is_nonsense() -> None:
+    p = ProviderLimits(limit_requests=1e-308, remaining_requests=0, reset_requests=1.0)
+    s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
+    assert s.request_limit == 0.0  # not learned
+    assert s.request_cap == 1.0  # max(remaining, 1) / reset: never a rate of 1e-308
 
 
 def test_nonsense_header_values_are_ignored() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,19 @@ def test_open_refuses_until_recovery_then_half_open_then_closes() -> None:
     assert s.state == "closed"
 
 
+def test_half_open_admits_success_threshold_probes_at_a_time() -> None:
+    s = BreakerState("open", 5, 0, 0.0)
+    admitted = []
+    for _ in range(30):
+        allowed, s, wait = breaker.allow(s, 31.0, 30.0, 3)
+        admitted.append(allowed)
+    assert admitted.count(True) == 3 and s.probes == 3
+    assert wait == pytest.approx(30.0)  # a probe that never reports stops counting then
+    s = breaker.record(s, True, 32.0, 5, 3)  # one probe came back: room for one more
+    assert breaker.allow(s, 32.0, 30.0, 3)[0]
+    assert breaker.allow(s, 62.0, 30.0, 3)[0]  # stale probes are forgotten
+
+
 def test_any_half_open_failure_reopens() -> None:
     s = BreakerState("half_open", 0, 2, 0.0)
     s = breaker.record(s, False, 50.0, 5, 3)
@@ -50,12 +64,16 @@ def test_transitions_follow_the_state_machine(
         now += gap
         before = s
         if op == "allow":
-            allowed, s, _ = breaker.allow(s, now, recovery)
+            allowed, s, _ = breaker.allow(s, now, recovery, successes)
             if before.state == "open":
                 assert allowed == (now >= before.opened_at + recovery)
                 assert s.state == ("half_open" if allowed else "open")
-            else:
+            elif before.state == "closed":
                 assert allowed and s == before
+            else:  # half-open: at most `successes` probes at a time, stale ones forgotten
+                fresh = before.probes if now - before.probe_at < recovery else 0
+                assert allowed == (fresh < successes)
+                assert s.probes == (fresh + 1 if allowed else before.probes)
             continue
         s = breaker.record(s, op == "ok", now, threshold, successes)
         legal = {

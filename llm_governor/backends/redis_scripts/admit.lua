@@ -1,78 +1,101 @@
 -- admission.decide plus the lease and the decision counter, in one step.
 -- KEYS: svc, leases, spend, ctr, emergency
--- ARGV: now override, service, lease id ('' = none), ttl, reserve (1/0),
+-- ARGV: now override, limit scope key, lease id ('' = none), ttl, reserve (1/0),
 --       refuse in emergency (1/0), headroom share, LLM tokens, cost (nanos),
---       cost (float), windows, limits, emergency limits
--- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency}.
+--       cost (float), windows, limits, emergency limits, service (counter label)
+-- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency,
+--          bound | ''}.
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_EMERGENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
-local service, lease_id, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local service, lease_id, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])  -- service: the scope key
+local label = ARGV[14]
 local reserve, refuse = ARGV[5] == '1', ARGV[6] == '1'
 local share, llm_tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
 local cost_n, cost_f = tonumber(ARGV[9]), tonumber(ARGV[10])
 local ws = read_windows(ARGV[11])
 local emergency = redis.call('GET', K_EMERGENCY) == '1'
 
-local function finish(admitted, outcome, wait, left, window)
-  redis.call('HINCRBY', K_CTR, 'requests|' .. service .. '|' .. outcome, 1)
+local function finish(admitted, outcome, wait, left, window, bound)
+  redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
   local left_s = ''
   if left ~= nil then left_s = string.format('%.0f', left) end
-  return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0}
+  return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0,
+    bound or ''}
 end
 
 local lim
-if emergency then
-  if refuse then return finish(false, 'emergency', 0.0) end
-  lim = read_limits(ARGV[13])
-else
-  lim = read_limits(ARGV[12])
-end
-local s = load_state(redis.call('HGET', K_SVC, service))
-if s.b_state == 'open' then
-  local reopen_at = s.opened_at + lim.recovery
-  if now < reopen_at then return finish(false, 'circuit_open', reopen_at - now) end
-  s.b_state, s.b_fail, s.b_succ = 'half_open', 0, 0
-end
+if emergency then lim = read_limits(ARGV[13]) else lim = read_limits(ARGV[12]) end
 local reserved, in_flight = 0, 0
-if reserve then reserved, in_flight = scan_leases(K_LEASES, now, service) end
+if reserve and (#ws > 0 or lim.max_conc ~= 0) then -- only the limits in force need leases
+  reserved, in_flight = scan_leases(K_LEASES, now, service, ttl)
+end
+if emergency and refuse then return finish(false, 'emergency', 0.0) end
+local s = load_state(redis.call('HGET', K_SVC, service))
+local breaker_before = {s.b_state, s.b_fail, s.b_succ, s.opened_at, s.b_probes, s.b_probe_at}
+local allowed, wait = breaker_allow(s, now, lim)
+if not allowed then return finish(false, 'circuit_open', wait) end
 local spends = load_spends(K_SPEND, ws)
 if reserve and #ws > 0 then
   local ok, left, window, reset = budget_check(spends, ws, reserved, cost_n, now)
   if not ok then return finish(false, 'budget_exceeded', reset, left, window) end
 end
 
-local waits = {}
+-- the longest wait so far (-1 = none) and the limit behind it, as admission.decide
+local longest, bound = -1.0, nil
 if reserve and lim.max_conc ~= 0 and in_flight >= lim.max_conc then
-  waits[#waits + 1] = 0.05 -- a slot frees on some settle; poll briefly
+  longest, bound = 0.05, 'concurrency' -- a slot frees on some settle; poll briefly
 end
-local req_rate, tok_rate, blocked = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
-if blocked > 0 then waits[#waits + 1] = blocked end
-local ok, w
+local cap, tok_cap = lim.capacity, lim.tpm
+local req_rate, tok_rate
+local dirty = false -- an instant brought back within its horizon: stored even on refusal
+if s.a_rate == 0 and s.cap_until <= now and s.blocked_until <= now
+    and s.learned_until <= now then
+  req_rate, tok_rate = lim.ceiling, tok_cap / 60.0
+else
+  local bu, cu, lu = s.blocked_until, s.cap_until, s.learned_until
+  sane_adaptive(s, now, lim.max_block)
+  if s.blocked_until ~= bu or s.cap_until ~= cu or s.learned_until ~= lu then dirty = true end
+  local blocked
+  req_rate, tok_rate, blocked = effective_rates(s, now, lim.floor, lim.ceiling, tok_cap / 60.0)
+  cap, tok_cap = capacities(s, now, cap, tok_cap)
+  if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
+  if blocked > 0 and blocked > longest then longest, bound = blocked, 'provider' end
+end
 local req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
-ok, req_tat, w = gcra(s.req_tat, now, 1.0, req_rate, lim.capacity,
-  headroom(lim.capacity - 1.0, 0.0, share))
-if not ok then waits[#waits + 1] = w end
-if tok_rate > 0 and llm_tokens > 0 then
-  local cap = lim.tpm
-  local c = math.min(llm_tokens, cap)
-  ok, tok_tat, w = gcra(s.tok_tat, now, c, tok_rate, cap, headroom(cap, c, share))
-  if not ok then waits[#waits + 1] = w end
+local horizon = now + cap / req_rate
+if req_tat > horizon then req_tat, dirty = horizon, true end
+if cost_tat > now + 60.0 then cost_tat, dirty = now + 60.0, true end
+local ok, w
+local new_req, new_tok, new_cost
+ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap - 1.0, 0.0, share))
+if not ok and w > longest then longest, bound = w, 'requests' end
+new_tok = tok_tat
+if tok_rate > 0 and llm_tokens > 0 and tok_cap > 0 then
+  if tok_tat > now + tok_cap / tok_rate then tok_tat, dirty = now + tok_cap / tok_rate, true end
+  local c = math.min(llm_tokens, tok_cap)
+  ok, new_tok, w = gcra(tok_tat, now, c, tok_rate, tok_cap, headroom(tok_cap, c, share))
+  if not ok and w > longest then longest, bound = w, 'llm_tokens' end
 end
+new_cost = cost_tat
 if cost_n > 0 then
   local pacing = 1.0
   if #ws > 0 then pacing = pacing_factor(spends, ws, now) end
   local per_min = lim.cpm * pacing
   local c = math.min(cost_f, per_min)
-  ok, cost_tat, w = gcra(s.cost_tat, now, c, per_min / 60.0, per_min, headroom(per_min, c, share))
-  if not ok then waits[#waits + 1] = w end
+  ok, new_cost, w = gcra(cost_tat, now, c, per_min / 60.0, per_min, headroom(per_min, c, share))
+  if not ok and w > longest then longest, bound = w, 'cost' end
 end
-if #waits > 0 then
-  local longest = waits[1]
-  for k = 2, #waits do if waits[k] > longest then longest = waits[k] end end
-  return finish(false, 'rate_limited', longest)
+if longest >= 0 then
+  if dirty then -- keep the correction, not what the refused call would have taken
+    s.b_state, s.b_fail, s.b_succ, s.opened_at, s.b_probes, s.b_probe_at =
+      unpack(breaker_before)
+    s.req_tat, s.tok_tat, s.cost_tat = req_tat, tok_tat, cost_tat
+    redis.call('HSET', K_SVC, service, dump_state(s))
+  end
+  return finish(false, 'rate_limited', longest, nil, nil, bound)
 end
 
-s.req_tat, s.tok_tat, s.cost_tat = req_tat, tok_tat, cost_tat
+s.req_tat, s.tok_tat, s.cost_tat = new_req, new_tok, new_cost
 redis.call('HSET', K_SVC, service, dump_state(s))
 if lease_id ~= '' then
   redis.call('HSET', K_LEASES, lease_id, fmt(now + ttl) .. ' ' .. ARGV[9] .. ' ' .. service)

@@ -12,6 +12,8 @@ if redis.replicate_commands then redis.replicate_commands() end
 
 local EPS = $EPS
 local SUCCESS_RUN = $SUCCESS_RUN
+local LEARNED_TTL = $LEARNED_TTL
+local MAX_LIMIT = 1e12
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -35,12 +37,12 @@ local function numbers(text)
   return out
 end
 
--- Limits: one argument, ten numbers (see _limits_arg in redis.py).
+-- Limits: one argument, eleven numbers (see _limits_arg in redis.py).
 local function read_limits(text)
   local v = numbers(text)
   return {
     capacity = v[1], floor = v[2], ceiling = v[3], multiplier = v[4], tpm = v[5], cpm = v[6],
-    max_conc = v[7], fth = v[8], sth = v[9], recovery = v[10],
+    max_conc = v[7], fth = v[8], sth = v[9], recovery = v[10], max_block = v[11],
   }
 end
 
@@ -56,10 +58,13 @@ end
 -- ServiceState, space-separated in _codec order (see RedisBackend._load_state).
 local FIELDS = {'req_tat', 'tok_tat', 'cost_tat', 'b_state', 'b_fail', 'b_succ', 'opened_at',
   'a_rate', 'a_succ', 'req_cap', 'tok_cap', 'cap_until', 'blocked_until', 'minute', 'ok',
-  'failed', 'prev_ok', 'prev_failed'}
+  'failed', 'prev_ok', 'prev_failed', 'b_probes', 'b_probe_at', 'req_limit', 'tok_limit',
+  'learned_until'}
 
 local function load_state(raw)
   local s = {}
+  for _, f in ipairs(FIELDS) do s[f] = 0 end  -- fields appended later default to 0
+  s.b_state = 'closed'
   if raw then
     local i = 1
     for tok in string.gmatch(raw, '%S+') do
@@ -67,19 +72,17 @@ local function load_state(raw)
       if f == 'b_state' then s[f] = tok else s[f] = tonumber(tok) end
       i = i + 1
     end
-  else
-    for _, f in ipairs(FIELDS) do s[f] = 0 end
-    s.b_state = 'closed'
   end
   return s
 end
 
-local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 14)
+local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 19)
 
 local function dump_state(s)
   return string.format(STATE_FORMAT, s.req_tat, s.tok_tat, s.cost_tat, s.b_state, s.b_fail,
     s.b_succ, s.opened_at, s.a_rate, s.a_succ, s.req_cap, s.tok_cap, s.cap_until,
-    s.blocked_until, s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed)
+    s.blocked_until, s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed, s.b_probes,
+    s.b_probe_at, s.req_limit, s.tok_limit, s.learned_until)
 end
 
 -- budget.py ---------------------------------------------------------------
@@ -98,11 +101,11 @@ local function load_spends(key, ws)
   return spends
 end
 
--- budget.roll: (start, spent) of the window instance containing now.
+-- budget.roll: (start, spent) of the window instance containing now (a later one kept).
 local function rolled(spends, w, now)
   local start = window_start(w.length, now)
   local sp = spends[w.name]
-  if sp and sp[1] == start then return start, sp[2] end
+  if sp and sp[1] >= start then return start, sp[2] end
   return start, 0
 end
 
@@ -144,15 +147,21 @@ local function pacing_factor(spends, ws, now)
 end
 
 -- Live leases: reserved nanos in total and calls in flight for service;
--- expired leases are dropped on the way. Value: "expires nanos service".
-local function scan_leases(key, now, service)
+-- expired leases are dropped on the way, and (with max_ttl) an expiry further
+-- than max_ttl away (a clock stepped back) is brought back to now + max_ttl.
+-- Value: "expires nanos service".
+local function scan_leases(key, now, service, max_ttl)
   local raw = redis.call('HGETALL', key)
   local reserved, count = 0, 0
   for k = 1, #raw, 2 do
     local expires, amount, svc = string.match(raw[k + 1], '^(%S+) (%S+) (.*)$')
-    if tonumber(expires) <= now then
+    expires = tonumber(expires)
+    if expires <= now then
       redis.call('HDEL', key, raw[k])
     else
+      if max_ttl ~= nil and expires > now + max_ttl then
+        redis.call('HSET', key, raw[k], fmt(now + max_ttl) .. ' ' .. amount .. ' ' .. svc)
+      end
       reserved = reserved + tonumber(amount)
       if svc == service then count = count + 1 end
     end
@@ -176,24 +185,49 @@ local function gcra(tat, now, cost, rate, capacity, reserve)
 end
 
 -- adaptive.py -------------------------------------------------------------
+local function finite_positive(x) return x ~= nil and x > 0 and x < math.huge end
+local function count_ok(x) return x ~= nil and x >= 0 and x <= MAX_LIMIT end
+
+-- adaptive.sane: stored instants within their horizon of now.
+local function sane_adaptive(s, now, max_block)
+  s.blocked_until = math.min(s.blocked_until, now + max_block)
+  s.cap_until = math.min(s.cap_until, now + max_block)
+  s.learned_until = math.min(s.learned_until, now + LEARNED_TTL)
+end
+
 local function effective_rates(s, now, floor, ceiling, token_rate)
   local rate = ceiling
   if s.a_rate > 0 then rate = s.a_rate end
   local tokens = token_rate
   if now < s.cap_until then
     if s.req_cap > 0 then rate = math.min(rate, math.max(s.req_cap, floor)) end
-    if s.tok_cap > 0 and tokens > 0 then tokens = math.min(tokens, s.tok_cap) end
+    if s.tok_cap > 0 then
+      if tokens > 0 then tokens = math.min(tokens, s.tok_cap) else tokens = s.tok_cap end
+    end
   end
   local blocked = 0.0
   if s.blocked_until > now then blocked = s.blocked_until - now end
   return math.max(math.min(rate, ceiling), floor), tokens, blocked
 end
 
+local function capacities(s, now, capacity, tok_capacity)
+  if now >= s.learned_until then return capacity, tok_capacity end
+  if s.req_limit > 0 then capacity = math.min(capacity, s.req_limit) end
+  if s.tok_limit > 0 then
+    if tok_capacity > 0 then
+      tok_capacity = math.min(tok_capacity, s.tok_limit)
+    else
+      tok_capacity = s.tok_limit
+    end
+  end
+  return capacity, tok_capacity
+end
+
 local function on_throttled(s, now, lim, retry_after)
   local current = lim.ceiling
   if s.a_rate > 0 then current = s.a_rate end
-  if retry_after ~= nil and retry_after ~= 0 then
-    s.blocked_until = math.max(s.blocked_until, now + retry_after)
+  if finite_positive(retry_after) then
+    s.blocked_until = math.max(s.blocked_until, now + math.min(retry_after, lim.max_block))
   end
   s.a_rate = math.max(lim.floor, current / lim.multiplier)
   s.a_succ = 0
@@ -210,58 +244,92 @@ local function on_success(s, lim)
   end
 end
 
-local function positive(x) return x ~= nil and x == x and x >= 0 end
-
 -- adaptive.provider_rate: the provider's refill rate per second, or nil.
 local function provider_rate(limit, remaining, reset)
-  if not positive(remaining) or reset == nil or not (reset > 0) then return nil end
-  if positive(limit) and limit ~= 0 then return limit / reset end
+  if not count_ok(remaining) or not finite_positive(reset) then return nil end
+  if count_ok(limit) and limit >= 1 then return limit / reset end
   return math.max(remaining, 1.0) / reset
 end
 
-local function on_provider_limits(s, p, now)
+local function on_provider_limits(s, p, now, lim)
   local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
   if req_rate ~= nil then
     s.req_cap = req_rate
-    s.cap_until = math.max(s.cap_until, now + p.reset_requests)
-    if p.remaining_requests < 1 then
-      s.blocked_until = math.max(s.blocked_until, now + 1.0 / req_rate)
-    end
+    s.cap_until = math.max(s.cap_until, now + math.min(p.reset_requests, lim.max_block))
   end
   local tok_rate = provider_rate(p.limit_tokens, p.remaining_tokens, p.reset_tokens)
   if tok_rate ~= nil then
     s.tok_cap = tok_rate
-    s.cap_until = math.max(s.cap_until, now + p.reset_tokens)
+    s.cap_until = math.max(s.cap_until, now + math.min(p.reset_tokens, lim.max_block))
+  end
+  local learned_req, learned_tok = nil, nil
+  if count_ok(p.limit_requests) and p.limit_requests >= 1 then learned_req = p.limit_requests end
+  if count_ok(p.limit_tokens) and p.limit_tokens >= 1 then learned_tok = p.limit_tokens end
+  if learned_req ~= nil or learned_tok ~= nil then
+    if learned_req ~= nil then s.req_limit = learned_req end
+    if learned_tok ~= nil then s.tok_limit = learned_tok end
+    s.learned_until = now + LEARNED_TTL
   end
 end
 
 -- breaker.py --------------------------------------------------------------
 local function breaker_reset(s)
-  s.b_state, s.b_fail, s.b_succ, s.opened_at = 'closed', 0, 0, 0.0
+  s.b_state, s.b_fail, s.b_succ, s.opened_at, s.b_probes, s.b_probe_at = 'closed', 0, 0, 0.0,
+    0, 0.0
+end
+
+-- breaker.allow: allowed?, retry_after; changes s in place (kept only when admitted).
+local function breaker_allow(s, now, lim)
+  if s.b_state == 'closed' then return true, 0.0 end
+  if s.b_state == 'open' then
+    local reopen_at = math.min(s.opened_at, now) + lim.recovery
+    if now < reopen_at then return false, reopen_at - now end
+    s.b_state, s.b_fail, s.b_succ, s.b_probes, s.b_probe_at = 'half_open', 0, 0, 0, 0.0
+  end
+  local probe_at = math.min(s.b_probe_at, now)
+  local probes = s.b_probes
+  if now - probe_at >= lim.recovery then probes = 0 end
+  if probes >= lim.sth then return false, probe_at + lim.recovery - now end
+  s.b_probes, s.b_probe_at = probes + 1, now
+  return true, 0.0
 end
 
 local function breaker_record(s, success, now, lim)
   if success then
     if s.b_state == 'half_open' then
-      if s.b_succ + 1 >= lim.sth then breaker_reset(s) else s.b_succ = s.b_succ + 1 end
+      if s.b_succ + 1 >= lim.sth then
+        breaker_reset(s)
+      else
+        s.b_succ = s.b_succ + 1
+        s.b_probes = math.max(0, s.b_probes - 1)
+      end
     elseif s.b_state ~= 'open' and s.b_fail ~= 0 then
       breaker_reset(s)
     end
   elseif s.b_state == 'half_open' then
-    s.b_state, s.b_fail, s.b_succ, s.opened_at = 'open', lim.fth, 0, now
+    s.b_state, s.b_fail, s.b_succ, s.opened_at, s.b_probes, s.b_probe_at = 'open', lim.fth, 0,
+      now, 0, 0.0
   elseif s.b_state ~= 'open' then
     local failures = s.b_fail + 1
     if failures >= lim.fth then
-      s.b_state, s.b_fail, s.b_succ, s.opened_at = 'open', failures, 0, now
+      s.b_state, s.b_fail, s.b_succ, s.opened_at, s.b_probes, s.b_probe_at = 'open', failures,
+        0, now, 0, 0.0
     else
       s.b_fail = failures
     end
   end
 end
 
+-- admission._level: a tat holding at most remaining - in_flight of capacity.
+local function level(tat, now, capacity, rate, remaining, in_flight)
+  if remaining == nil or not (remaining >= 0 and remaining <= capacity) then return tat end
+  local available = math.max(0.0, remaining - in_flight)
+  return math.max(tat, now + (capacity - available) / rate)
+end
+
 -- admission.observe: outcome, provider limits (7 numbers, '-' for none) and
 -- limits, one argument each. Changes the state in place and returns it.
-local function observe(s, outcome, provider, limits, now)
+local function observe(s, outcome, provider, limits, now, in_flight)
   local v = {}
   local k = 0
   for tok in string.gmatch(provider, '%S+') do k = k + 1; v[k] = tonumber(tok) end
@@ -289,6 +357,15 @@ local function observe(s, outcome, provider, limits, now)
   elseif outcome == 'throttled' then
     on_throttled(s, now, lim, p.retry_after)
   end
-  on_provider_limits(s, p, now)
+  if k == 0 or provider == '- - - - - - -' then return s end
+  sane_adaptive(s, now, lim.max_block)
+  on_provider_limits(s, p, now, lim)
+  local req_rate, tok_rate = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
+  local cap, tok_cap = capacities(s, now, lim.capacity, lim.tpm)
+  if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
+  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0)
+  if tok_rate > 0 and tok_cap > 0 then
+    s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0)
+  end
   return s
 end

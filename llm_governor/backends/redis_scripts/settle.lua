@@ -5,8 +5,8 @@
 -- KEYS: svc, leases, spend, ctr, done
 -- ARGV: now override, lease id ('' = none), service, model, job ('' = none),
 --       status, attempts, cost (nanos), windows, final (1/0), overrun (nanos),
---       settle id ('' = not idempotent), then outcome ('' = no observation),
---       provider limits, limits (see observe in common.lua)
+--       settle id ('' = not idempotent), limit scope key, then outcome ('' = no
+--       observation), provider limits, limits (see observe in common.lua)
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
 local settle_id = ARGV[12]
@@ -26,10 +26,13 @@ if cost ~= 0 and #ws > 0 then
     redis.call('HSET', K_SPEND, w.name, fmt(start) .. ' ' .. fmt(spent + cost))
   end
 end
-if ARGV[13] ~= '' then
-  local s = observe(load_state(redis.call('HGET', K_SVC, service)), ARGV[13], ARGV[14],
-    ARGV[15], now)
-  redis.call('HSET', K_SVC, service, dump_state(s))
+local key = ARGV[13]
+if ARGV[14] ~= '' then
+  local reserved, in_flight = 0, 0
+  if ARGV[15] ~= '- - - - - - -' then reserved, in_flight = scan_leases(K_LEASES, now, key) end
+  local s = observe(load_state(redis.call('HGET', K_SVC, key)), ARGV[14], ARGV[15],
+    ARGV[16], now, in_flight)
+  redis.call('HSET', K_SVC, key, dump_state(s))
 end
 if ARGV[10] == '1' then
   redis.call('HINCRBY', K_CTR, 'calls|' .. service .. '|' .. model .. '|' .. status, 1)

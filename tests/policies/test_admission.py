@@ -1,0 +1,112 @@
+"""admission.decide / observe: provider headers win over the configuration, every
+block is bounded, and a wall-clock step never blocks longer than a horizon."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_governor.config import RateLimitConfig
+from llm_governor.governor import limits_of
+from llm_governor.policies import admission, budget
+from llm_governor.policies.adaptive import ProviderLimits
+from llm_governor.policies.admission import AdmitRequest, Limits, Observation, ServiceState
+
+NOW = 1_800_000_000.0
+LIM = limits_of(RateLimitConfig.model_validate({
+    "max_tokens": 8, "burst_capacity": 0, "refill_rate": 8.0, "min_interval": 0.01,
+    "max_interval": 5.0, "max_cost_per_minute": "100", "recovery_timeout": 30,
+    "llm_tokens_per_minute": 60_000}), max_block=300.0)
+
+
+def req(lim: Limits = LIM, tokens: float = 100.0, cost: str = "0.001") -> AdmitRequest:
+    return AdmitRequest("svc", 0, tokens, Decimal(cost), lim, lim)
+
+
+def admitted_in_a_burst(s: ServiceState, now: float, lim: Limits = LIM) -> int:
+    n = 0
+    while True:
+        d, new = admission.decide(s, {}, {}, Decimal(0), 0, req(lim), now)
+        if not d.admitted:
+            return n
+        s, n = new, n + 1
+
+
+def test_the_provider_bucket_beats_a_larger_configured_one() -> None:
+    """Configured 8 per burst, the provider reports 4 per 2 s with 2 left and one call of
+    ours in flight: one more call now, and bursts of 4 at most afterwards."""
+    p = ProviderLimits(limit_requests=4, remaining_requests=2, reset_requests=2.0)
+    s = admission.observe(ServiceState(), LIM, Observation("success", p), NOW, in_flight=1)
+    assert admitted_in_a_burst(s, NOW) == 1
+    assert admitted_in_a_burst(s, NOW + 1800) == 4  # learned: capacity 4, not 8
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW)
+    d, _ = admission.decide(_, {}, {}, Decimal(0), 0, req(), NOW)
+    assert not d.admitted and d.bound == "requests" and d.retry_after <= 0.5 + 1e-9
+
+
+def test_remaining_zero_waits_one_refill_interval_not_the_reset() -> None:
+    p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=50.0)
+    s = admission.observe(ServiceState(), LIM, Observation("success", p), NOW)
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW)
+    assert not d.admitted and abs(d.retry_after - 0.5) < 1e-9  # 100 per 50 s
+
+
+def test_tokens_are_learned_when_none_are_configured() -> None:
+    lim = replace(LIM, tokens_per_minute=0.0)
+    p = ProviderLimits(limit_tokens=1000, remaining_tokens=150, reset_tokens=60.0)
+    s = admission.observe(ServiceState(), lim, Observation("success", p), NOW)
+    assert admission.decide(s, {}, {}, Decimal(0), 0, req(lim, tokens=100), NOW)[0].admitted
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(lim, tokens=200), NOW)
+    assert not d.admitted and d.bound == "llm_tokens"
+
+
+@settings(max_examples=300, deadline=None)
+@given(retry_after=st.one_of(st.floats(0, 1e300), st.just(float("inf"))),
+       reset=st.one_of(st.floats(0, 1e300), st.just(float("inf"))),
+       limit=st.floats(0, 1e300), remaining=st.floats(0, 1e300))
+def test_no_header_blocks_longer_than_max_block(retry_after: float, reset: float,
+                                                limit: float, remaining: float) -> None:
+    s = ServiceState()
+    for obs in (Observation("throttled", ProviderLimits(retry_after=retry_after)),
+                Observation("success", ProviderLimits(limit, remaining, reset, limit, remaining,
+                                                      reset))):
+        s = admission.observe(s, LIM, obs, NOW, in_flight=3)
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW)
+    # a drained bucket at the slowest rate, or the longest block: nothing longer
+    assert d.admitted or d.retry_after <= max(LIM.max_block, LIM.capacity / LIM.rate_floor)
+
+
+ops = st.lists(st.tuples(
+    st.sampled_from(["admit", "success", "failure", "throttled", "headers"]),
+    st.floats(0, 5)), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=ops, step=st.sampled_from([-86400.0 * 7, -86400.0, -3600.0, -60.0, 3600.0, 86400.0]))
+def test_a_clock_step_never_blocks_past_a_horizon(ops: list[tuple[str, float]],
+                                                  step: float) -> None:
+    s, now = ServiceState(), NOW
+    for op, gap in ops:
+        now += gap
+        if op == "admit":
+            d, new = admission.decide(s, {}, {}, Decimal(0), 0, req(), now)
+            s = new if d.admitted else s
+        elif op == "headers":
+            p = ProviderLimits(8, 3, 1.0, 60_000, 1_000, 60.0, 2.0)
+            s = admission.observe(s, LIM, Observation("success", p), now, in_flight=2)
+        else:
+            s = admission.observe(s, LIM, Observation(op, None), now)  # type: ignore[arg-type]
+    now += step
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), now)
+    horizon = max(LIM.max_block, LIM.recovery_timeout, LIM.capacity / LIM.rate_floor, 60.0)
+    assert d.admitted or d.retry_after <= horizon + 1e-6, (d, step)
+
+
+def test_a_budget_window_forgets_nothing_when_the_clock_steps_back() -> None:
+    limits = {"day": Decimal("1.00")}
+    spends = budget.settle({}, limits, Decimal("0.90"), NOW)
+    ok, left, _, reset = budget.check(spends, limits, Decimal(0), Decimal("0.20"), NOW - 86400 * 3)
+    assert not ok and left == Decimal("0.10") and reset <= 86400
