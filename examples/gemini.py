@@ -3,9 +3,11 @@
 Offline: the client talks to the bundled fake provider on 127.0.0.1, which
 allows 8 requests per 2 s and answers the ninth with a 429 carrying
 ``RetryInfo.retryDelay``. The governor paces the loop below that limit,
-absorbs a 429 by waiting what Google asked, settles a stream from its last
-chunk's usage, and refuses what the budget cannot cover with Google's own
-``ClientError`` (429), so existing handlers keep working.
+re-sends a 429 after waiting what Google asked (the client configures the
+SDK's own ``HttpRetryOptions``, as without the governor: no retries, no
+re-sending), settles a stream from its last chunk's usage, and refuses what
+the budget cannot cover with Google's own ``ClientError`` (429), so existing
+handlers keep working.
 
 Run: python examples/gemini.py
 """
@@ -30,8 +32,8 @@ with FakeProvider(rpm=8, window=2.0) as fake:
         "services": {"gemini": {"max_tokens": 1, "burst_capacity": 0, "refill_rate": 3.5}},
     })
     # Application code, unchanged. (Keep the client referenced while you use it.)
-    client = genai.Client(api_key="gemini-example-key",
-                          http_options=types.HttpOptions(base_url=fake.gemini_base_url))
+    client = genai.Client(api_key="gemini-example-key", http_options=types.HttpOptions(
+        base_url=fake.gemini_base_url, retry_options=types.HttpRetryOptions(attempts=3)))
 
     started = time.monotonic()
     for i in range(10):  # more than the provider allows per window: the governor paces them

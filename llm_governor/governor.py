@@ -110,7 +110,7 @@ class Ticket:
         self.priority = priority
         self.job = job
         self.pid = os.getpid()
-        self.lease_id = f"{_LEASE_PREFIX}{self.pid}-{next(_lease_seq)}"
+        self.lease_id = new_lease_id()
         self.started = time.monotonic()
         self.queue_wait = 0.0
         self.attempts = 0
@@ -125,6 +125,11 @@ class Ticket:
         self.failure: AttemptFailure | None = None
         self.span: Any = None
         self.usage_hint: Usage | None = None
+
+
+def new_lease_id() -> str:
+    """A lease id unique across processes and runs (cheaper than a uuid4 per call)."""
+    return f"{_LEASE_PREFIX}{os.getpid()}-{next(_lease_seq)}"
 
 
 def limits_of(cfg: RateLimitConfig, max_block: float = 300.0) -> Limits:
@@ -715,6 +720,7 @@ class Governor:
             yield _Charge(t.lease_id, t.limits, record)
             t.sunk += t.reserved
             t.state = "charged"
+            t.lease_id = new_lease_id()  # the next hold is a new lease, settled on its own
         try:
             yield from self._admission(t, reserve=reserve)
         except GovernorError as refusal:
@@ -897,6 +903,8 @@ class Governor:
             lease_ids = [lease for lease, t in list(self._live.items()) if t.holding]
             try:
                 self.backend.renew(lease_ids, self.lease_ttl)
+                if self.budget_limits:  # charge the calls of processes that died meanwhile
+                    self.backend.sweep()
             except Exception:
                 logger.debug("renewing leases failed", exc_info=True)
             self._maybe_publish(force=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from ..accounts import service_of
 from ..policies import admission, budget
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 
@@ -90,6 +91,9 @@ class Backend(abc.ABC):
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> None:
         """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call."""
+
+    def sweep(self) -> None:  # noqa: B027 - optional
+        """Charge the leases that expired (the heartbeat runs it while budgets are set)."""
 
     @abc.abstractmethod
     def forget(self, keys: list[str]) -> None:
@@ -166,8 +170,21 @@ class Txn(abc.ABC):
 
     @abc.abstractmethod
     def leases(self, now: float, max_ttl: float | None = None) -> list[Lease]:
-        """Live leases (expired ones are dropped on the way; with ``max_ttl``, an expiry
-        further away than that, from a clock stepped back, is brought back to it)."""
+        """Live leases (with ``max_ttl``, an expiry further away than that, from a clock
+        stepped back, is brought back to it)."""
+
+    @abc.abstractmethod
+    def expire(self, now: float) -> list[Lease]:
+        """Remove and return the leases that expired (their process stopped renewing)."""
+
+    @abc.abstractmethod
+    def done(self, settle_id: str, now: float) -> bool:
+        """Whether this settlement (or a lease's expiry charge) was applied, and is still
+        remembered at ``now``."""
+
+    @abc.abstractmethod
+    def mark_done(self, settle_id: str, until: float) -> None:
+        """Remember an applied settlement or expiry charge until ``until``."""
 
     @abc.abstractmethod
     def add_lease(self, lease: Lease) -> None: ...
@@ -210,8 +227,9 @@ class TransactionalBackend(Backend):
             now = self._clock()
             emergency = tx.emergency()
             lim = req.emergency_limits if emergency else req.limits
-            if req.reserve and (self.budget_limits or lim.max_concurrency) \
-                    and (leases := tx.leases(now, ttl)):
+            if req.reserve and (self.budget_limits or lim.max_concurrency):
+                self._charge_expired(tx, now)
+                leases = tx.leases(now, ttl)
                 reserved = sum((le.amount for le in leases), _ZERO)
                 in_flight = sum(1 for le in leases if le.service == req.key)
             else:
@@ -242,13 +260,39 @@ class TransactionalBackend(Backend):
             if new_state is not state:
                 tx.put_service(service, new_state)
 
+    def _charge_expired(self, tx: Txn, now: float) -> None:
+        """Charge each expired lease its reservation: its process died (or stopped for
+        longer than the lease) mid-call, and the provider may have billed the call."""
+        expired = tx.expire(now)
+        if not expired:
+            return
+        spends = tx.spends() if self.budget_limits else {}
+        for le in expired:
+            if self.budget_limits:
+                spends = budget.settle(spends, self.budget_limits, le.amount, now)
+            service = service_of(le.service)
+            tx.incr(f"expired|{service}", 1)
+            if le.amount:
+                tx.incr(f"cost|{service}|{EXPIRED_MODEL}", le.amount)
+            tx.mark_done(le.id, now + DONE_TTL)
+        if self.budget_limits:
+            tx.put_spends(spends)
+
+    def sweep(self) -> None:
+        with self.transaction() as tx:
+            self._charge_expired(tx, self._clock())
+
     def settle(
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> None:
         with self.transaction() as tx:
             now = self._clock()
-            if lease_id is not None:
-                tx.pop_lease(lease_id)
+            if lease_id is not None and tx.pop_lease(lease_id) is None \
+                    and tx.done(lease_id, now):
+                return  # its lease expired and was charged already: count it once
+            if record.settle_id is not None and record.settle_id != lease_id \
+                    and tx.done(record.settle_id, now):
+                return
             if record.cost and self.budget_limits:
                 tx.put_spends(budget.settle(tx.spends(), self.budget_limits, record.cost, now))
             if obs is not None:
@@ -308,6 +352,9 @@ def _in_flight(tx: Txn, now: float, service: str, obs: Observation) -> int:
         return 0
     return sum(1 for le in tx.leases(now) if le.service == service)
 
+
+EXPIRED_MODEL = "(expired)"  # the cost counter's model for leases charged at expiry
+DONE_TTL = 3600.0  # seconds an applied settlement or expiry is remembered
 
 MONEY_COUNTERS = ("cost|", "job|", "overrun|")
 """Counter key prefixes that hold USD amounts (the rest count events)."""

@@ -239,6 +239,9 @@ class FailoverBackend(Backend):
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         return self._do(lambda s: s.renew(lease_ids, ttl), lambda b: b.renew(lease_ids, ttl))
 
+    def sweep(self) -> None:
+        self._do(lambda s: s.sweep(), lambda b: b.sweep())
+
     def forget(self, keys: list[str]) -> None:
         self._local.forget(keys)
         self._do(lambda s: s.forget(keys), lambda b: None, refuse=True)

@@ -40,17 +40,30 @@ class _MemoryTxn(Txn):
         leases = self._b._leases
         if not leases:
             return []
-        if self._readonly:
-            return [le for le in leases.values() if le.expires_at > now]
-        expired = [k for k, le in leases.items() if le.expires_at <= now]
-        for k in expired:
-            del leases[k]
-        if max_ttl is not None:
+        if max_ttl is not None and not self._readonly:
             horizon = now + max_ttl
             for k, le in list(leases.items()):
                 if le.expires_at > horizon:
                     leases[k] = Lease(le.id, le.service, le.amount, horizon)
-        return list(leases.values())
+        return [le for le in leases.values() if le.expires_at > now]
+
+    def expire(self, now: float) -> list[Lease]:
+        leases = self._b._leases
+        expired = [le for le in leases.values() if le.expires_at <= now]
+        for le in expired:
+            del leases[le.id]
+        return expired
+
+    def done(self, settle_id: str, now: float) -> bool:
+        until = self._b._done.get(settle_id)
+        return until is not None and until > now
+
+    def mark_done(self, settle_id: str, until: float) -> None:
+        done = self._b._done
+        if len(done) > 4096:
+            for k in [k for k, t in done.items() if t <= until - 3600.0]:
+                del done[k]
+        done[settle_id] = until
 
     def add_lease(self, lease: Lease) -> None:
         self._b._leases[lease.id] = lease
@@ -110,6 +123,7 @@ class MemoryBackend(TransactionalBackend):
         self._services: dict[str, ServiceState] = {}
         self._spends: dict[str, budget.WindowSpend] = {}
         self._leases: dict[str, Lease] = {}
+        self._done: dict[str, float] = {}  # settle ids applied (expiry charges) → until
         self._counters: dict[str, int | Decimal] = {}
         self._emergency = False
         self._processes: dict[str, tuple[float, dict[str, Any]]] = {}

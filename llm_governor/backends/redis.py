@@ -175,7 +175,7 @@ class RedisStore(SharedStore):
             for w, limit in self.budget_limits.items())
         self._scripts: dict[str, Script] = {
             name: self._client.register_script(_script_source(name))
-            for name in ("admit", "settle", "observe", "publish", "merge", "renew")
+            for name in ("admit", "settle", "observe", "publish", "merge", "renew", "sweep")
         }
         self._loaded = False
 
@@ -208,7 +208,8 @@ class RedisStore(SharedStore):
 
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         r = self._scripts["admit"](
-            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency],
+            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency,
+                  self._k_done],
             args=[self._now_arg(), req.key, lease_id or "", _f(ttl),
                   "1" if req.reserve else "0", "1" if req.refuse_in_emergency else "0",
                   _f(rate.share(req.priority)), _f(req.llm_tokens), str(to_nanos(req.cost)),
@@ -238,6 +239,10 @@ class RedisStore(SharedStore):
     def forget(self, keys: list[str]) -> None:
         if keys:
             self._client.hdel(self._k_svc, *keys)
+
+    def sweep(self) -> None:
+        self._scripts["sweep"](keys=[self._k_leases, self._k_spend, self._k_ctr, self._k_done],
+                               args=[self._now_arg(), self._windows])
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         if not lease_ids:

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, service TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (id TEXT PRIMARY KEY, expires REAL NOT NULL,
                                       doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
 
@@ -84,13 +85,11 @@ class _SQLiteTxn(Txn):
                         (f"{self._ns}|spends", dump_spends(spends)))
 
     def leases(self, now: float, max_ttl: float | None = None) -> list[Lease]:
-        if not self._readonly:
-            self._c.execute("DELETE FROM leases WHERE expires <= ?", (now,))
-            if max_ttl is not None:
-                self._c.execute("UPDATE leases SET expires = ? WHERE expires > ?"
-                                " AND service >= ? AND service < ?",
-                                (now + max_ttl, now + max_ttl, f"{self._ns}|", f"{self._ns}}}"))
         prefix = f"{self._ns}|"
+        if max_ttl is not None and not self._readonly:
+            self._c.execute("UPDATE leases SET expires = ? WHERE expires > ?"
+                            " AND service >= ? AND service < ?",
+                            (now + max_ttl, now + max_ttl, prefix, f"{self._ns}}}"))
         return [
             Lease(i, s.removeprefix(prefix), Decimal(a), e)
             for i, s, a, e in self._c.execute(
@@ -99,6 +98,22 @@ class _SQLiteTxn(Txn):
                 (prefix, f"{self._ns}}}", now),
             )
         ]
+
+    def expire(self, now: float) -> list[Lease]:
+        prefix = f"{self._ns}|"
+        rows = self._c.execute(
+            "DELETE FROM leases WHERE expires <= ? AND service >= ? AND service < ?"
+            " RETURNING id, service, amount, expires", (now, prefix, f"{self._ns}}}")).fetchall()
+        return [Lease(i, s.removeprefix(prefix), Decimal(a), e) for i, s, a, e in rows]
+
+    def done(self, settle_id: str, now: float) -> bool:
+        return self._c.execute("SELECT 1 FROM done WHERE id=? AND until > ?",
+                               (f"{self._ns}|{settle_id}", now)).fetchone() is not None
+
+    def mark_done(self, settle_id: str, until: float) -> None:
+        self._c.execute("DELETE FROM done WHERE until <= ?", (until - 3600.0,))
+        self._c.execute("INSERT OR REPLACE INTO done VALUES (?, ?)",
+                        (f"{self._ns}|{settle_id}", until))
 
     def add_lease(self, lease: Lease) -> None:
         self._c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
@@ -273,7 +288,7 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         with self.transaction():
             conn = self._connect()
             for table, col in (("services", "name"), ("kv", "key"), ("leases", "service"),
-                               ("counters", "key"), ("processes", "id")):
+                               ("counters", "key"), ("processes", "id"), ("done", "id")):
                 conn.execute(f"DELETE FROM {table} WHERE {col} LIKE ?",
                              (f"{self.namespace}|%",))
 

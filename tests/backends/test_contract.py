@@ -82,15 +82,24 @@ def test_budget_reservations_are_hard(make_backend: BackendFactory, clock: FakeC
     assert b.admit(req(lim, cost="0.03"), "l99", 60).admitted
 
 
-def test_leases_expire_so_a_crashed_caller_frees_budget(make_backend: BackendFactory,
-                                                        clock: FakeClock) -> None:
-    b = make_backend({"day": D("0.05")}, clock=clock)
+def test_a_crashed_callers_lease_expires_charged_and_frees_its_slot(
+        make_backend: BackendFactory, clock: FakeClock) -> None:
+    """Its process died mid-call: the provider may have billed it, so the reservation is
+    charged at expiry (not released), the slot frees, and a late settle counts once."""
+    b = make_backend({"day": D("0.10")}, clock=clock)
     exact_clock(b)
-    lim = limits(max_tokens=100, refill_rate=100.0)
+    lim = limits(max_tokens=100, refill_rate=100.0, max_concurrency=1)
     assert b.admit(req(lim, cost="0.05"), "crashed", 30).admitted
-    assert not b.admit(req(lim, cost="0.01"), "x", 30).admitted
+    assert not b.admit(req(lim, cost="0.01"), "x", 30).admitted  # the slot is held
     clock.advance(31)
     assert b.admit(req(lim, cost="0.01"), "x", 30).admitted
+    spends, reserved, live = b.budget_status()
+    assert spends["day"].spent == D("0.05") and reserved == D("0.01") and live == 1
+    counted = b.counters()
+    assert counted["expired"]["svc"] == 1 and counted["cost"]["svc"]["(expired)"] == D("0.05")
+    b.settle("crashed", lim, None, record(cost="0.02"))  # it was only paused: counted once
+    assert b.budget_status()[0]["day"].spent == D("0.05")
+    assert not b.admit(req(lim, cost="0.05"), "y", 30).admitted  # 0.05 + 0.01 + 0.05 > 0.10
 
 
 def test_concurrency_slots(make_backend: BackendFactory, clock: FakeClock) -> None:

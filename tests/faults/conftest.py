@@ -218,12 +218,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
+def flying(gov: Governor, service: str) -> int:
+    """Calls of ``service`` in flight on the backend, over all its provider accounts."""
+    return sum(gov.backend.in_flight(key) for key in gov.scopes(service))
+
+
 def idle(gov: Governor) -> bool:
     """No lease, nothing reserved, nothing in flight: on the backend and in this process."""
     _, reserved, leases = gov.backend.budget_status()
     local = gov.local_status()["in_flight"]
     return reserved == 0 and leases == 0 and not any(local.values()) \
-        and all(gov.backend.in_flight(s) == 0 for s in SERVICES)
+        and all(flying(gov, s) == 0 for s in SERVICES)
 
 
 def audit(gov: Governor, fake: FakeProvider, budget: Decimal | str | None = None, *,

@@ -20,7 +20,7 @@ from llm_governor.policies.admission import AdmitRequest
 from llm_governor.testing import FakeProvider
 from tests.conftest import FakeClock
 
-from .conftest import GPT, MESSAGES, Govern, audit, check_errors, make_backend, outcome
+from .conftest import GPT, MESSAGES, Govern, audit, check_errors, flying, make_backend, outcome
 
 BUDGET = Decimal("0.50")
 LATENCY = 1.4  # > lease_ttl: without renewal the lease would expire mid-call
@@ -67,7 +67,7 @@ def test_long_call_and_slow_stream_keep_their_slot_past_the_lease_ttl(
             streaming.set()
             time.sleep(0.08)
             _, reserved, leases = gov.backend.budget_status()
-            held.append((reserved, leases, gov.backend.in_flight("openai")))
+            held.append((reserved, leases, flying(gov, "openai")))
         closed_at.append(time.monotonic())
         return chunks
 

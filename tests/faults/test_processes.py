@@ -37,6 +37,7 @@ from .conftest import (
     audit,
     calls,
     config,
+    flying,
     spent,
     wait_for,
 )
@@ -48,7 +49,7 @@ _inherited: list[Any] = []  # what a forked child finds of its parent's objects
 
 def _drop_a_stream(base_url: str) -> None:
     """In a forked child: open a stream, drop it unconsumed, drop the parent's copy too."""
-    client = openai.OpenAI(api_key="sk-faults-child", base_url=base_url, max_retries=0)
+    client = openai.OpenAI(api_key="sk-faults", base_url=base_url, max_retries=0)  # one account
     stream = client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=12,
                                             stream=True)
     next(iter(stream))  # one chunk read, the rest (and the usage) never
@@ -95,7 +96,7 @@ def _hang_then_get_killed(cfg: dict[str, Any], base_url: str) -> None:
     import llm_governor
 
     llm_governor.instrument(cfg)
-    client = openai.OpenAI(api_key="sk-faults-child", base_url=base_url, max_retries=0)
+    client = openai.OpenAI(api_key="sk-faults", base_url=base_url, max_retries=0)  # one account
     client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=12)
 
 
@@ -110,7 +111,7 @@ def kill_a_hanging_child(kind: str, fake: FakeProvider, govern: Govern,
     try:
         assert wait_for(lambda: len(fake.ledger) == 1, 10)  # it holds the slot, hanging
         gov = govern(kind, BUDGET, services, lease_ttl=1)
-        assert gov.backend.in_flight("openai") == 1
+        assert flying(gov, "openai") == 1
         assert victim.pid is not None
         os.kill(victim.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -136,13 +137,13 @@ def test_killed_process_lease_expires_within_the_lease_ttl(
     assert spent(gov) <= BUDGET
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a lease that expires unsettled (its process was killed mid-call) is released, not "
-    "charged: the provider billed the hung request, the governor never records it "
-    "(leases expire silently in Txn.leases / redis scan_leases; charging them needs the "
-    "expiry to charge spend and a late settle of the same lease to count once)"))
 def test_killed_process_call_is_charged_when_its_lease_expires(
         fake: FakeProvider, govern: Govern, tmp_path: Path) -> None:
+    """The killed child's hung call was billed: its lease expires charged, not released."""
     gov, _ = kill_a_hanging_child("sqlite", fake, govern, tmp_path)
     assert wait_for(lambda: gov.backend.budget_status()[2] == 0, 3)
-    audit(gov, fake, BUDGET)  # recorded >= billed: the killed call at its reservation
+    client = openai.OpenAI(api_key="sk-faults", base_url=fake.openai_base_url, max_retries=0)
+    client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=12)  # sweeps it
+    books = audit(gov, fake, BUDGET)  # recorded >= billed: the killed call at its reservation
+    assert gov.backend.counters()["expired"]["openai"] == 1
+    assert books.recorded > books.billed

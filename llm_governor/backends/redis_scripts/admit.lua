@@ -1,11 +1,12 @@
 -- admission.decide plus the lease and the decision counter, in one step.
--- KEYS: svc, leases, spend, ctr, emergency
+-- KEYS: svc, leases, spend, ctr, emergency, done
 -- ARGV: now override, limit scope key, lease id ('' = none), ttl, reserve (1/0),
 --       refuse in emergency (1/0), headroom share, LLM tokens, cost (nanos),
 --       cost (float), windows, limits, emergency limits, service (counter label)
 -- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency,
 --          bound | ''}.
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_EMERGENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_DONE = KEYS[6]
 local now = clock(ARGV[1])
 local service, lease_id, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])  -- service: the scope key
 local label = ARGV[14]
@@ -27,7 +28,9 @@ local lim
 if emergency then lim = read_limits(ARGV[13]) else lim = read_limits(ARGV[12]) end
 local reserved, in_flight = 0, 0
 if reserve and (#ws > 0 or lim.max_conc ~= 0) then -- only the limits in force need leases
-  reserved, in_flight = scan_leases(K_LEASES, now, service, ttl)
+  local expired
+  reserved, in_flight, expired = scan_leases(K_LEASES, now, service, ttl, true)
+  charge_expired(expired, ws, K_SPEND, K_CTR, K_DONE, now)
 end
 if emergency and refuse then return finish(false, 'emergency', 0.0) end
 local s = load_state(redis.call('HGET', K_SVC, service))

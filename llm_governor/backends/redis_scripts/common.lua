@@ -146,18 +146,21 @@ local function pacing_factor(spends, ws, now)
   return 1.0
 end
 
--- Live leases: reserved nanos in total and calls in flight for service;
--- expired leases are dropped on the way, and (with max_ttl) an expiry further
--- than max_ttl away (a clock stepped back) is brought back to now + max_ttl.
--- Value: "expires nanos service".
-local function scan_leases(key, now, service, max_ttl)
+-- Live leases: reserved nanos in total and calls in flight for service. With
+-- drop, expired leases are removed and returned ({id, nanos, service} each); with
+-- max_ttl, an expiry further than max_ttl away (a clock stepped back) is brought
+-- back to now + max_ttl. Value: "expires nanos service".
+local function scan_leases(key, now, service, max_ttl, drop)
   local raw = redis.call('HGETALL', key)
-  local reserved, count = 0, 0
+  local reserved, count, expired = 0, 0, {}
   for k = 1, #raw, 2 do
     local expires, amount, svc = string.match(raw[k + 1], '^(%S+) (%S+) (.*)$')
     expires = tonumber(expires)
     if expires <= now then
-      redis.call('HDEL', key, raw[k])
+      if drop then
+        redis.call('HDEL', key, raw[k])
+        expired[#expired + 1] = {raw[k], tonumber(amount), svc}
+      end
     else
       if max_ttl ~= nil and expires > now + max_ttl then
         redis.call('HSET', key, raw[k], fmt(now + max_ttl) .. ' ' .. amount .. ' ' .. svc)
@@ -166,7 +169,29 @@ local function scan_leases(key, now, service, max_ttl)
       if svc == service then count = count + 1 end
     end
   end
-  return reserved, count
+  return reserved, count, expired
+end
+
+-- TransactionalBackend._charge_expired: each expired lease is charged its
+-- reservation (its process died mid-call; the provider may have billed it).
+local function charge_expired(expired, ws, k_spend, k_ctr, k_done, now)
+  for _, e in ipairs(expired) do
+    local id, nanos, svc = e[1], e[2], e[3]
+    if #ws > 0 then
+      local spends = load_spends(k_spend, ws)
+      for _, w in ipairs(ws) do
+        local start, spent = rolled(spends, w, now)
+        redis.call('HSET', k_spend, w.name, fmt(start) .. ' ' .. fmt(spent + nanos))
+      end
+    end
+    local service = string.match(svc, '^[^/]*')
+    redis.call('HINCRBY', k_ctr, 'expired|' .. service, 1)
+    if nanos ~= 0 then
+      redis.call('HINCRBY', k_ctr, 'cost|' .. service .. '|(expired)',
+        string.format('%.0f', nanos))
+    end
+    redis.call('ZADD', k_done, now + 3600, id)
+  end
 end
 
 -- rate.py -----------------------------------------------------------------

@@ -10,15 +10,18 @@
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
 local settle_id = ARGV[12]
+redis.call('ZREMRANGEBYSCORE', K_DONE, '-inf', now)
+if ARGV[2] ~= '' and redis.call('HDEL', K_LEASES, ARGV[2]) == 0
+    and redis.call('ZSCORE', K_DONE, ARGV[2]) then
+  return 0 -- its lease expired and was charged already: count it once
+end
 if settle_id ~= '' then
-  redis.call('ZREMRANGEBYSCORE', K_DONE, '-inf', now)
   if redis.call('ZSCORE', K_DONE, settle_id) then return 0 end
   redis.call('ZADD', K_DONE, now + 3600, settle_id)
 end
 local service, model, job, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local attempts, cost = tonumber(ARGV[7]), tonumber(ARGV[8])
 local ws = read_windows(ARGV[9])
-if ARGV[2] ~= '' then redis.call('HDEL', K_LEASES, ARGV[2]) end
 if cost ~= 0 and #ws > 0 then
   local spends = load_spends(K_SPEND, ws)
   for _, w in ipairs(ws) do
@@ -29,7 +32,9 @@ end
 local key = ARGV[13]
 if ARGV[14] ~= '' then
   local reserved, in_flight = 0, 0
-  if ARGV[15] ~= '- - - - - - -' then reserved, in_flight = scan_leases(K_LEASES, now, key) end
+  if ARGV[15] ~= '- - - - - - -' then
+    reserved, in_flight = scan_leases(K_LEASES, now, key, nil, false)
+  end
   local s = observe(load_state(redis.call('HGET', K_SVC, key)), ARGV[14], ARGV[15],
     ARGV[16], now, in_flight)
   redis.call('HSET', K_SVC, key, dump_state(s))
