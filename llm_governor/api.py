@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar, cast, overload
 
@@ -22,6 +22,7 @@ from .context import Priority, current_cost_override
 from .errors import GovernorError
 from .exporters.monitor import RateLimitAlert, RateLimitMonitor, health
 from .governor import CallSpec, Governor
+from .policies.custom import Policy
 
 __all__ = [
     "check_budget", "disable_emergency_mode", "enable_emergency_mode",
@@ -47,24 +48,28 @@ def instrument(
     backend: str | Backend | None = None,
     meter_provider: Any = None,
     tracer_provider: Any = None,
+    policies: Sequence[Policy] | None = None,
 ) -> Governor:
     """Govern every call made through the installed vendor SDKs. Idempotent.
 
     ``config`` is None (``$LLM_GOVERNOR_CONFIG`` or the environment's preset),
     a TOML path, a mapping or a :class:`GovernorConfig`. ``backend`` is a URL
-    or a ready :class:`Backend`. A second call returns the active governor
-    unchanged unless a config or backend is given, which replaces it.
+    or a ready :class:`Backend`. ``policies`` are custom policies run before
+    admission, after those the config names. A second call returns the
+    active governor unchanged unless a config, backend or policies are given,
+    which replace it.
     """
     global _governor, _instrumentor
     with _lock:
         if _governor is not None and _instrumentor is not None and config is None \
-                and backend is None and environment is None:
+                and backend is None and environment is None and policies is None:
             return _governor
         cfg = load_config(config, environment=environment,
                           backend=backend if isinstance(backend, str) else None)
         old = _governor
         _governor = Governor(cfg, backend=backend if isinstance(backend, Backend) else None,
-                             meter_provider=meter_provider, tracer_provider=tracer_provider)
+                             meter_provider=meter_provider, tracer_provider=tracer_provider,
+                             policies=policies or ())
         if old is not None and old.backend is not _governor.backend:
             old.close()
         if _instrumentor is None:
@@ -205,9 +210,14 @@ def graceful_api_call(
         return fallback_func(*args, **kwargs)
 
 
-def check_budget(estimated_cost: Decimal | str | int | float) -> tuple[bool, Decimal]:
-    """``(within_budget, remaining)`` for a call of ``estimated_cost`` USD, now."""
-    return get_governor().check_budget(Decimal(str(estimated_cost)))
+def check_budget(estimated_cost: Decimal | str | int | float,
+                 **labels: str) -> tuple[bool, Decimal]:
+    """``(within_budget, remaining)`` for a call of ``estimated_cost`` USD, now.
+
+    With labels (``check_budget("0.10", tenant="acme")``) the answer also
+    holds for those scopes' budgets: ``remaining`` is the tightest window's.
+    """
+    return get_governor().check_budget(Decimal(str(estimated_cost)), labels)
 
 
 def get_service_config(service: str) -> RateLimitConfig:

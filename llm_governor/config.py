@@ -25,16 +25,20 @@ from pydantic import (
     model_validator,
 )
 
+from .context import SCOPE_KIND, SCOPE_VALUE
 from .errors import ConfigError
 from .presets import ENVIRONMENTS, preset_for
 
 __all__ = [
+    "AlertsConfig",
     "BudgetConfig",
     "GovernorConfig",
     "MonitorConfig",
     "PriceOverride",
     "RateLimitConfig",
     "RetryConfig",
+    "ScopeConfig",
+    "ScopeLimits",
     "default_state_path",
     "load_config",
 ]
@@ -108,6 +112,7 @@ class RateLimitConfig(BaseModel):
     base_url: str | None = Field(
         None, description="an OpenAI-compatible endpoint whose calls count as this service"
     )
+    mode: Literal["enforce", "observe"] | None = Field(None, description="None: the global mode")
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -159,15 +164,63 @@ class BudgetConfig(BaseModel):
     per_minute: PositiveMoney | None = None
     per_hour: PositiveMoney | None = None
     per_day: PositiveMoney | None = None
+    per_month: PositiveMoney | None = None
 
     def windows(self) -> dict[str, Decimal]:
         """The configured windows: name → limit."""
         out: dict[str, Decimal] = {}
         for name, value in (("minute", self.per_minute), ("hour", self.per_hour),
-                            ("day", self.per_day)):
+                            ("day", self.per_day), ("month", self.per_month)):
             if value is not None:
                 out[name] = value
         return out
+
+
+Mode = Literal["enforce", "observe"]
+
+
+class ScopeLimits(BaseModel):
+    """Budgets and limits of one scope value (a tenant, a user, a job…)."""
+
+    model_config = _STRICT
+
+    per_minute: PositiveMoney | None = None
+    per_hour: PositiveMoney | None = None
+    per_day: PositiveMoney | None = None
+    per_month: PositiveMoney | None = None
+    requests_per_minute: float | None = Field(None, gt=0)
+    llm_tokens_per_minute: int | None = Field(None, ge=1)
+    mode: Mode | None = Field(None, description="None: the global mode")
+
+    def windows(self) -> dict[str, Decimal]:
+        return BudgetConfig(per_minute=self.per_minute, per_hour=self.per_hour,
+                            per_day=self.per_day, per_month=self.per_month).windows()
+
+
+class ScopeConfig(ScopeLimits):
+    """A scope kind: the limits every value of it gets, overrides per value, a metric label."""
+
+    metric_label: bool = Field(False, description="label metrics with this kind's value "
+                                                  "(mind the cardinality)")
+    overrides: dict[Annotated[str, Field(pattern=SCOPE_VALUE)], ScopeLimits] = Field(
+        default_factory=dict)
+
+    def for_value(self, value: str) -> ScopeLimits:
+        """This kind's limits with ``value``'s overrides applied."""
+        override = self.overrides.get(value)
+        base = self.model_dump(exclude={"metric_label", "overrides"})
+        if override is None:
+            return ScopeLimits.model_validate(base)
+        return ScopeLimits.model_validate({**base, **override.model_dump(exclude_unset=True)})
+
+
+class AlertsConfig(BaseModel):
+    """Budget alerts: one ``budget_threshold`` alert per window, threshold and scope."""
+
+    model_config = _STRICT
+
+    budget_thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.95])
 
 
 class PriceOverride(BaseModel):
@@ -268,7 +321,15 @@ class GovernorConfig(BaseModel):
         30.0, ge=1, le=3600,
         description="seconds a call's budget and slot hold outlives its process's last heartbeat",
     )
+    mode: Mode = Field("enforce", description="observe: never wait or refuse, only record "
+                                              "what would have happened")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    scopes: dict[Annotated[str, Field(pattern=SCOPE_KIND)], ScopeConfig] = Field(
+        default_factory=dict)
+    alerts: AlertsConfig = Field(default_factory=lambda: AlertsConfig())
+    policies: list[str] = Field(default_factory=list, description="importable callables "
+                                                                  "'module:name' run before "
+                                                                  "admission")
     services: dict[str, RateLimitConfig] = Field(default_factory=dict)
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())

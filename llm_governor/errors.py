@@ -17,16 +17,22 @@ __all__ = [
     "ConfigError",
     "EmergencyModeError",
     "GovernorError",
+    "PolicyRefusedError",
     "QueueFullError",
     "RateLimitExceededError",
 ]
 
 
 class GovernorError(Exception):
-    """Base class of every error llm-governor raises on purpose."""
+    """Base class of every error llm-governor raises on purpose.
+
+    ``scope`` names whose limit refused: ``("tenant", "acme")`` for a scope
+    value's, ``None`` for the global budget or the service's own limits.
+    """
 
     service: str | None = None
     retry_after: float | None = None
+    scope: tuple[str, str] | None = None
 
 
 class ConfigError(GovernorError, ValueError):
@@ -41,11 +47,13 @@ class RateLimitExceededError(GovernorError):
     """
 
     def __init__(
-        self, message: str, *, service: str | None = None, retry_after: float | None = None
+        self, message: str, *, service: str | None = None, retry_after: float | None = None,
+        scope: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.service = service
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class QueueFullError(RateLimitExceededError):
@@ -72,7 +80,8 @@ class BudgetExceededError(GovernorError):
 
     ``remaining`` is what the tightest budget window has left (after in-flight
     reservations), ``requested`` the estimate that did not fit, ``window`` the
-    window that refused (``minute``/``hour``/``day``).
+    window that refused (``minute``/``hour``/``day``/``month``), ``scope`` whose
+    budget it was (``("tenant", "acme")``, or ``None`` for the global budget).
     """
 
     def __init__(
@@ -84,6 +93,7 @@ class BudgetExceededError(GovernorError):
         window: str | None = None,
         service: str | None = None,
         retry_after: float | None = None,
+        scope: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.remaining = remaining
@@ -91,6 +101,18 @@ class BudgetExceededError(GovernorError):
         self.window = window
         self.service = service
         self.retry_after = retry_after
+        self.scope = scope
+
+
+class PolicyRefusedError(GovernorError):
+    """A custom policy refused the call; ``policy`` names it, ``reason`` is what it said."""
+
+    def __init__(self, message: str, *, policy: str, reason: str,
+                 service: str | None = None) -> None:
+        super().__init__(message)
+        self.policy = policy
+        self.reason = reason
+        self.service = service
 
 
 class BackendUnavailableError(GovernorError):

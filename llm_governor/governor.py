@@ -17,6 +17,7 @@ the backend stores, telemetry reports; this module only sequences them.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import itertools
 import logging
 import os
@@ -25,20 +26,29 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from .accounts import host_of, scope_key, service_of
 from .backends import Backend, CallRecord, create_backend
+from .backends.base import Charged
 from .config import GovernorConfig, RateLimitConfig
-from .context import Priority, current_cost_override, current_job, current_priority
+from .context import (
+    Priority,
+    as_priority,
+    current_cost_override,
+    current_labels,
+    current_priority,
+)
 from .errors import (
     BudgetExceededError,
     CircuitBreakerOpenError,
+    ConfigError,
     EmergencyModeError,
     GovernorError,
+    PolicyRefusedError,
     QueueFullError,
     RateLimitExceededError,
 )
@@ -46,9 +56,11 @@ from .policies import adaptive, budget
 from .policies.adaptive import ProviderLimits
 from .policies.admission import AdmitRequest, Decision, Limits, Observation
 from .policies.budget import AttemptState
+from .policies.custom import CallInfo, Policy, Refuse, Reprioritize, Substitute, digest
 from .policies.queue import AdmissionQueue, Waiter
 from .policies.retry import AttemptFailure, ProviderWait, RetryBudget
 from .pricing import Pricer, Usage
+from .scoping import CallScopes, ScopeKinds
 
 __all__ = ["CallSpec", "Governor", "Ticket", "never_sent"]
 
@@ -93,12 +105,15 @@ class Ticket:
     """
 
     __slots__ = ("attempt_started", "attempts", "cfg", "emergency", "failure", "holding", "job",
-                 "key", "lease_id", "limits", "llm_tokens", "model", "pid", "priority",
-                 "provider", "queue_wait", "requeues", "reserved", "service", "settled", "span",
-                 "spec", "started", "state", "sunk", "usage_hint")
+                 "key", "labels", "lease_id", "limits", "llm_tokens", "model", "observe", "pid",
+                 "priority", "provider", "queue_wait", "requeues", "reserved", "scopes",
+                 "service", "settled", "span", "spec", "started", "state", "sunk", "usage_hint",
+                 "would")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
-                 reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None) -> None:
+                 reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None,
+                 labels: Mapping[str, str] | None = None, scopes: CallScopes | None = None,
+                 observe: bool = False) -> None:
         self.spec = spec
         self.service = spec.service
         self.key = spec.key or spec.service
@@ -125,6 +140,10 @@ class Ticket:
         self.failure: AttemptFailure | None = None
         self.span: Any = None
         self.usage_hint: Usage | None = None
+        self.labels: Mapping[str, str] = labels or {}
+        self.scopes = scopes or CallScopes()
+        self.observe = observe  # observe mode: never wait, refuse or change the call
+        self.would: str | None = None  # observe mode: the first refusal it would have met
 
 
 def new_lease_id() -> str:
@@ -159,6 +178,37 @@ def never_sent(exc: BaseException) -> bool:
 
 def _clean(part: str) -> str:
     return part.replace("|", "/")
+
+
+def _scope_pair(key: str | None) -> tuple[str, str] | None:
+    """``"tenant=acme"`` → ``("tenant", "acme")``."""
+    if not key:
+        return None
+    kind, _, value = key.partition("=")
+    return kind, value
+
+
+def load_policies(names: Sequence[str]) -> list[Policy]:
+    """Import the policies the config names (``"package.module:attribute"``)."""
+    found: list[Policy] = []
+    for name in names:
+        module, _, attr = name.partition(":")
+        if not module or not attr:
+            raise ConfigError(f"policies: {name!r} must name a callable as 'module:attribute'")
+        try:
+            target: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"policies: cannot import {name!r} ({exc})") from None
+        if not callable(target):
+            raise ConfigError(f"policies: {name!r} is a {type(target).__name__}, not a callable")
+        found.append(target)
+    return found
+
+
+def _policy_name(policy: Policy) -> str:
+    return str(getattr(policy, "__name__", None) or type(policy).__name__)
 
 
 # ----------------------------------------------------------------- steps
@@ -221,11 +271,16 @@ class Governor:
         backend: Backend | None = None,
         meter_provider: Any = None,
         tracer_provider: Any = None,
+        policies: Sequence[Policy] = (),
     ) -> None:
         from .exporters.otel import Telemetry
 
         self.config = config
         self.budget_limits = config.budget.windows()
+        self.scope_kinds = ScopeKinds(config)
+        self.policies: list[Policy] = [*load_policies(config.policies), *policies]
+        self._policy_failed: set[int] = set()  # id of each policy whose failure was logged
+        self._thresholds = sorted({Decimal(str(x)) for x in config.alerts.budget_thresholds})
         self.backend = backend or create_backend(
             config.backend, self.budget_limits, namespace=config.namespace,
             on_error=config.on_backend_error, degraded_budget_share=config.degraded_budget_share,
@@ -348,6 +403,8 @@ class Governor:
 
     def max_retries(self, t: Ticket) -> int | None:
         """Retries the configuration imposes on this call (``None``: the client's own)."""
+        if t.observe:
+            return None
         configured = t.cfg.max_retries
         return configured if configured is not None else self.config.max_retries
 
@@ -376,24 +433,29 @@ class Governor:
         ) if stated is None else (stated, spec.prompt_bytes + spec.media_tokens
                                   + spec.audio_tokens + (spec.max_output_tokens or 0))
         prio = spec.priority if spec.priority is not None else current_priority()
-        return Ticket(spec, cfg, limits, cost, tokens, prio, spec.job or current_job())
+        labels = current_labels()
+        observe = (cfg.mode or self.config.mode) == "observe"
+        return Ticket(spec, cfg, limits, cost, tokens, prio, spec.job or labels.get("job"),
+                      labels, self.scope_kinds.of(labels), observe)
 
     def _request(self, t: Ticket, reserve: bool = True) -> AdmitRequest:
         _, limits, emergency = self._resolve(t.spec.service, t.spec.model)
         return AdmitRequest(
             t.service, int(t.priority), float(t.llm_tokens), t.reserved, limits, emergency,
             reserve=reserve, refuse_in_emergency=self.config.emergency_action == "refuse",
-            key=t.key,
+            key=t.key, scopes=t.scopes.requests, observe=t.observe,
         )
 
     def _refusal(self, t: Ticket, d: Decision) -> GovernorError:
         svc = t.service
+        scope = _scope_pair(d.scope)
+        whose = f" of {d.scope}" if d.scope else ""
         if d.outcome == "budget_exceeded":
             return BudgetExceededError(
-                f"RATE_LIMIT budget exceeded: the {d.window} budget has ${d.remaining} left, "
-                f"this {svc} call needs up to ${t.reserved}",
+                f"RATE_LIMIT budget exceeded: the {d.window} budget{whose} has ${d.remaining} "
+                f"left, this {svc} call needs up to ${t.reserved}",
                 remaining=d.remaining, requested=t.reserved, window=d.window, service=svc,
-                retry_after=d.retry_after,
+                retry_after=d.retry_after, scope=scope,
             )
         if d.outcome == "circuit_open":
             return CircuitBreakerOpenError(
@@ -406,8 +468,9 @@ class Governor:
             )
         return RateLimitExceededError(
             f"RATE_LIMIT {svc} call not admitted within request_timeout="
-            f"{t.cfg.request_timeout:g}s; retry after {d.retry_after:.2f}s",
-            service=svc, retry_after=d.retry_after,
+            f"{t.cfg.request_timeout:g}s{' (held by the limits' + whose + ')' if scope else ''}"
+            f"; retry after {d.retry_after:.2f}s",
+            service=svc, retry_after=d.retry_after, scope=scope,
         )
 
     def _after_decision(self, t: Ticket, d: Decision, reserve: bool) -> None:
@@ -423,7 +486,9 @@ class Governor:
 
     def _explain(self, t: Ticket, d: Decision) -> None:
         """Say once per scope and limit why calls wait or are refused, and how to change it."""
-        what = d.bound or d.outcome
+        what: str = d.bound or d.outcome
+        if d.scope:  # once per scope kind and limit, not per value (a million users)
+            what = f"{d.outcome}:{d.scope.partition('=')[0]}"
         if (t.key, what) in self._binding or d.outcome not in ("rate_limited", "budget_exceeded"):
             return
         self._binding.add((t.key, what))
@@ -435,7 +500,13 @@ class Governor:
                 return "your configuration"
             return f"the {self.config.preset} preset"
 
-        if d.outcome == "budget_exceeded":
+        if d.scope:
+            kind, _, value = d.scope.partition("=")
+            limit = f"scopes.{kind}.per_{d.window}" if d.outcome == "budget_exceeded" else \
+                f"scopes.{kind}.requests_per_minute / llm_tokens_per_minute"
+            text = (f"the limits of their scope {d.scope} ({limit}, or "
+                    f"scopes.{kind}.overrides.{value}); other {kind}s are not held")
+        elif d.outcome == "budget_exceeded":
             text = (f"the {d.window} budget (budget.per_{d.window}) is spent; calls are refused "
                     "until its window resets, or raise it in the configuration")
         elif what == "provider":
@@ -457,6 +528,68 @@ class Governor:
                     f"({source('max_concurrency')}: services.{svc}.max_concurrency)")
         logger.warning("RATE_LIMIT %s calls (%s) wait for %s", svc, t.key, text)
 
+    # ---------------------------------------------------------------- policies
+    def _consult(self, t: Ticket, substitute: Callable[[str], CallSpec | None] | None,
+                 body: Callable[[], Sequence[object]] | None) -> Ticket:
+        """Run the custom policies on the call about to be admitted (see ``policies.custom``)."""
+        if not self.policies:
+            return t
+        for policy in self.policies:
+            info = self._call_info(t, body)
+            try:
+                verdict = policy(info)
+            except Exception:
+                if id(policy) not in self._policy_failed:
+                    self._policy_failed.add(id(policy))
+                    logger.warning("RATE_LIMIT policy %s failed; it is skipped for this call "
+                                   "(logged once)", _policy_name(policy), exc_info=True)
+                continue
+            if verdict is None:
+                continue
+            name = _policy_name(policy)
+            if isinstance(verdict, Refuse):
+                outcome = "policy_refused"
+                if t.observe:
+                    t.would = t.would or outcome
+                    outcome = f"would_{outcome}"
+                self.backend.count_decision(t.service, outcome)
+                self._emit(self.telemetry.decision, t, outcome, 0.0)
+                if t.observe:
+                    continue
+                raise PolicyRefusedError(
+                    f"RATE_LIMIT policy {name} refused this {t.service} call: {verdict.reason}",
+                    policy=name, reason=verdict.reason, service=t.service)
+            if t.observe:  # counted, not applied
+                self.backend.count_decision(t.service, f"would_{type(verdict).__name__.lower()}")
+                continue
+            if isinstance(verdict, Reprioritize):
+                t.priority = as_priority(verdict.priority)
+            elif isinstance(verdict, Substitute):
+                spec = substitute(verdict.model) if substitute is not None else None
+                if spec is None:
+                    logger.debug("policy %s asked for model %s; this call cannot change it",
+                                 name, verdict.model)
+                    continue
+                logger.info("RATE_LIMIT policy %s: %s call made with %s instead of %s", name,
+                            t.service, verdict.model, t.model)
+                prio = t.priority
+                t = self.ticket(spec)
+                t.priority = prio
+            else:
+                logger.warning("RATE_LIMIT policy %s returned %r: expected None, Refuse, "
+                               "Reprioritize or Substitute; ignored", name, verdict)
+        return t
+
+    def _call_info(self, t: Ticket, body: Callable[[], Sequence[object]] | None) -> CallInfo:
+        spec = t.spec
+        return CallInfo(
+            service=t.service, model=spec.model, operation=spec.operation, priority=t.priority,
+            labels=t.labels, estimated_cost=t.reserved, estimated_tokens=t.llm_tokens,
+            budget=lambda: self.budget_left(t.labels),
+            fingerprint=lambda: digest(t.service, spec.model, spec.operation,
+                                       *(body() if body is not None else ())),
+        )
+
     def _shed(self, t: Ticket) -> QueueFullError:
         self.backend.count_decision(t.service, "queue_full")
         self._emit(self.telemetry.decision, t, "queue_full", 0.0)
@@ -477,10 +610,12 @@ class Governor:
         ttl = self.lease_ttl
         q = self.queue(t.key)
         start = time.monotonic()
-        if not len(q):  # fast path: nobody waiting
+        if t.observe or not len(q):  # fast path: nobody waiting (observed: nobody waits)
             d: Decision = yield _Admit(t, req, lease, ttl)
             if d.admitted:
                 self._after_decision(t, d, reserve)
+                return
+            if self._observed(t, d):
                 return
             self._explain(t, d)
             if d.outcome != "rate_limited":
@@ -501,6 +636,8 @@ class Governor:
                         t.queue_wait += time.monotonic() - start
                         self._after_decision(t, d, reserve)
                         return
+                    if self._observed(t, d):
+                        return
                     self._explain(t, d)
                     if d.outcome != "rate_limited" or d.retry_after > remaining:
                         self._after_decision(t, d, reserve)
@@ -515,9 +652,27 @@ class Governor:
         finally:
             q.leave(w)
 
-    def admit(self, spec: CallSpec) -> Ticket:
-        """Wait in the priority queue until the call is admitted, or raise why not."""
-        t = self.ticket(spec)
+    def _observed(self, t: Ticket, d: Decision) -> bool:
+        """Observe mode: a refusal by observed limits is counted and the call goes on
+        (True). An enforced scope's refusal (``d.scope``) is enforced (False)."""
+        if not t.observe or d.scope:
+            return False
+        t.emergency = d.emergency
+        t.would = t.would or d.outcome
+        self._emit(self.telemetry.decision, t, f"would_{d.outcome}", d.retry_after)
+        return True
+
+    def admit(self, spec: CallSpec,
+              substitute: Callable[[str], CallSpec | None] | None = None,
+              body: Callable[[], Sequence[object]] | None = None) -> Ticket:
+        """Wait in the priority queue until the call is admitted, or raise why not.
+
+        Custom policies see the call first; ``substitute(model)`` makes the
+        call with another model when one asks (the adapter's hook; without
+        it a substitution is skipped); ``body()`` gives the request's parts,
+        digested when a policy reads the call's fingerprint.
+        """
+        t = self._consult(self.ticket(spec), substitute, body)
         self._emit(self.telemetry.start_call, t)
         try:
             self._run(self._admission(t, reserve=True))
@@ -527,14 +682,16 @@ class Governor:
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
 
-    async def aadmit(self, spec: CallSpec) -> Ticket:
+    async def aadmit(self, spec: CallSpec,
+                     substitute: Callable[[str], CallSpec | None] | None = None,
+                     body: Callable[[], Sequence[object]] | None = None) -> Ticket:
         """:meth:`admit` for asyncio: waits without blocking the event loop.
 
         A cancellation anywhere in it releases what it took, including a
         backend admission that completes in its worker thread after the
         caller was cancelled.
         """
-        t = self.ticket(spec)
+        t = self._consult(self.ticket(spec), substitute, body)
         self._emit(self.telemetry.start_call, t)
         try:
             await self._arun(self._admission(t, reserve=True))
@@ -571,7 +728,8 @@ class Governor:
         elif isinstance(step, _Sleep):
             time.sleep(step.seconds)
         else:
-            self.backend.settle(step.lease, step.limits, None, step.record)
+            self._threshold_alerts(self.backend.settle(step.lease, step.limits, None,
+                                                       step.record))
         return None
 
     async def _arun(self, steps: Steps[T]) -> T:
@@ -609,7 +767,8 @@ class Governor:
         elif isinstance(step, _Sleep):
             await asyncio.sleep(step.seconds)
         else:
-            await self._ablocking(self.backend.settle, step.lease, step.limits, None, step.record)
+            self._threshold_alerts(await self._ablocking(self.backend.settle, step.lease,
+                                                         step.limits, None, step.record))
         return None
 
     async def _ablocking(self, fn: Callable[..., T], *args: Any) -> T:
@@ -700,6 +859,13 @@ class Governor:
         queue. Returns the refusal that vetoes the retry, or ``None``.
         """
         failure = t.failure
+        if t.observe:  # the SDK's own pacing, counted through admission, never vetoed
+            wait = (sdk_wait or 0.0) - already_waited
+            if wait > 0:
+                yield _Sleep(wait)
+            yield from self._lost_attempt(t)
+            yield from self._admission(t, reserve=t.state == "charged")
+            return None
         if not self.retry_budget(t.service).try_retry(time.monotonic()):
             reason = failure.reason if failure else "error"
             logger.warning("RATE_LIMIT retry budget of %s exhausted: not retrying %s",
@@ -712,20 +878,26 @@ class Governor:
         if wait > 0:
             yield _Sleep(wait)
         reserve = t.state in budget.BILLABLE
-        if reserve:
-            record = CallRecord(_clean(t.service), _clean(t.model),
-                                _clean(t.job) if t.job else None, t.reserved, "lost",
-                                final=False, settle_id=f"{t.lease_id}#{t.attempts}", key=t.key)
-            self._release(t)
-            yield _Charge(t.lease_id, t.limits, record)
-            t.sunk += t.reserved
-            t.state = "charged"
-            t.lease_id = new_lease_id()  # the next hold is a new lease, settled on its own
+        yield from self._lost_attempt(t)
         try:
             yield from self._admission(t, reserve=reserve)
         except GovernorError as refusal:
             return refusal
         return None
+
+    def _lost_attempt(self, t: Ticket) -> Steps[None]:
+        """An attempt the provider may have billed: charge its reservation before a retry."""
+        if t.state not in budget.BILLABLE:
+            return
+        record = CallRecord(_clean(t.service), _clean(t.model),
+                            _clean(t.job) if t.job else None, t.reserved, "lost",
+                            final=False, settle_id=f"{t.lease_id}#{t.attempts}", key=t.key,
+                            scopes=t.scopes.charges)
+        self._release(t)
+        yield _Charge(t.lease_id, t.limits, record)
+        t.sunk += t.reserved
+        t.state = "charged"
+        t.lease_id = new_lease_id()  # the next hold is a new lease, settled on its own
 
     def retry(self, t: Ticket, sdk_wait: float | None = None, *,
               already_waited: float = 0.0) -> GovernorError | None:
@@ -749,7 +921,7 @@ class Governor:
         """
         failure = t.failure
         if not self.config.retry.absorb_throttled or failure is None \
-                or failure.kind != "throttled":
+                or failure.kind != "throttled" or t.observe:
             return False
         retries = t.spec.max_retries
         if retries is None or t.attempts - t.requeues > retries:
@@ -825,11 +997,11 @@ class Governor:
         error_type = None if error is None else type(error).__name__
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
                             cost, status, error_type, max(1, t.attempts), overrun=overrun,
-                            settle_id=t.lease_id, key=t.key)
+                            settle_id=t.lease_id, key=t.key, scopes=t.scopes.charges)
         lease = t.lease_id if t.holding else None
         self._release(t)
         try:
-            self.backend.settle(lease, t.limits, obs, record)
+            self._threshold_alerts(self.backend.settle(lease, t.limits, obs, record))
         except Exception:
             logger.exception("RATE_LIMIT settling a %s call failed", t.service)
         total = t.sunk + cost
@@ -903,8 +1075,8 @@ class Governor:
             lease_ids = [lease for lease, t in list(self._live.items()) if t.holding]
             try:
                 self.backend.renew(lease_ids, self.lease_ttl)
-                if self.budget_limits:  # charge the calls of processes that died meanwhile
-                    self.backend.sweep()
+                if self.budget_limits or self.scope_kinds:
+                    self.backend.sweep()  # charge the calls of processes that died meanwhile
             except Exception:
                 logger.debug("renewing leases failed", exc_info=True)
             self._maybe_publish(force=True)
@@ -930,13 +1102,83 @@ class Governor:
                            "remaining": limit - spent - reserved}
         return out
 
-    def check_budget(self, estimated_cost: Decimal) -> tuple[bool, Decimal]:
-        """``(within_budget, remaining)``; remaining is ``Decimal("Infinity")`` with no budget."""
-        report = self.budget_report()
-        if not report:
+    def scope_report(self, kind: str | None = None, value: str | None = None,
+                     top: int | None = None) -> dict[str, dict[str, Any]]:
+        """Per scope value (``kind=value``), most spent first: mode and, per window, limit
+        (``None`` when the window only tracks spend), spent, reserved and remaining."""
+        found = self.backend.scope_status(kind, value)
+        now = self.backend.now()
+        rows: list[tuple[Decimal, str, dict[str, Any]]] = []
+        for key, (state, held) in found.items():
+            limits = self.scope_kinds.budgets(key)
+            windows: dict[str, dict[str, Any]] = {}
+            for window in dict.fromkeys([*limits, *state.spends]):
+                spent = budget.roll(state.spends.get(window, budget.WindowSpend()), window,
+                                    now).spent
+                limit = limits.get(window)
+                windows[window] = {"limit": limit, "spent": spent, "reserved": held,
+                                   "remaining": None if limit is None else limit - spent - held}
+            most = max((w["spent"] for w in windows.values()), default=_ZERO)
+            mode = "observe" if self.scope_kinds.observed(key) else "enforce"
+            rows.append((most, key, {"mode": mode, "windows": windows}))
+        rows.sort(key=lambda r: (-r[0], r[1]))
+        return {key: row for _, key, row in rows[:top]}
+
+    def budget_left(self, labels: Mapping[str, str] | None = None) -> tuple[Decimal | None,
+                                                                           float | None]:
+        """What the tightest budget window a call labelled ``labels`` is under has left:
+        ``(USD after calls in flight, fraction of its limit)``; ``(None, None)``: no budget."""
+        rows = [(w["remaining"], w["limit"]) for w in self.budget_report().values()]
+        for key, _ in self.scope_kinds.of(labels or {}).charges:
+            kind, _, value = key.partition("=")
+            for row in self.scope_report(kind, value).get(key, {}).get("windows", {}).values():
+                if row["limit"] is not None:
+                    rows.append((row["remaining"], row["limit"]))
+        if not rows:
+            return None, None
+        left = min(r for r, _ in rows)
+        fraction = min(float(r / lim) for r, lim in rows)
+        return left, max(0.0, fraction)
+
+    def check_budget(self, estimated_cost: Decimal,
+                     labels: Mapping[str, str] | None = None) -> tuple[bool, Decimal]:
+        """``(within_budget, remaining)`` for a call labelled ``labels`` (the global budget and
+        its scopes'); remaining is ``Decimal("Infinity")`` with no budget."""
+        left, _ = self.budget_left(labels)
+        if left is None:
             return True, Decimal("Infinity")
-        remaining = min(w["remaining"] for w in report.values())
-        return Decimal(estimated_cost) <= remaining, remaining
+        return Decimal(estimated_cost) <= left, left
+
+    # ---------------------------------------------------------------- alerts
+    def _threshold_alerts(self, charged: Charged) -> None:
+        """A ``budget_threshold`` alert for each threshold a settlement's spend crossed.
+
+        The settlement is atomic, so exactly one call crosses each threshold of
+        each window instance: the alert fires once, in the process that made it.
+        """
+        if not charged or not self._thresholds:
+            return
+        for key, window, before, after in charged:
+            limit = self.scope_kinds.budgets(key).get(window) if key else \
+                self.budget_limits.get(window)
+            if not limit:
+                continue
+            for threshold in self._thresholds:
+                mark = limit * threshold
+                if before < mark <= after:
+                    self._budget_threshold(key, window, threshold, after, limit)
+
+    def _budget_threshold(self, key: str, window: str, threshold: Decimal, spent: Decimal,
+                          limit: Decimal) -> None:
+        whose = key or "all"
+        logger.warning("RATE_LIMIT budget threshold: %s%% of the %s budget%s is spent "
+                       "($%s of $%s)", f"{float(threshold) * 100:g}", window,
+                       f" of {key}" if key else "", spent, limit)
+        try:
+            self.backend.count(f"alerts|budget_threshold|{whose}|{window}|{threshold}")
+        except Exception:
+            logger.debug("counting a budget threshold alert failed", exc_info=True)
+        self._emit(self.telemetry.budget_threshold, key, window, threshold)
 
     def local_status(self) -> dict[str, Any]:
         """What this process is doing: queue lengths and calls in flight per service."""

@@ -9,8 +9,10 @@ from ..policies import budget
 from ..policies.adaptive import AdaptiveState
 from ..policies.admission import ServiceState
 from ..policies.breaker import BreakerState
+from ..policies.scopes import ScopeState
 
-__all__ = ["dump_service", "dump_spends", "load_service", "load_spends"]
+__all__ = ["dump_scope", "dump_service", "dump_spends", "load_scope", "load_service",
+           "load_spends"]
 
 
 # Fields appended since the first release default when an older file lacks them.
@@ -47,3 +49,16 @@ def load_spends(text: str | None) -> dict[str, budget.WindowSpend]:
     if not text:
         return {}
     return {w: budget.WindowSpend(float(v[0]), Decimal(v[1])) for w, v in json.loads(text).items()}
+
+
+def dump_scope(s: ScopeState) -> str:
+    return json.dumps([s.req_tat, s.tok_tat, s.expires,
+                       {w: [sp.start, str(sp.spent)] for w, sp in s.spends.items()}])
+
+
+def load_scope(text: str | None) -> ScopeState:
+    if not text:
+        return ScopeState()
+    v = json.loads(text)
+    spends = {w: budget.WindowSpend(float(x[0]), Decimal(x[1])) for w, x in v[3].items()}
+    return ScopeState(spends, v[0], v[1], v[2])

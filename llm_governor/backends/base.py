@@ -17,30 +17,42 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from ..accounts import service_of
-from ..policies import admission, budget
+from ..policies import admission, budget, scopes
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
+from ..policies.scopes import ScopeState
 
-__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Lease", "TransactionalBackend", "Txn"]
+__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "TransactionalBackend",
+           "Txn"]
 
 _ZERO = Decimal(0)
 Clock = Callable[[], float]
 
 
+Charged = tuple[tuple[str, str, Decimal, Decimal], ...]
+"""What a settlement charged: ``(scope value or "" for the global budget, window,
+spent before, spent after)`` per window, for budget threshold alerts."""
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """An admitted call's hold on budget and (optionally) a concurrency slot."""
+    """An admitted call's hold on budget and (optionally) a concurrency slot.
+
+    ``service`` is its limit scope key; ``scopes`` the scope values
+    (``kind=value``) whose budgets it also holds.
+    """
 
     id: str
     service: str
     amount: Decimal
     expires_at: float
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,7 @@ class CallRecord:
     overrun: Decimal = _ZERO
     settle_id: str | None = None
     key: str = ""  # the limit scope whose state the outcome folds into (default: service)
+    scopes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (kind=value, its budget windows)
 
     @property
     def scope(self) -> str:
@@ -89,8 +102,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def settle(
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
-    ) -> None:
-        """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call."""
+    ) -> Charged:
+        """Release the lease, charge ``record.cost``, fold ``obs`` in, count the call.
+
+        Returns what each budget window's spend went from and to (empty when
+        nothing was charged, or the settlement was applied already).
+        """
 
     def sweep(self) -> None:  # noqa: B027 - optional
         """Charge the leases that expired (the heartbeat runs it while budgets are set)."""
@@ -111,6 +128,10 @@ class Backend(abc.ABC):
         """Count a refusal that never reached ``admit`` (e.g. a shed queue entry)."""
 
     @abc.abstractmethod
+    def count(self, key: str) -> None:
+        """Add one to the counter ``key`` (``|``-separated parts: an alert fired, say)."""
+
+    @abc.abstractmethod
     def emergency(self) -> bool: ...
 
     @abc.abstractmethod
@@ -129,6 +150,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def in_flight(self, service: str) -> int: ...
+
+    @abc.abstractmethod
+    def scope_status(self, kind: str | None = None,
+                     value: str | None = None) -> dict[str, tuple[ScopeState, Decimal]]:
+        """Per scope value (``kind=value``; of ``kind``, or all): its stored state and what
+        leases hold of it. With ``value``, just that one (fresh if never seen)."""
 
     @abc.abstractmethod
     def counters(self) -> dict[str, Any]:
@@ -200,6 +227,21 @@ class Txn(abc.ABC):
     def emergency(self) -> bool: ...
 
     @abc.abstractmethod
+    def scope(self, key: str) -> ScopeState:
+        """The state of one scope value (``kind=value``); a fresh one if none is stored."""
+
+    @abc.abstractmethod
+    def put_scope(self, key: str, state: ScopeState) -> None: ...
+
+    @abc.abstractmethod
+    def drop_idle_scopes(self, now: float) -> None:
+        """Forget the scope states that expired (their windows ended, nothing holds them)."""
+
+    @abc.abstractmethod
+    def scopes_of(self, kind: str | None) -> dict[str, ScopeState]:
+        """Stored scope states (of one kind, or all)."""
+
+    @abc.abstractmethod
     def incr(self, key: str, amount: int | Decimal) -> None:
         """Add to the counter ``key`` (``|``-separated parts)."""
 
@@ -227,29 +269,78 @@ class TransactionalBackend(Backend):
             now = self._clock()
             emergency = tx.emergency()
             lim = req.emergency_limits if emergency else req.limits
-            if req.reserve and (self.budget_limits or lim.max_concurrency):
+            held = req.reserve and any(sr.budgets for sr in req.scopes)
+            scope_reserved: dict[str, Decimal] = {}
+            if req.reserve and (self.budget_limits or lim.max_concurrency or held):
                 self._charge_expired(tx, now)
                 leases = tx.leases(now, ttl)
                 reserved = sum((le.amount for le in leases), _ZERO)
                 in_flight = sum(1 for le in leases if le.service == req.key)
+                if held:
+                    for le in leases:
+                        for sk in le.scopes:
+                            scope_reserved[sk] = scope_reserved.get(sk, _ZERO) + le.amount
             else:
                 reserved, in_flight = _ZERO, 0
-            state = tx.service(req.key)
-            spends = tx.spends() if self.budget_limits else {}
-            decision, new_state = admission.decide(
-                state, spends, self.budget_limits, reserved, in_flight, req, now,
-                emergency=emergency,
-            )
-            if new_state is not state:
-                tx.put_service(req.key, new_state)
-            if decision.admitted and lease_id is not None:
-                tx.add_lease(Lease(lease_id, req.key, req.cost, now + ttl))
-            key = self._decision_keys.get((req.service, decision.outcome))
+            decision = self._decide(tx, req, lease_id, ttl, now, emergency, reserved, in_flight,
+                                    scope_reserved)
+            # observed limits only count a refusal; an enforced scope's is real
+            outcome = decision.outcome if decision.admitted or not req.observe \
+                or decision.scope else f"would_{decision.outcome}"
+            key = self._decision_keys.get((req.service, outcome))
             if key is None:
-                key = self._decision_keys[(req.service, decision.outcome)] = \
-                    f"requests|{req.service}|{decision.outcome}"
+                key = self._decision_keys[(req.service, outcome)] = \
+                    f"requests|{req.service}|{outcome}"
             tx.incr(key, 1)
             return decision
+
+    def _decide(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float, now: float,
+                emergency: bool, reserved: Decimal, in_flight: int,
+                scope_reserved: dict[str, Decimal]) -> Decision:
+        """Scope budgets, then the service's limits, then the scopes' buckets: all or nothing."""
+        found = {sr.key: tx.scope(sr.key) for sr in req.scopes} if req.scopes else {}
+        if req.reserve:
+            for sr in req.scopes:
+                refusal = scopes.check(sr, found[sr.key], scope_reserved.get(sr.key, _ZERO),
+                                       req.cost, now)
+                if refusal is None:
+                    continue
+                if sr.observe:
+                    tx.incr(f"requests|{req.service}|would_{refusal.outcome}", 1)
+                    continue
+                return replace(refusal, emergency=emergency)
+        state = tx.service(req.key)
+        spends = tx.spends() if self.budget_limits else {}
+        decision, new_state = admission.decide(
+            state, spends, self.budget_limits, reserved, in_flight, req, now,
+            emergency=emergency,
+        )
+        if decision.admitted and req.scopes:
+            wait, waited_for = -1.0, None
+            taken: dict[str, ScopeState] = {}
+            for sr in req.scopes:
+                w, new_scope = scopes.take(sr, found[sr.key], req.llm_tokens, now)
+                if w >= 0 and sr.observe:
+                    tx.incr(f"requests|{req.service}|would_rate_limited", 1)
+                elif w > wait:
+                    wait, waited_for = w, sr.key
+                if new_scope is not found[sr.key]:
+                    taken[sr.key] = new_scope
+            if wait >= 0:  # a scope's bucket holds the call: the service's take is undone
+                for key, new_scope in taken.items():
+                    tx.put_scope(key, new_scope)  # only clock corrections, on a refusal
+                return Decision(False, "rate_limited", wait, emergency=emergency, bound="scope",
+                                scope=waited_for)
+            for sr in req.scopes:
+                current = scopes.hold(sr, taken.get(sr.key, found[sr.key]), now)
+                if current is not found[sr.key]:
+                    tx.put_scope(sr.key, current)
+        if new_state is not state:
+            tx.put_service(req.key, new_state)
+        if decision.admitted and lease_id is not None:
+            tx.add_lease(Lease(lease_id, req.key, req.cost, now + ttl,
+                               tuple(sr.key for sr in req.scopes if sr.budgets)))
+        return decision
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         with self.transaction() as tx:
@@ -270,6 +361,9 @@ class TransactionalBackend(Backend):
         for le in expired:
             if self.budget_limits:
                 spends = budget.settle(spends, self.budget_limits, le.amount, now)
+            for key in le.scopes:
+                state = tx.scope(key)
+                tx.put_scope(key, scopes.settle(state, tuple(state.spends), le.amount, now))
             service = service_of(le.service)
             tx.incr(f"expired|{service}", 1)
             if le.amount:
@@ -280,21 +374,33 @@ class TransactionalBackend(Backend):
 
     def sweep(self) -> None:
         with self.transaction() as tx:
-            self._charge_expired(tx, self._clock())
+            now = self._clock()
+            self._charge_expired(tx, now)
+            tx.drop_idle_scopes(now)
 
     def settle(
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
-    ) -> None:
+    ) -> Charged:
         with self.transaction() as tx:
             now = self._clock()
             if lease_id is not None and tx.pop_lease(lease_id) is None \
                     and tx.done(lease_id, now):
-                return  # its lease expired and was charged already: count it once
+                return ()  # its lease expired and was charged already: count it once
             if record.settle_id is not None and record.settle_id != lease_id \
                     and tx.done(record.settle_id, now):
-                return
+                return ()
+            charged: list[tuple[str, str, Decimal, Decimal]] = []
             if record.cost and self.budget_limits:
-                tx.put_spends(budget.settle(tx.spends(), self.budget_limits, record.cost, now))
+                before = tx.spends()
+                after = budget.settle(before, self.budget_limits, record.cost, now)
+                tx.put_spends(after)
+                charged += _changes("", before, after, self.budget_limits, now)
+            if record.cost:
+                for key, windows in record.scopes:
+                    held = tx.scope(key)
+                    new = scopes.settle(held, windows, record.cost, now)
+                    tx.put_scope(key, new)
+                    charged += _changes(key, held.spends, new.spends, windows, now)
             if obs is not None:
                 state = tx.service(record.scope)
                 new_state = admission.observe(state, limits, obs, now,
@@ -313,6 +419,7 @@ class TransactionalBackend(Backend):
                     tx.incr(f"job|{record.job}", record.cost)
             if record.overrun:
                 tx.incr(f"overrun|{record.service}|{record.model}", record.overrun)
+            return tuple(charged)
 
     def forget(self, keys: list[str]) -> None:
         with self.transaction() as tx:
@@ -327,8 +434,11 @@ class TransactionalBackend(Backend):
             return sum(1 for lease_id in lease_ids if tx.renew_lease(lease_id, expires))
 
     def count_decision(self, service: str, decision: str) -> None:
+        self.count(f"requests|{service}|{decision}")
+
+    def count(self, key: str) -> None:
         with self.transaction() as tx:
-            tx.incr(f"requests|{service}|{decision}", 1)
+            tx.incr(key, 1)
 
     def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
         with self.read() as tx:
@@ -344,6 +454,28 @@ class TransactionalBackend(Backend):
     def service_state(self, service: str) -> ServiceState:
         with self.read() as tx:
             return tx.service(service)
+
+    def scope_status(self, kind: str | None = None,
+                     value: str | None = None) -> dict[str, tuple[ScopeState, Decimal]]:
+        with self.read() as tx:
+            now = self._clock()
+            held: dict[str, Decimal] = {}
+            for le in tx.leases(now):
+                for key in le.scopes:
+                    held[key] = held.get(key, _ZERO) + le.amount
+            if kind is not None and value is not None:
+                found = {f"{kind}={value}": tx.scope(f"{kind}={value}")}
+            else:
+                found = tx.scopes_of(kind)
+            return {key: (state, held.get(key, _ZERO)) for key, state in found.items()}
+
+
+def _changes(key: str, before: dict[str, budget.WindowSpend],
+             after: dict[str, budget.WindowSpend], windows: Iterable[str],
+             now: float) -> list[tuple[str, str, Decimal, Decimal]]:
+    """``(key, window, spent before, spent after)`` of each window a settlement charged."""
+    return [(key, w, budget.roll(before.get(w, budget.WindowSpend()), w, now).spent,
+             after[w].spent) for w in windows]
 
 
 def _in_flight(tx: Txn, now: float, service: str, obs: Observation) -> int:

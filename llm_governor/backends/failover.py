@@ -7,7 +7,8 @@ and, on its first error, follows ``on_backend_error`` exactly as an outage at
 start-up does, with one warning:
 
 * ``local``: admit on a per-process :class:`~.memory.MemoryBackend` holding
-  ``degraded_budget_share`` of each budget window (per window, across outages);
+  ``degraded_budget_share`` of each budget window (per window, across outages),
+  the global budget's and each scope's;
 * ``closed``: refuse admissions with :class:`BackendUnavailableError`;
 * ``open``: admit every call (counted, never refused).
 
@@ -27,13 +28,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from ..errors import BackendUnavailableError, ConfigError
 from ..policies import budget
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
-from .base import Backend, CallRecord
+from ..policies.scopes import ScopeState
+from .base import Backend, CallRecord, Charged
 from .memory import MemoryBackend
 
 __all__ = ["FailoverBackend", "SharedStore"]
@@ -67,27 +70,34 @@ class SharedStore(Backend):
 class _LocalBackend(MemoryBackend):
     """This process's stand-in while the store is away; remembers what it owes the store."""
 
-    def __init__(self, budget_limits: dict[str, Decimal], admit_all: bool) -> None:
+    def __init__(self, budget_limits: dict[str, Decimal], admit_all: bool,
+                 share: Decimal = Decimal(1)) -> None:
         super().__init__(budget_limits)
         self.admit_all = admit_all  # on_error = "open": count, never refuse
+        self.share = share  # of each scope's budgets, as of the global one
         self.journal: list[tuple[str | None, Limits, CallRecord]] = []
         self.pushed_counters: dict[str, int | Decimal] = {}
 
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         if not self.admit_all:
+            if req.scopes and self.share != 1:
+                req = replace(req, scopes=tuple(
+                    replace(sr, budgets={w: v * self.share for w, v in sr.budgets.items()})
+                    for sr in req.scopes))
             return super().admit(req, lease_id, ttl)
         self.count_decision(req.service, "admitted")
         return Decision(True, "admitted")
 
     def settle(self, lease_id: str | None, limits: Limits, obs: Observation | None,
-               record: CallRecord) -> None:
-        super().settle(lease_id, limits, obs, record)
+               record: CallRecord) -> Charged:
+        charged = super().settle(lease_id, limits, obs, record)
         with self._lock:
             if len(self.journal) < _JOURNAL_LIMIT:
                 self.journal.append((lease_id, limits, record))
             elif len(self.journal) == _JOURNAL_LIMIT:
                 logger.error("RATE_LIMIT more than %d calls settled during a backend outage: "
                              "later ones are not replayed into the shared store", _JOURNAL_LIMIT)
+        return charged
 
     def owed(self) -> tuple[list[tuple[str | None, Limits, CallRecord]], dict[str, int]]:
         """Settlements to replay and decision counts to add, since the last hand-over."""
@@ -136,6 +146,7 @@ class FailoverBackend(Backend):
             {w: limit * share for w, limit in self.budget_limits.items()}
             if on_error == "local" else self.budget_limits,
             admit_all=on_error == "open",
+            share=share if on_error == "local" else Decimal(1),
         )
         self._last_emergency = False
         self._lock = threading.Lock()
@@ -232,8 +243,8 @@ class FailoverBackend(Backend):
                  lambda b: b.observe(service, limits, obs))
 
     def settle(self, lease_id: str | None, limits: Limits, obs: Observation | None,
-               record: CallRecord) -> None:
-        self._do(lambda s: s.settle(lease_id, limits, obs, record),
+               record: CallRecord) -> Charged:
+        return self._do(lambda s: s.settle(lease_id, limits, obs, record),
                  lambda b: b.settle(lease_id, limits, obs, record))
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
@@ -250,6 +261,9 @@ class FailoverBackend(Backend):
         self._do(lambda s: s.count_decision(service, decision),
                  lambda b: b.count_decision(service, decision))
 
+    def count(self, key: str) -> None:
+        self._do(lambda s: s.count(key), lambda b: b.count(key))
+
     def emergency(self) -> bool:
         return self._do(lambda s: s.emergency(), lambda b: b.emergency())
 
@@ -265,6 +279,11 @@ class FailoverBackend(Backend):
 
     def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
         return self._do(lambda s: s.budget_status(), lambda b: b.budget_status())
+
+    def scope_status(self, kind: str | None = None,
+                     value: str | None = None) -> dict[str, tuple[ScopeState, Decimal]]:
+        return self._do(lambda s: s.scope_status(kind, value),
+                        lambda b: b.scope_status(kind, value))
 
     def in_flight(self, service: str) -> int:
         return self._do(lambda s: s.in_flight(service), lambda b: b.in_flight(service))

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..policies import budget
 from ..policies.admission import ServiceState
+from ..policies.scopes import ScopeState
 from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
 
 __all__ = ["MemoryBackend"]
@@ -44,7 +45,7 @@ class _MemoryTxn(Txn):
             horizon = now + max_ttl
             for k, le in list(leases.items()):
                 if le.expires_at > horizon:
-                    leases[k] = Lease(le.id, le.service, le.amount, horizon)
+                    leases[k] = Lease(le.id, le.service, le.amount, horizon, le.scopes)
         return [le for le in leases.values() if le.expires_at > now]
 
     def expire(self, now: float) -> list[Lease]:
@@ -75,11 +76,28 @@ class _MemoryTxn(Txn):
         lease = self._b._leases.get(lease_id)
         if lease is None:
             return False
-        self._b._leases[lease_id] = Lease(lease.id, lease.service, lease.amount, expires_at)
+        self._b._leases[lease_id] = Lease(lease.id, lease.service, lease.amount, expires_at,
+                                          lease.scopes)
         return True
 
     def emergency(self) -> bool:
         return self._b._emergency
+
+    def scope(self, key: str) -> ScopeState:
+        return self._b._scopes.get(key) or ScopeState()
+
+    def put_scope(self, key: str, state: ScopeState) -> None:
+        self._b._scopes[key] = state
+
+    def drop_idle_scopes(self, now: float) -> None:
+        found = self._b._scopes
+        for key in [k for k, st in found.items() if st.expires <= now]:
+            del found[key]
+
+    def scopes_of(self, kind: str | None) -> dict[str, ScopeState]:
+        prefix = None if kind is None else f"{kind}="
+        return {k: st for k, st in self._b._scopes.items()
+                if prefix is None or k.startswith(prefix)}
 
     def incr(self, key: str, amount: int | Decimal) -> None:
         c = self._b._counters
@@ -123,6 +141,7 @@ class MemoryBackend(TransactionalBackend):
         self._services: dict[str, ServiceState] = {}
         self._spends: dict[str, budget.WindowSpend] = {}
         self._leases: dict[str, Lease] = {}
+        self._scopes: dict[str, ScopeState] = {}  # kind=value → its spend and buckets
         self._done: dict[str, float] = {}  # settle ids applied (expiry charges) → until
         self._counters: dict[str, int | Decimal] = {}
         self._emergency = False

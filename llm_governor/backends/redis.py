@@ -47,11 +47,12 @@ from redis.retry import Retry
 
 from ..config import redact_url
 from ..errors import ConfigError
-from ..policies import adaptive, budget, rate
+from ..policies import adaptive, budget, rate, scopes
 from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.breaker import BreakerName, BreakerState
-from .base import MONEY_COUNTERS, CallRecord, Clock, nest_counters
+from ..policies.scopes import ScopeRequest, ScopeState
+from .base import MONEY_COUNTERS, CallRecord, Charged, Clock, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
 __all__ = ["RedisBackend", "RedisStore", "from_nanos", "to_nanos"]
@@ -115,14 +116,41 @@ def _load_state(raw: str | None) -> ServiceState:
     )
 
 
-def _live_leases(raw: dict[str, str], now: float) -> list[tuple[str, int]]:
-    """``(service, nanos)`` of each lease (stored as "expires nanos service") live at ``now``."""
+def _live_leases(raw: dict[str, str], now: float) -> list[tuple[str, int, list[str]]]:
+    """``(service, nanos, scopes)`` of each lease live at ``now``.
+
+    Stored as "expires nanos service", then a tab and the scope values whose
+    budgets it holds, if any.
+    """
     live = []
     for value in raw.values():
-        expires, nanos, service = value.split(" ", 2)
+        expires, nanos, rest = value.split(" ", 2)
         if float(expires) > now:
-            live.append((service, int(nanos)))
+            service, _, held = rest.partition("\t")
+            live.append((service, int(nanos), held.split()))
     return live
+
+
+def _scope_arg(sr: ScopeRequest) -> str:
+    """One scope of a call as the admit script reads it (see read_scope in common.lua)."""
+    parts = [sr.key, "1" if sr.observe else "0", _f(sr.requests_per_minute),
+             _f(sr.tokens_per_minute)]
+    for window, limit in sr.budgets.items():
+        parts += (window, str(to_nanos(limit, ROUND_FLOOR)))
+    return " ".join(parts)
+
+
+def _load_scope(raw: str) -> ScopeState:
+    """Decode a scope record ("req_tat tok_tat expires" then "window start nanos" each)."""
+    v = raw.split(" ")
+    spends = {v[i]: budget.WindowSpend(float(v[i + 1]), from_nanos(int(float(v[i + 2]))))
+              for i in range(3, len(v) - 2, 3)}
+    return ScopeState(spends, float(v[0]), float(v[1]), float(v[2]))
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob (``{`` and ``}`` are literal already)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 @functools.cache
@@ -130,7 +158,7 @@ def _script_source(name: str) -> str:
     pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
     prelude = (pkg / "common.lua").read_text("utf-8")
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
-                       ("$LEARNED_TTL", adaptive.LEARNED_TTL)):
+                       ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE)):
         prelude = prelude.replace(key, repr(value))
     return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
 
@@ -170,6 +198,7 @@ class RedisStore(SharedStore):
         self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency, \
             self._k_procs, self._k_done = (f"{tag}:{k}" for k in (
                 "svc", "leases", "spend", "ctr", "emergency", "procs", "done"))
+        self._k_scope = f"{tag}:scope:"  # + "kind=value": one string per scope value
         self._windows = " ".join(
             f"{w} {to_nanos(limit, ROUND_FLOOR)} {budget.WINDOW_SECONDS[w]}"
             for w, limit in self.budget_limits.items())
@@ -209,16 +238,17 @@ class RedisStore(SharedStore):
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         r = self._scripts["admit"](
             keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_emergency,
-                  self._k_done],
+                  self._k_done, *(self._k_scope + sr.key for sr in req.scopes)],
             args=[self._now_arg(), req.key, lease_id or "", _f(ttl),
                   "1" if req.reserve else "0", "1" if req.refuse_in_emergency else "0",
                   _f(rate.share(req.priority)), _f(req.llm_tokens), str(to_nanos(req.cost)),
                   _f(req.cost_f), self._windows, _limits_arg(req.limits),
-                  _limits_arg(req.emergency_limits), req.service],
+                  _limits_arg(req.emergency_limits), req.service, "1" if req.observe else "0",
+                  *(_scope_arg(sr) for sr in req.scopes)],
         )
         emergency = bool(r[5])
         return Decision(bool(r[0]), r[1], float(r[2]), from_nanos(int(r[3])) if r[3] else None,
-                        r[4] or None, emergency, r[6] or None)
+                        r[4] or None, emergency, r[6] or None, r[7] or None)
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         self._scripts["observe"](
@@ -227,14 +257,18 @@ class RedisStore(SharedStore):
 
     def settle(
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
-    ) -> None:
-        self._scripts["settle"](
-            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_done],
+    ) -> Charged:
+        r = self._scripts["settle"](
+            keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr, self._k_done,
+                  *(self._k_scope + key for key, _ in record.scopes)],
             args=[self._now_arg(), lease_id or "", record.service, record.model,
                   record.job or "", record.status, str(record.attempts),
                   str(to_nanos(record.cost)), self._windows, "1" if record.final else "0",
                   str(to_nanos(record.overrun)), record.settle_id or "", record.scope,
+                  ";".join(",".join(windows) for _, windows in record.scopes),
                   *(_observation_args(obs, limits) if obs is not None else ("",))])
+        return tuple((r[i], r[i + 1], from_nanos(int(r[i + 2])), from_nanos(int(r[i + 3])))
+                     for i in range(0, len(r), 4))
 
     def forget(self, keys: list[str]) -> None:
         if keys:
@@ -251,7 +285,10 @@ class RedisStore(SharedStore):
                                           args=[self._now_arg(), _f(ttl), *lease_ids]))
 
     def count_decision(self, service: str, decision: str) -> None:
-        self._client.hincrby(self._k_ctr, f"requests|{service}|{decision}", 1)
+        self.count(f"requests|{service}|{decision}")
+
+    def count(self, key: str) -> None:
+        self._client.hincrby(self._k_ctr, key, 1)
 
     def emergency(self) -> bool:
         return bool(self._client.get(self._k_emergency) == "1")
@@ -297,14 +334,40 @@ class RedisStore(SharedStore):
                 spends[window] = budget.roll(
                     budget.WindowSpend(float(start), from_nanos(int(spent))), window, now)
             leases = _live_leases(lease_raw, now)
-            return spends, from_nanos(sum(n for _, n in leases)), len(leases)
+            return spends, from_nanos(sum(n for _, n, _ in leases)), len(leases)
 
         return remote()
 
     def in_flight(self, service: str) -> int:
         def remote() -> int:
             now, (raw,) = self._read(self._k_leases)
-            return sum(1 for s, _ in _live_leases(raw, now) if s == service)
+            return sum(1 for s, _, _ in _live_leases(raw, now) if s == service)
+
+        return remote()
+
+    def scope_status(self, kind: str | None = None,
+                     value: str | None = None) -> dict[str, tuple[ScopeState, Decimal]]:
+        def remote() -> dict[str, tuple[ScopeState, Decimal]]:
+            now, (lease_raw,) = self._read(self._k_leases)
+            held: dict[str, int] = {}
+            for _, nanos, keys in _live_leases(lease_raw, now):
+                for key in keys:
+                    held[key] = held.get(key, 0) + nanos
+            if kind is not None and value is not None:
+                key = f"{kind}={value}"
+                raw = self._client.get(self._k_scope + key)
+                return {key: (_load_scope(raw) if raw else ScopeState(),
+                              from_nanos(held.get(key, 0)))}
+            prefix = self._k_scope if kind is None else f"{self._k_scope}{kind}="
+            names = list(self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+            out: dict[str, tuple[ScopeState, Decimal]] = {}
+            for start in range(0, len(names), 1000):
+                chunk = names[start:start + 1000]
+                for name, raw in zip(chunk, self._client.mget(chunk), strict=True):
+                    if raw:
+                        key = name[len(self._k_scope):]
+                        out[key] = (_load_scope(raw), from_nanos(held.get(key, 0)))
+            return out
 
         return remote()
 
@@ -346,6 +409,14 @@ class RedisStore(SharedStore):
     def reset(self) -> None:
         self._client.delete(self._k_svc, self._k_leases, self._k_spend, self._k_ctr,
                             self._k_emergency, self._k_procs, self._k_done)
+        batch: list[str] = []
+        for name in self._client.scan_iter(match=_glob_escape(self._k_scope) + "*", count=1000):
+            batch.append(name)
+            if len(batch) == 1000:
+                self._client.delete(*batch)
+                batch.clear()
+        if batch:
+            self._client.delete(*batch)
 
     def close(self) -> None:
         self._client.close()

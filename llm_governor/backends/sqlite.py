@@ -29,7 +29,8 @@ from typing import Any
 
 from ..policies import budget
 from ..policies.admission import ServiceState
-from ._codec import dump_service, dump_spends, load_service, load_spends
+from ..policies.scopes import ScopeState
+from ._codec import dump_scope, dump_service, dump_spends, load_scope, load_service, load_spends
 from .base import MONEY_COUNTERS, Clock, Lease, TransactionalBackend, Txn, nest_counters
 from .failover import FailoverBackend, SharedStore
 
@@ -42,7 +43,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY, service TEXT NOT NULL,
-                                   amount TEXT NOT NULL, expires REAL NOT NULL);
+                                   amount TEXT NOT NULL, expires REAL NOT NULL,
+                                   scopes TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS scopes (key TEXT PRIMARY KEY, state TEXT NOT NULL,
+                                   expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS scopes_by_expiry ON scopes (expires);
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS processes (id TEXT PRIMARY KEY, expires REAL NOT NULL,
                                       doc TEXT NOT NULL);
@@ -91,9 +96,9 @@ class _SQLiteTxn(Txn):
                             " AND service >= ? AND service < ?",
                             (now + max_ttl, now + max_ttl, prefix, f"{self._ns}}}"))
         return [
-            Lease(i, s.removeprefix(prefix), Decimal(a), e)
-            for i, s, a, e in self._c.execute(
-                "SELECT id, service, amount, expires FROM leases"
+            Lease(i, s.removeprefix(prefix), Decimal(a), e, tuple(sc.split()))
+            for i, s, a, e, sc in self._c.execute(
+                "SELECT id, service, amount, expires, scopes FROM leases"
                 " WHERE service >= ? AND service < ? AND expires > ?",
                 (prefix, f"{self._ns}}}", now),
             )
@@ -103,8 +108,10 @@ class _SQLiteTxn(Txn):
         prefix = f"{self._ns}|"
         rows = self._c.execute(
             "DELETE FROM leases WHERE expires <= ? AND service >= ? AND service < ?"
-            " RETURNING id, service, amount, expires", (now, prefix, f"{self._ns}}}")).fetchall()
-        return [Lease(i, s.removeprefix(prefix), Decimal(a), e) for i, s, a, e in rows]
+            " RETURNING id, service, amount, expires, scopes",
+            (now, prefix, f"{self._ns}}}")).fetchall()
+        return [Lease(i, s.removeprefix(prefix), Decimal(a), e, tuple(sc.split()))
+                for i, s, a, e, sc in rows]
 
     def done(self, settle_id: str, now: float) -> bool:
         return self._c.execute("SELECT 1 FROM done WHERE id=? AND until > ?",
@@ -116,16 +123,18 @@ class _SQLiteTxn(Txn):
                         (f"{self._ns}|{settle_id}", until))
 
     def add_lease(self, lease: Lease) -> None:
-        self._c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+        self._c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
                         (lease.id, f"{self._ns}|{lease.service}", str(lease.amount),
-                         lease.expires_at))
+                         lease.expires_at, " ".join(lease.scopes)))
 
     def pop_lease(self, lease_id: str) -> Lease | None:
-        row = self._c.execute("DELETE FROM leases WHERE id=? RETURNING service, amount, expires",
-                              (lease_id,)).fetchone()
+        row = self._c.execute(
+            "DELETE FROM leases WHERE id=? RETURNING service, amount, expires, scopes",
+            (lease_id,)).fetchone()
         if row is None:
             return None
-        return Lease(lease_id, row[0].split("|", 1)[1], Decimal(row[1]), row[2])
+        return Lease(lease_id, row[0].split("|", 1)[1], Decimal(row[1]), row[2],
+                     tuple(row[3].split()))
 
     def renew_lease(self, lease_id: str, expires_at: float) -> bool:
         cur = self._c.execute("UPDATE leases SET expires=? WHERE id=?", (expires_at, lease_id))
@@ -135,6 +144,25 @@ class _SQLiteTxn(Txn):
         row = self._c.execute("SELECT value FROM kv WHERE key=?",
                               (f"{self._ns}|emergency",)).fetchone()
         return bool(row and row[0] == "1")
+
+    def scope(self, key: str) -> ScopeState:
+        row = self._c.execute("SELECT state FROM scopes WHERE key=?",
+                              (f"{self._ns}|{key}",)).fetchone()
+        return load_scope(row[0] if row else None)
+
+    def put_scope(self, key: str, state: ScopeState) -> None:
+        self._c.execute("INSERT OR REPLACE INTO scopes VALUES (?, ?, ?)",
+                        (f"{self._ns}|{key}", dump_scope(state), state.expires))
+
+    def drop_idle_scopes(self, now: float) -> None:
+        self._c.execute("DELETE FROM scopes WHERE expires <= ? AND key >= ? AND key < ?",
+                        (now, f"{self._ns}|", f"{self._ns}}}"))
+
+    def scopes_of(self, kind: str | None) -> dict[str, ScopeState]:
+        prefix = f"{self._ns}|" if kind is None else f"{self._ns}|{kind}="
+        return {k.split("|", 1)[1]: load_scope(st) for k, st in self._c.execute(
+            "SELECT key, state FROM scopes WHERE key >= ? AND key < ?",
+            (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)))}
 
     def incr(self, key: str, amount: int | Decimal) -> None:
         k = f"{self._ns}|{key}"
@@ -185,6 +213,9 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
+        if "scopes" not in columns:  # a file written before scopes existed
+            conn.execute("ALTER TABLE leases ADD COLUMN scopes TEXT NOT NULL DEFAULT ''")
         self._local.conn = conn
         self._local.pid = pid
         self._local.checked = time.monotonic()
@@ -288,7 +319,8 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         with self.transaction():
             conn = self._connect()
             for table, col in (("services", "name"), ("kv", "key"), ("leases", "service"),
-                               ("counters", "key"), ("processes", "id"), ("done", "id")):
+                               ("counters", "key"), ("processes", "id"), ("done", "id"),
+                               ("scopes", "key")):
                 conn.execute(f"DELETE FROM {table} WHERE {col} LIKE ?",
                              (f"{self.namespace}|%",))
 

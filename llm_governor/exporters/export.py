@@ -8,7 +8,7 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from .monitor import health
+from .monitor import health, scope_summary
 
 if TYPE_CHECKING:
     from ..governor import Governor
@@ -28,7 +28,7 @@ def _plain(value: Any) -> Any:
 
 def export_document(gov: Governor) -> Any:
     counters = gov.backend.counters()
-    h = health(gov)
+    h = health(gov, scopes=False)
     costs = counters.get("cost", {})
     by_service = {s: sum((Decimal(v) for v in models.values()), Decimal(0))
                   for s, models in costs.items()}
@@ -54,6 +54,8 @@ def export_document(gov: Governor) -> Any:
                   "by_model": by_model, "by_service_model": costs,
                   "by_job": counters.get("job", {})},
         "budgets": gov.budget_report(),
+        "scopes": scope_summary(gov, top=100),
+        "alerts": counters.get("alerts", {}),
         "processes": gov.backend.processes(),
     })
 

@@ -17,7 +17,14 @@ Alerts: the seed's five types (``circuit_breaker_open``, ``high_failure_rate``,
 ``queue_backup``, ``cost_spike``, ``low_tokens``) plus
 ``budget_nearly_exhausted`` and ``backend_degraded``, each a
 :class:`RateLimitAlert`, repeated at most once a minute per service while the
-condition lasts. Log lines carry the ``RATE_LIMIT`` marker.
+condition lasts; and ``budget_threshold``, once per crossing of an
+``[alerts] budget_thresholds`` fraction of a window's budget (global or a
+scope value's), as counted by the settlement that crossed it in any process.
+Log lines carry the ``RATE_LIMIT`` marker.
+
+Scopes: ``health()["scopes"]`` lists, per configured kind, the values that
+spent most (``top``), read from the backend: every value is read, so a
+status of a million users costs a scan of them.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from ..policies import admission
 if TYPE_CHECKING:
     from ..governor import Governor
 
-__all__ = ["RateLimitAlert", "RateLimitMonitor", "health", "log_alert_handler", "service_report"]
+__all__ = ["RateLimitAlert", "RateLimitMonitor", "health", "log_alert_handler", "scope_summary",
+           "service_report"]
 
 logger = logging.getLogger("llm_governor")
 AlertCallback = Callable[["RateLimitAlert"], Any]
@@ -118,8 +126,26 @@ def _service_score(r: dict[str, Any]) -> float:
     return max(0.0, min(100.0, float(score)))
 
 
-def health(gov: Governor) -> dict[str, Any]:
-    """The documented health score and status, per service and overall."""
+def scope_summary(gov: Governor, kind: str | None = None,
+                  top: int | None = 10) -> dict[str, dict[str, Any]]:
+    """Per scope kind (configured, or ``kind``), its ``top`` spenders, most first:
+    ``{kind: {value: {"mode", "windows": {window: {limit, spent, reserved, remaining}}}}}``
+    with money as decimal strings (``None``: a window that only tracks spend)."""
+    kinds = [kind] if kind is not None else gov.scope_kinds.kinds()
+    out: dict[str, dict[str, Any]] = {}
+    for k in kinds:
+        rows = gov.scope_report(k, top=top)
+        out[k] = {key.partition("=")[2]: {
+            "mode": row["mode"],
+            "windows": {w: {f: None if v is None else str(v) for f, v in cells.items()}
+                        for w, cells in row["windows"].items()},
+        } for key, row in rows.items()}
+    return out
+
+
+def health(gov: Governor, *, scopes: bool = True) -> dict[str, Any]:
+    """The documented health score and status, per service and overall (and the top
+    spending scope values, unless ``scopes`` is False)."""
     now = gov.backend.now()
     emergency = gov.emergency()
     names = sorted(set(gov.config.services) | set(gov.backend.services()))
@@ -168,6 +194,7 @@ def health(gov: Governor) -> dict[str, Any]:
         "backend_degraded": degraded_backend,
         "services": services,
         "budgets": {w: {k: str(v) for k, v in b.items()} for w, b in budgets.items()},
+        "scopes": scope_summary(gov) if scopes else {},
     }
 
 
@@ -187,6 +214,7 @@ class RateLimitMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sent: dict[tuple[str, str], float] = {}
+        self._thresholds_seen: dict[tuple[str, str, str], int] | None = None
         self._cost_samples: list[tuple[float, Decimal]] = []
         self.alerts: list[RateLimitAlert] = []
 
@@ -212,10 +240,13 @@ class RateLimitMonitor:
                 logger.exception("RATE_LIMIT monitor evaluation failed")
             self._stop.wait(self.interval)
 
-    def _emit(self, alert: RateLimitAlert, raised: list[RateLimitAlert]) -> None:
+    def _emit(self, alert: RateLimitAlert, raised: list[RateLimitAlert],
+              once: bool = False) -> None:
+        """Raise ``alert``: at most once a minute per type and service, or always when
+        ``once`` (an event that happens once by itself)."""
         key = (alert.alert_type, alert.service)
         last = self._last_sent.get(key)
-        if last is not None and alert.timestamp - last < self.REPEAT_AFTER:
+        if not once and last is not None and alert.timestamp - last < self.REPEAT_AFTER:
             return
         self._last_sent[key] = alert.timestamp
         raised.append(alert)
@@ -251,7 +282,7 @@ class RateLimitMonitor:
             self._emit(RateLimitAlert(alert_type, service, severity, message, value, threshold,
                                       now), raised)
 
-        h = health(self.gov)
+        h = health(self.gov, scopes=False)
         for name, r in h["services"].items():
             if r["circuit_state"] == "open":
                 emit("circuit_breaker_open", name, "critical",
@@ -297,4 +328,27 @@ class RateLimitMonitor:
             emit("backend_degraded", "all", "critical",
                  f"Backend {self.gov.config.redacted_backend()} unreachable: limits are local "
                  "to each process", 1.0, 0.0)
+        self._budget_thresholds(now, raised)
         return raised
+
+    def _budget_thresholds(self, now: float, raised: list[RateLimitAlert]) -> None:
+        """One ``budget_threshold`` alert per crossing counted since the last evaluation
+        (the first evaluation only takes note of the crossings before it)."""
+        found: dict[tuple[str, str, str], int] = {}
+        counted = self.gov.backend.counters().get("alerts", {}).get("budget_threshold", {})
+        for whose, windows in counted.items():
+            for window, thresholds in windows.items():
+                for threshold, n in thresholds.items():
+                    found[(whose, window, threshold)] = int(n)
+        seen, self._thresholds_seen = self._thresholds_seen, found
+        if seen is None:
+            return
+        for (whose, window, threshold), n in sorted(found.items()):
+            if n <= seen.get((whose, window, threshold), 0):
+                continue
+            fraction = float(threshold)
+            budget = f"the {window} budget" + ("" if whose == "all" else f" of {whose}")
+            self._emit(RateLimitAlert(
+                "budget_threshold", whose, "critical" if fraction >= 0.95 else "warning",
+                f"{fraction:.0%} of {budget} is spent", fraction, fraction, now), raised,
+                once=True)

@@ -2,9 +2,11 @@
 
 Instruments come from the ``meter_provider`` / ``tracer_provider`` passed to
 ``instrument()`` or the global ones. With only ``opentelemetry-api``
-installed they are no-ops and cost next to nothing. Attributes stay bounded:
-service, model, priority, decision, status, error type, window; never prompt
-text, never job ids (those are in the JSON export), never keys or headers.
+installed they are no-ops and cost next to nothing. Metric attributes stay
+bounded: service, model, priority, decision, status, error type, window, and
+a scope value (``scope_<kind>``) only for kinds configured with
+``metric_label = true``; never prompt text, never job ids (those are in the
+JSON export and on spans), never keys or headers.
 
 The gauges are observable: their callbacks read the backend when a reader
 collects, so they show every process's shared state, not a local cache.
@@ -65,6 +67,10 @@ class Telemetry:
             "llm_governor.retries", description="Attempts retried by the governor, by reason")
         self.cost = meter.create_counter(
             "llm_governor.cost", unit="USD", description="Settled cost of governed calls")
+        self.thresholds = meter.create_counter(
+            "llm_governor.budget.threshold",
+            description="Budget thresholds crossed ([alerts] budget_thresholds), once per "
+                        "window instance, threshold and scope")
         self.overruns = meter.create_counter(
             "llm_governor.budget.overrun", unit="USD",
             description="Cost charged above a call's reservation (usage above its upper bound)")
@@ -102,9 +108,33 @@ class Telemetry:
         g("llm_governor.backend.degraded", [self._degraded], unit="",
           description="1 while the shared backend is unreachable and limits are local")
         self._provider: dict[tuple[str, str], float] = {}
+        self._start_threshold_series()
         # Queue wait already recorded per ticket (lease id): a retry's re-admission
         # records only its own wait, not the call's cumulative one again.
         self._waited: dict[str, float] = {}
+
+    def _start_threshold_series(self) -> None:
+        """Every threshold series that can be known in advance starts at 0, so the first
+        crossing is an increase Prometheus sees (a series born at 1 shows none)."""
+        gov = self._gov
+        thresholds = gov.config.alerts.budget_thresholds
+        rows = [("global", window) for window in gov.budget_limits]
+        for kind, cfg in gov.config.scopes.items():
+            if not cfg.metric_label:
+                rows += [(kind, window) for window in cfg.windows()]
+        for kind, window in rows:
+            for threshold in thresholds:
+                self.thresholds.add(0, {"scope_kind": kind, "window": window,
+                                        "threshold": float(threshold)})
+
+    def budget_threshold(self, key: str, window: str, threshold: Decimal) -> None:
+        kind, _, value = key.partition("=")
+        attrs: dict[str, Any] = {"scope_kind": kind or "global", "window": window,
+                                 "threshold": float(threshold)}
+        cfg = self._gov.config.scopes.get(kind)
+        if cfg is not None and cfg.metric_label:
+            attrs["scope"] = value
+        self.thresholds.add(1, attrs)
 
     # ------------------------------------------------------------ per call
     def start_call(self, t: Ticket) -> None:
@@ -122,13 +152,17 @@ class Telemetry:
             attrs["gen_ai.request.max_tokens"] = t.spec.max_output_tokens
         if t.job:
             attrs["llm_governor.job"] = t.job
+        for kind, value in t.labels.items():
+            attrs[f"llm_governor.scope.{kind}"] = value
+        if t.observe:
+            attrs["llm_governor.mode"] = "observe"
         name = f"{op} {t.spec.model}" if t.spec.model else op
         t.span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
 
     def decision(self, t: Ticket, outcome: str, retry_after: float) -> None:
         prio = t.priority.name.lower()
         self.requests.add(1, {"service": t.service, "model": t.model, "priority": prio,
-                              "decision": outcome})
+                              "decision": outcome, **t.scopes.metric_attributes})
         # t.queue_wait is cumulative over the call's admissions (first one and retries).
         waited = t.queue_wait - self._waited.get(t.lease_id, 0.0)
         if outcome == "admitted":
@@ -166,12 +200,13 @@ class Telemetry:
         # decision in llm_governor.requests and must not look like a provider failure.
         if t.settled:
             call_attrs: dict[str, Any] = {"service": t.service, "model": t.model,
-                                          "status": status}
+                                          "status": status, **t.scopes.metric_attributes}
             if error_type:
                 call_attrs["error.type"] = error_type
             self.calls.add(1, call_attrs)
         if cost:
-            self.cost.add(float(cost), {"service": t.service, "model": t.model})
+            self.cost.add(float(cost), {"service": t.service, "model": t.model,
+                                        **t.scopes.metric_attributes})
         genai: dict[str, Any] = {"gen_ai.operation.name": t.spec.operation,
                                  "gen_ai.provider.name": PROVIDER_NAMES.get(t.service, t.service)}
         if t.spec.model:
@@ -193,6 +228,8 @@ class Telemetry:
             "llm_governor.queue_wait_s": t.queue_wait, "llm_governor.cost_usd": float(cost),
             "llm_governor.attempts": t.attempts, "llm_governor.emergency": t.emergency,
         }
+        if t.would:
+            attrs["llm_governor.would"] = t.would
         if usage is not None:
             attrs["gen_ai.usage.input_tokens"] = usage.input_tokens
             attrs["gen_ai.usage.output_tokens"] = usage.output_tokens

@@ -143,6 +143,11 @@ class Adapter(abc.ABC):
         """
         return call
 
+    def substitute_model(self, call: Call, model: str) -> Call | None:
+        """``call`` made with ``model`` instead (a policy's :class:`Substitute`), or
+        ``None`` when this SDK call has no model to change (default)."""
+        return None
+
     def complete(self, gov: Governor, t: Ticket, call: Call, result: Any) -> Any:
         """Settle a successful call (or arrange its settlement); return what the user gets."""
         gov.settle(t, self.usage(call, result))
@@ -186,6 +191,30 @@ def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
     return call
 
 
+def _policy_hooks(adapter: Adapter, gov: Governor, holder: list[Call]) -> dict[str, Any]:
+    """``admit()``'s keyword arguments that let custom policies read and change the call
+    (``holder[0]``, replaced on a substitution); none when no policy is installed."""
+    if not gov.policies:
+        return {}
+
+    def substitute(model: str) -> CallSpec | None:
+        try:
+            changed = adapter.substitute_model(holder[0], model)
+        except Exception:  # an SDK shape we cannot change: the call goes as it was
+            logger.debug("substituting %s in a %s call failed", model, adapter.module,
+                         exc_info=True)
+            return None
+        if changed is None:
+            return None
+        holder[0] = changed
+        return changed.spec
+
+    def body() -> tuple[object, ...]:
+        return holder[0].args, holder[0].kwargs
+
+    return {"substitute": substitute, "body": body}
+
+
 def call_failed(adapter: Adapter, gov: Governor, t: Ticket, exc: BaseException) -> None:
     """The SDK call ended in ``exc``: classify the attempt if no attempt hook did.
 
@@ -213,11 +242,12 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
         if call is None:
             return wrapped(*args, **kwargs)
         gov = getter()
-        call = scoped(adapter, gov, instance, call)
+        holder = [scoped(adapter, gov, instance, call)]
         try:
-            t = gov.admit(call.spec)
+            t = gov.admit(holder[0].spec, **_policy_hooks(adapter, gov, holder))
         except GovernorError as exc:
-            raise adapter.rejection(exc, call) from None
+            raise adapter.rejection(exc, holder[0]) from None
+        call = holder[0]
         retries = gov.max_retries(t)
         if retries is not None:
             call = adapter.limit_retries(call, retries)
@@ -244,11 +274,12 @@ def async_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
 
     async def governed(wrapped: Callable[..., Any], instance: Any, call: Call) -> Any:
         gov = getter()
-        call = scoped(adapter, gov, instance, call)
+        holder = [scoped(adapter, gov, instance, call)]
         try:
-            t = await gov.aadmit(call.spec)
+            t = await gov.aadmit(holder[0].spec, **_policy_hooks(adapter, gov, holder))
         except GovernorError as exc:
-            raise adapter.rejection(exc, call) from None
+            raise adapter.rejection(exc, holder[0]) from None
+        call = holder[0]
         retries = gov.max_retries(t)
         if retries is not None:
             call = adapter.limit_retries(call, retries)

@@ -349,6 +349,17 @@ class StainlessAdapter(Adapter):
         return Call(spec, (cast_to, options), rest,
                     {"instance": instance, "options": options, "injected": injected})
 
+    def substitute_model(self, call: Call, model: str) -> Call | None:
+        cast_to, options = call.args
+        if not isinstance(options.json_data, Mapping) or "model" not in options.json_data:
+            return None
+        options = options.model_copy()
+        options.json_data = {**options.json_data, "model": model}
+        if isinstance(options.extra_json, Mapping) and "model" in options.extra_json:
+            options.extra_json = {**options.extra_json, "model": model}
+        return Call(replace(call.spec, model=model), (cast_to, options), call.kwargs,
+                    {**call.context, "options": options})
+
     def limit_retries(self, call: Call, retries: int) -> Call:
         cast_to, options = call.args
         options = options.model_copy()

@@ -249,6 +249,17 @@ class DeepgramAdapter(Adapter):
         return (base if isinstance(base, str) else None,
                 credential if isinstance(credential, str) else None)
 
+    def substitute_model(self, call: Call, model: str) -> Call | None:
+        kwargs = dict(call.kwargs)
+        kwargs["params"] = {**(kwargs.get("params") or {}), "model": model}
+        options = kwargs.get("request_options")
+        if isinstance(options, Mapping) and isinstance(
+                options.get("additional_query_parameters"), Mapping) \
+                and "model" in options["additional_query_parameters"]:
+            kwargs["request_options"] = {**options, "additional_query_parameters": {
+                **options["additional_query_parameters"], "model": model}}
+        return Call(replace(call.spec, model=model), call.args, kwargs, call.context)
+
     def limit_retries(self, call: Call, retries: int) -> Call:
         options = call.kwargs.get("request_options")
         options = dict(options) if isinstance(options, Mapping) else {}

@@ -31,6 +31,7 @@ import math
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import tenacity
@@ -274,6 +275,20 @@ class GeminiAdapter(Adapter):
         )
         return Call(spec, args, dict(kwargs),
                     {"instance": instance, "path": path, "predict": predict})
+
+    def substitute_model(self, call: Call, model: str) -> Call | None:
+        path = call.context.get("path")
+        found = _ACTION.search(path) if isinstance(path, str) else None
+        if found is None or not isinstance(path, str):
+            return None
+        new_path = path[:found.start(1)] + model + path[found.end(1):]
+        args, kwargs = list(call.args), dict(call.kwargs)
+        if len(args) > 1:
+            args[1] = new_path
+        else:
+            kwargs["path"] = new_path
+        return Call(replace(call.spec, model=model), tuple(args), kwargs,
+                    {**call.context, "path": new_path})
 
     def tracker(self, call: Call) -> GeminiTracker:
         return GeminiTracker(bool(call.context.get("predict")))

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from . import adaptive, breaker, budget, rate
 from .adaptive import AdaptiveState, ProviderLimits
 from .breaker import BreakerState
+
+if TYPE_CHECKING:
+    from .scopes import ScopeRequest
 
 __all__ = ["AdmitRequest", "Decision", "Limits", "Observation", "ServiceState", "decide",
            "observe", "snapshot"]
@@ -28,7 +31,7 @@ __all__ = ["AdmitRequest", "Decision", "Limits", "Observation", "ServiceState", 
 Outcome = Literal["admitted", "rate_limited", "budget_exceeded", "circuit_open", "emergency",
                   "queue_full"]
 # What held a rate-limited call back (the longest wait).
-Bound = Literal["concurrency", "provider", "requests", "llm_tokens", "cost"]
+Bound = Literal["concurrency", "provider", "requests", "llm_tokens", "cost", "scope"]
 _ZERO = Decimal(0)
 
 
@@ -81,6 +84,8 @@ class AdmitRequest:
     reserve: bool = True  # False for a retry attempt: buckets only, no budget, no slot
     refuse_in_emergency: bool = False
     key: str = ""
+    scopes: tuple[ScopeRequest, ...] = ()  # the call's scope values with limits
+    observe: bool = False  # observe mode: a refusal is counted as would_<outcome>
     cost_f: float = field(init=False)  # ``cost`` as a float, for the bucket arithmetic
 
     def __post_init__(self) -> None:
@@ -98,6 +103,7 @@ class Decision:
     window: str | None = None
     emergency: bool = False
     bound: Bound | None = None  # rate_limited: which limit held the call back
+    scope: str | None = None  # the scope (``kind=value``) whose limit refused, if one did
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-__all__ = ["BILLABLE", "WINDOW_SECONDS", "AttemptState", "WindowSpend", "charge", "check",
-           "pacing_factor", "remaining", "roll", "settle", "window_start"]
+__all__ = ["BILLABLE", "WINDOWS", "WINDOW_SECONDS", "AttemptState", "WindowSpend", "charge",
+           "check", "pacing_factor", "remaining", "roll", "settle", "window_end", "window_start"]
 
-WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400}
+WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "month": 0}
+"""Fixed window lengths; 0 marks the calendar month, whose length varies."""
+WINDOWS = ("minute", "hour", "day", "month")
 _ZERO = Decimal(0)
 
 AttemptState = Literal["none", "unsent", "sending", "rejected", "received", "lost", "charged"]
@@ -55,10 +57,45 @@ def charge(state: AttemptState, usage_cost: Decimal | None, reserved: Decimal) -
     return reserved if state in BILLABLE else _ZERO
 
 
+def _civil_from_days(z: int) -> tuple[int, int]:
+    """``(year, month)`` of the day ``z`` days after 1970-01-01 (H. Hinnant's algorithm,
+    integer-only, so the Redis port computes the very same)."""
+    z += 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month
+
+
+def _days_from_civil(year: int, month: int) -> int:
+    """Days from 1970-01-01 to the first day of ``month`` of ``year``."""
+    year -= month <= 2
+    era = (year if year >= 0 else year - 399) // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
 def window_start(window: str, now: float) -> float:
     """Start of the UTC-aligned ``window`` containing ``now`` (epoch seconds)."""
     length = WINDOW_SECONDS[window]
-    return float(int(now // length) * length)
+    if length:
+        return float(int(now // length) * length)
+    year, month = _civil_from_days(int(now // 86400))
+    return float(_days_from_civil(year, month) * 86400)
+
+
+def window_end(window: str, start: float) -> float:
+    """End of the ``window`` instance that starts at ``start``."""
+    length = WINDOW_SECONDS[window]
+    if length:
+        return start + length
+    year, month = _civil_from_days(int(start // 86400))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return float(_days_from_civil(year, month) * 86400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +145,7 @@ def check(
         spend = roll(spends.get(window, WindowSpend()), window, now)
         left = limit - spend.spent - reserved
         if amount > left:
-            reset = window_start(window, now) + WINDOW_SECONDS[window] - now
+            reset = window_end(window, window_start(window, now)) - now
             tightest, _ = remaining(spends, limits, reserved, now)
             return False, max(tightest if tightest is not None else left, _ZERO), window, reset
     left_now, _ = remaining(spends, limits, reserved, now)

@@ -23,6 +23,8 @@ from llm_governor.backends.base import Backend, CallRecord
 from llm_governor.policies import adaptive
 from llm_governor.policies.adaptive import ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Limits, Observation
+from llm_governor.policies.budget import WINDOWS
+from llm_governor.policies.scopes import ScopeRequest
 from tests._redis_server import RedisServer, shared_server
 from tests.conftest import FakeClock
 
@@ -68,14 +70,30 @@ providers = st.one_of(st.none(), st.builds(
 observations = st.builds(
     Observation, st.sampled_from(["success", "failure", "throttled", "neutral"]), providers)
 
+SCOPE_KEYS = ("tenant=acme", "tenant=beta", "user=u-1")
+scope_budgets = st.dictionaries(
+    st.sampled_from(WINDOWS),
+    st.one_of(st.sampled_from([Decimal("0.05"), Decimal("0.2")]),
+              st.integers(1, 300_000_000).map(lambda n: Decimal(n).scaleb(-9))), max_size=3)
+scope_requests = st.lists(
+    st.builds(ScopeRequest, st.sampled_from(SCOPE_KEYS), scope_budgets,
+              st.sampled_from([0.0, 2.0, 2.0, 30.0]), st.sampled_from([0.0, 500.0]),
+              st.sampled_from([False, False, True])),
+    max_size=3, unique_by=lambda sr: sr.key).map(tuple)
+# what a settlement charges to each scope: its budget windows (or "day" only)
+scope_charges = st.lists(
+    st.tuples(st.sampled_from(SCOPE_KEYS),
+              st.lists(st.sampled_from(WINDOWS), min_size=1, max_size=2, unique=True).map(tuple)),
+    max_size=3, unique_by=lambda c: c[0]).map(tuple)
+
 ops = st.one_of(
     st.tuples(st.just("admit"), st.sampled_from(SERVICES), st.integers(0, 5),
               st.sampled_from([0.0, 1.0, 150.0, 800.0]), money(150_000_000), st.booleans(),
               st.sampled_from([True, True, False]), st.booleans(), st.sampled_from([0.5, 30.0]),
-              st.integers(1, 6)),
+              st.integers(1, 6), scope_requests, st.sampled_from([False, False, True])),
     st.tuples(st.just("settle"), st.integers(0, 9), money(150_000_000),
               st.one_of(st.none(), observations), st.sampled_from([None, "job-a"]),
-              st.integers(1, 3), st.sampled_from(["ok", "error"])),
+              st.integers(1, 3), st.sampled_from(["ok", "error"]), scope_charges),
     st.tuples(st.just("observe"), st.sampled_from(SERVICES), observations, st.integers(1, 12)),
     st.tuples(st.just("emergency"), st.booleans()),
     st.tuples(st.just("advance"),
@@ -88,7 +106,7 @@ ops = st.one_of(
 )
 
 budgets = st.dictionaries(
-    st.sampled_from(["minute", "hour", "day"]),
+    st.sampled_from(WINDOWS),
     st.one_of(st.sampled_from([Decimal("0.05"), Decimal("0.1"), Decimal("0.25")]),
               st.integers(1, 600_000_000).map(lambda n: Decimal(n).scaleb(-9))), max_size=3)
 
@@ -115,13 +133,17 @@ def pair(server: RedisServer, tmp_path: Path) -> Iterator[Any]:
 
 def _state(b: Backend) -> tuple[Any, ...]:
     return (tuple(b.service_state(s) for s in SERVICES), b.budget_status(),
-            tuple(b.in_flight(s) for s in SERVICES), b.counters(), b.emergency())
+            tuple(b.in_flight(s) for s in SERVICES), b.counters(), b.emergency(),
+            b.scope_status())
 
 
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(budget=budgets, lim=limits(), emergency_lim=limits(),
-       start=st.floats(1_800_000_000.0, 1_800_086_400.0),
+       start=st.one_of(st.floats(1_800_000_000.0, 1_800_086_400.0),
+                       # just before a calendar month ends (Dec → Jan, Feb → Mar of 2028)
+                       st.sampled_from([1798761600.0 - 30, 1835481600.0 - 0.5,
+                                        1835481600.0 - 3600.25])),
        steps=st.lists(ops, min_size=10, max_size=60))
 def test_redis_scripts_decide_exactly_like_the_python_policies(
     pair: Any, budget: dict[str, Decimal], lim: Limits,
@@ -134,24 +156,27 @@ def test_redis_scripts_decide_exactly_like_the_python_policies(
     for i, op in enumerate(steps):
         kind = op[0]
         if kind == "admit":
-            _, service, prio, tokens, cost, reserve, use_lease, refuse, ttl, repeat = op
+            _, service, prio, tokens, cost, reserve, use_lease, refuse, ttl, repeat, scopes, \
+                observing = op
             req = AdmitRequest(service, prio, tokens, cost, lim, emergency_lim,
-                               reserve=reserve, refuse_in_emergency=refuse)
+                               reserve=reserve, refuse_in_emergency=refuse, scopes=scopes,
+                               observe=observing)
             for k in range(repeat):
                 lease = f"lease-{i}-{k}" if use_lease and reserve else None
                 got = [b.admit(req, lease, ttl) for b in (mem, red)]
                 assert got[0] == got[1], f"step {i}.{k}: {op}"
-                event(got[0].outcome)
+                event(got[0].outcome + (" by a scope" if got[0].scope else ""))
                 retry_after = got[0].retry_after or retry_after
                 if got[0].admitted and lease:
                     leases.append(lease)
                     expiry = clock.now + ttl
         elif kind == "settle":
-            _, pick, cost, obs, job, attempts, status = op
+            _, pick, cost, obs, job, attempts, status, charges = op
             lease = leases.pop(pick % len(leases)) if leases and pick < 8 else None
-            rec = CallRecord(SERVICES[pick % 2], "model-x", job, cost, status, None, attempts)
-            for b in (mem, red):
-                b.settle(lease, lim, obs, rec)
+            rec = CallRecord(SERVICES[pick % 2], "model-x", job, cost, status, None, attempts,
+                             scopes=charges)
+            charged = [b.settle(lease, lim, obs, rec) for b in (mem, red)]
+            assert charged[0] == charged[1], f"step {i}: {op}"
         elif kind == "observe":
             for _ in range(op[3]):
                 for b in (mem, red):

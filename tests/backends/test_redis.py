@@ -29,7 +29,9 @@ from llm_governor.backends.redis import RedisBackend, from_nanos, to_nanos
 from llm_governor.config import RateLimitConfig
 from llm_governor.errors import BackendUnavailableError, GovernorError
 from llm_governor.governor import CallSpec, Governor, limits_of
+from llm_governor.policies import budget
 from llm_governor.policies.admission import AdmitRequest, Observation
+from llm_governor.policies.scopes import ScopeRequest
 from tests._redis_server import REDIS_SERVER, RedisServer
 from tests.conftest import require
 
@@ -121,6 +123,47 @@ def test_one_round_trip_to_admit_and_one_to_settle(server: RedisServer,
         stats = c.info("commandstats")
         assert writes == 10, step  # one write (and one reply) per step: one round trip
         assert stats["cmdstat_evalsha"]["calls"] == 10, step  # ...and it is the script
+
+
+def test_scopes_keep_admission_one_round_trip_in_one_slot_and_expire(
+        server: RedisServer, backends: list[RedisBackend],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    b = make(backends, server.url, {"day": D("100")})
+    scopes = (ScopeRequest("tenant=acme", {"day": D("5"), "month": D("50")}),
+              ScopeRequest("user=u-1", requests_per_minute=600.0),
+              ScopeRequest("job=j:1/a", {"hour": D("1")}))
+    request = AdmitRequest("svc", 0, 0.0, D("0.01"), LIM, LIM, scopes=scopes)
+    b.admit(request, "warm-up", 60)
+    sends: list[Any] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sends.append(command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    for i in range(10):
+        assert b.admit(request, f"l{i}", 60).admitted
+        b.settle(f"l{i}", LIM, None, CallRecord(
+            "svc", "m", None, D("0.01"), "ok",
+            scopes=tuple((sr.key, tuple(sr.budgets)) for sr in scopes if sr.budgets)))
+    assert len(sends) == 20  # 3 scopes: still one round trip per admission and settlement
+    monkeypatch.undo()
+    c = server.client()
+    keys = c.keys("{llmg:t}:scope:*")
+    assert sorted(keys) == ["{llmg:t}:scope:job=j:1/a", "{llmg:t}:scope:tenant=acme",
+                            "{llmg:t}:scope:user=u-1"]
+    assert {key_slot(k.encode()) for k in keys} == {key_slot(b"llmg:t")}
+    now = b.now()
+    ttl = {k.removeprefix("{llmg:t}:scope:").split("=")[0]: c.pttl(k) / 1000 for k in keys}
+    month_end = budget.window_end("month", budget.window_start("month", now))
+    assert 0 < ttl["user"] <= 121  # rate-only: two idle minutes
+    assert abs(ttl["tenant"] - (month_end - now)) < 5  # kept until its month ends
+    hour_end = budget.window_end("hour", budget.window_start("hour", now))
+    assert abs(ttl["job"] - max(hour_end - now, 120)) < 5
+    assert c.get("{llmg:t}:scope:tenant=acme").count(" ") > 3  # spend recorded
+    state, held = b.scope_status("tenant")["tenant=acme"]
+    assert state.spends["day"].spent == D("0.10") and held == D("0.01")  # the warm-up's
 
 
 def test_scripts_reload_after_script_flush(server: RedisServer,

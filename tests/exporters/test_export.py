@@ -55,8 +55,8 @@ def gov(governor_factory: GovFactory) -> Governor:
 def test_top_level_structure(gov: Governor) -> None:
     doc = json.loads(llm_governor.export_rate_limit_metrics())
     assert set(doc) == {"generated_at", "environment", "backend", "namespace", "emergency_mode",
-                        "backend_degraded", "health", "services", "costs", "budgets",
-                        "processes"}
+                        "backend_degraded", "health", "services", "costs", "budgets", "scopes",
+                        "alerts", "processes"}
     assert doc["environment"] == "staging"
     assert doc["backend"] == "memory" and doc["namespace"] == "default"
     assert doc["emergency_mode"] is False and doc["backend_degraded"] is False

@@ -188,6 +188,41 @@ def test_exhausted_budget_is_critical(governor_factory: GovFactory, clock: FakeC
     assert health(gov)["overall_status"] == "critical"
 
 
+def test_budget_threshold_alerts_once_per_crossing_from_any_process(
+        governor_factory: GovFactory, tmp_path: Any) -> None:
+    config = {"backend": f"sqlite:///{tmp_path}/state.db", "budget": {"per_day": "1.00"},
+              "scopes": {"tenant": {"per_month": "0.20"}},
+              "alerts": {"budget_thresholds": [0.5, 0.9]},
+              "services": {"svc": {"max_tokens": 100, "refill_rate": 100.0,
+                                   "max_cost_per_minute": "100"}}}
+    watcher = governor_factory(config)
+    seen: list[RateLimitAlert] = []
+    monitor = RateLimitMonitor(watcher, seen.append, publish=False)
+    monitor.evaluate()  # takes note of the crossings so far (none)
+    other = llm_governor.Governor(llm_governor.load_config(config))  # another process's
+    try:
+        @llm_governor.rate_limited("svc", Priority.NORMAL, Decimal("0.06"))
+        def call() -> None:
+            return None
+
+        llm_governor.api.set_governor(other)
+        with llm_governor.scope(tenant="acme"):
+            call()
+            call()  # 0.12 of the tenant's 0.20: 50% crossed
+        monitor.evaluate()
+        with llm_governor.scope(tenant="acme"):
+            call()  # 0.18: 90% crossed
+        monitor.evaluate()
+        monitor.evaluate()  # nothing new: nothing raised
+    finally:
+        llm_governor.api.set_governor(watcher)
+        other.close()
+    assert [(a.alert_type, a.service, a.value, a.severity) for a in seen] == [
+        ("budget_threshold", "tenant=acme", 0.5, "warning"),
+        ("budget_threshold", "tenant=acme", 0.9, "warning")]
+    assert seen[1].message == "90% of the month budget of tenant=acme is spent"
+
+
 def test_alerts_repeat_at_most_once_a_minute(governor_factory: GovFactory,
                                              clock: FakeClock) -> None:
     gov = make(governor_factory, clock)

@@ -325,6 +325,66 @@ def test_metric_attributes_stay_bounded(gov: Governor, otel: Otel) -> None:
     assert jobs == {f"job-{i}-unique" for i in range(5)}
 
 
+def test_only_kinds_with_metric_label_label_metrics(governor_factory: GovFactory,
+                                                    otel: Otel) -> None:
+    governor_factory({"services": {"svc": FAST},
+                      "scopes": {"tenant": {"per_day": "1", "metric_label": True},
+                                 "user": {"per_day": "1"}}},
+                     meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)
+
+    @llm_governor.rate_limited("svc", cost=Decimal("0.01"))
+    def ok() -> None:
+        return None
+
+    for user in ("u1", "u2", "u3"):
+        with llm_governor.scope(tenant="acme", user=user, region="eu"):
+            ok()
+    for name in ("llm_governor.requests", "llm_governor.calls", "llm_governor.cost"):
+        points = otel.points(name)
+        assert {p.attributes.get("scope_tenant") for p in points} == {"acme"}, name
+        assert not any("scope_user" in p.attributes or "scope_region" in p.attributes
+                       for p in points), name
+    assert otel.value("llm_governor.calls", scope_tenant="acme", status="ok") == 3
+    span = otel.finished()[0]
+    assert (span.attributes["llm_governor.scope.tenant"], span.attributes[
+        "llm_governor.scope.user"], span.attributes["llm_governor.scope.region"]) == (
+        "acme", "u1", "eu")  # every label on the span: spans are not aggregated
+
+
+def test_budget_thresholds_fire_once_per_window_threshold_and_scope(
+        governor_factory: GovFactory, otel: Otel, caplog: pytest.LogCaptureFixture) -> None:
+    gov = governor_factory({"services": {"svc": FAST}, "budget": {"per_day": "0.10"},
+                            "scopes": {"tenant": {"per_day": "0.04"}},
+                            "alerts": {"budget_thresholds": [0.5, 0.8]}},
+                           meter_provider=otel.meter_provider,
+                           tracer_provider=otel.tracer_provider)
+    # before any spend, every series that can be known starts at 0 (Prometheus sees the 1st)
+    assert {(p.attributes["scope_kind"], p.attributes["window"], p.attributes["threshold"])
+            for p in otel.points("llm_governor.budget.threshold")} == {
+        ("global", "day", 0.5), ("global", "day", 0.8), ("tenant", "day", 0.5),
+        ("tenant", "day", 0.8)}
+
+    @llm_governor.rate_limited("svc", cost=Decimal("0.01"))
+    def ok() -> None:
+        return None
+
+    for tenant in ("a", "b"):
+        with llm_governor.scope(tenant=tenant):
+            for _ in range(4):
+                ok()  # each tenant: 0.01 … 0.04 of 0.04 → 50% and 80% crossed once
+    assert otel.value("llm_governor.budget.threshold", scope_kind="tenant", threshold=0.5) == 2
+    assert otel.value("llm_governor.budget.threshold", scope_kind="tenant", threshold=0.8) == 2
+    assert otel.value("llm_governor.budget.threshold", scope_kind="global", threshold=0.5) == 1
+    assert otel.value("llm_governor.budget.threshold", scope_kind="global", threshold=0.8) == 1
+    counted = gov.backend.counters()["alerts"]["budget_threshold"]
+    assert counted == {"tenant=a": {"day": {"0.5": 1, "0.8": 1}},
+                       "tenant=b": {"day": {"0.5": 1, "0.8": 1}},
+                       "all": {"day": {"0.5": 1, "0.8": 1}}}
+    logged = [r.getMessage() for r in caplog.records if "budget threshold" in r.getMessage()]
+    assert "RATE_LIMIT budget threshold: 80% of the day budget of tenant=a is spent " \
+           "($0.04 of $0.04)" in logged
+
+
 # ------------------------------------------------------------------ spans
 def test_span_of_a_governed_call(gov: Governor, otel: Otel) -> None:
     with llm_governor.priority(Priority.HIGH):

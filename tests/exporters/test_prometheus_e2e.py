@@ -2,7 +2,9 @@
 with the OTel Prometheus reader on loopback, calls the fake provider through
 the openai SDK, a real Prometheus (the Debian binary) scrapes it every second
 and evaluates the shipped ``alerts.yml``; the test queries the ``llm_governor_*``
-series, makes the provider fail, and waits for ``LLMGovernorCircuitOpen`` to fire.
+series, spends past a tenant's budget threshold and waits for
+``LLMGovernorBudgetThreshold``, then makes the provider fail and waits for
+``LLMGovernorCircuitOpen`` to fire.
 
 Skipped without the ``prometheus`` binary, except under ``CI=true`` where that fails.
 """
@@ -54,10 +56,12 @@ WORKLOAD = textwrap.dedent("""
         "backend": "memory",
         "environment": "development",  # min_interval 0.1: the rate in force is 10/s
         "budget": {"per_day": "100.00"},
+        "scopes": {"tenant": {"per_day": "0.0001"}},
+        "alerts": {"budget_thresholds": [0.5]},
         "services": {"openai": {
             "max_tokens": 100, "refill_rate": 20.0, "burst_capacity": 0,
             "max_cost_per_minute": "100", "failure_threshold": 3, "recovery_timeout": 600,
-            "max_retries": 0,
+            "max_retries": 0, "cost_per_request": "0.00004",
         }},
     }
     client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test-e2e-0000",
@@ -82,6 +86,13 @@ WORKLOAD = textwrap.dedent("""
         for line in sys.stdin:
             if line.strip() == "fail":
                 fake.fail_next(100000, 500)
+            elif line.strip() == "spend":  # past half of tenant acme's day budget
+                with llm_governor.scope(tenant="acme"):
+                    for _ in range(40):
+                        try:
+                            call()
+                        except Exception:
+                            break
             elif line.strip() == "quit":
                 break
         stop.set()
@@ -253,8 +264,17 @@ def test_prometheus_scrapes_the_series_and_the_circuit_alert_fires(
     assert float(query(base, 'sum(llm_governor_cost_USD_total{service="openai"})')[0]
                  ["value"][1]) > 0
     assert not query(base, 'ALERTS{alertname="LLMGovernorCircuitOpen"}')
+    assert not query(base, 'ALERTS{alertname="LLMGovernorBudgetThreshold"}')
 
     assert workload.stdin is not None
+    workload.stdin.write("spend\n")
+    workload.stdin.flush()
+    (threshold,) = wait_for(
+        "LLMGovernorBudgetThreshold to fire",
+        lambda: query(base, 'ALERTS{alertname="LLMGovernorBudgetThreshold",'
+                            'alertstate="firing"}'), 30)
+    assert (threshold["metric"]["scope_kind"], threshold["metric"]["window"],
+            threshold["metric"]["threshold"]) == ("tenant", "day", "0.5")
     workload.stdin.write("fail\n")
     workload.stdin.flush()
     started = time.monotonic()

@@ -54,6 +54,7 @@ COUNTERS = {
     "llm_governor_calls_total",
     "llm_governor_retries_total",
     "llm_governor_cost_USD_total",
+    "llm_governor_budget_threshold_total",
 }
 GAUGES = {
     "llm_governor_budget_remaining_USD",
@@ -86,6 +87,7 @@ CONTRACT_ALERTS = {
     "LLMGovernorCostSpike",
     "LLMGovernorLowTokens",
     "LLMGovernorBudgetNearlyExhausted",
+    "LLMGovernorBudgetThreshold",
 }
 
 # Metrics the dashboard must chart (one panel family each).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import calendar
+import datetime
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -18,6 +20,28 @@ def test_windows_are_utc_calendar_aligned() -> None:
     assert budget.window_start("minute", now) == DAY0 + 3 * 3600 + 25 * 60
     assert budget.window_start("hour", now) == DAY0 + 3 * 3600
     assert budget.window_start("day", now) == DAY0
+
+
+@given(st.integers(0, 8_000_000_000), st.sampled_from([0.0, 0.25, 0.5, 0.999]))
+def test_month_windows_are_utc_calendar_months(seconds: int, fraction: float) -> None:
+    now = seconds + fraction
+    when = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    first = datetime.datetime(when.year, when.month, 1, tzinfo=datetime.UTC)
+    year, month = (when.year + 1, 1) if when.month == 12 else (when.year, when.month + 1)
+    following = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
+    start = budget.window_start("month", now)
+    assert start == calendar.timegm(first.timetuple())
+    assert budget.window_end("month", start) == calendar.timegm(following.timetuple())
+
+
+def test_a_month_budget_resets_on_the_first_and_says_when() -> None:
+    feb_end = calendar.timegm((2028, 3, 1, 0, 0, 0))  # 2028 is a leap year: Feb has 29 days
+    limits = {"month": D("10.00")}
+    spends = budget.settle({}, limits, D("10.00"), feb_end - 3600)
+    ok, left, window, reset = budget.check(spends, limits, D(0), D("0.01"), feb_end - 3600)
+    assert not ok and window == "month" and left == 0 and reset == 3600.0
+    assert budget.check(spends, limits, D(0), D("10.00"), feb_end)[0]
+    assert budget.window_start("month", feb_end - 1) == calendar.timegm((2028, 2, 1, 0, 0, 0))
 
 
 def test_check_counts_reservations_and_names_the_refusing_window() -> None:

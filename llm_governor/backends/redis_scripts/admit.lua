@@ -1,10 +1,11 @@
 -- admission.decide plus the lease and the decision counter, in one step.
--- KEYS: svc, leases, spend, ctr, emergency, done
+-- KEYS: svc, leases, spend, ctr, emergency, done, then one key per scope value
 -- ARGV: now override, limit scope key, lease id ('' = none), ttl, reserve (1/0),
 --       refuse in emergency (1/0), headroom share, LLM tokens, cost (nanos),
---       cost (float), windows, limits, emergency limits, service (counter label)
+--       cost (float), windows, limits, emergency limits, service (counter label),
+--       observe mode (1/0), then one scope spec per scope key (see read_scope)
 -- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency,
---          bound | ''}.
+--          bound | '', scope | ''}.
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_EMERGENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_DONE = KEYS[6]
 local now = clock(ARGV[1])
@@ -14,23 +15,56 @@ local reserve, refuse = ARGV[5] == '1', ARGV[6] == '1'
 local share, llm_tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
 local cost_n, cost_f = tonumber(ARGV[9]), tonumber(ARGV[10])
 local ws = read_windows(ARGV[11])
+local observing = ARGV[15] == '1'
 local emergency = redis.call('GET', K_EMERGENCY) == '1'
+local scope_prefix = string.sub(K_LEASES, 1, -7) .. 'scope:'
+local scopes, held_budgets = {}, false
+for i = 16, #ARGV do
+  local sc = read_scope(ARGV[i], KEYS[i - 9])
+  scopes[#scopes + 1] = sc
+  if #sc.ws > 0 then held_budgets = true end
+end
 
-local function finish(admitted, outcome, wait, left, window, bound)
+local function count(outcome)
   redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
+end
+
+local function finish(admitted, outcome, wait, left, window, bound, scope)
+  -- observed limits only count a refusal; an enforced scope's is real
+  if admitted or not observing or scope then count(outcome) else count('would_' .. outcome) end
   local left_s = ''
   if left ~= nil then left_s = string.format('%.0f', left) end
   return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0,
-    bound or ''}
+    bound or '', scope or ''}
 end
 
 local lim
 if emergency then lim = read_limits(ARGV[13]) else lim = read_limits(ARGV[12]) end
-local reserved, in_flight = 0, 0
-if reserve and (#ws > 0 or lim.max_conc ~= 0) then -- only the limits in force need leases
+local reserved, in_flight, scope_reserved = 0, 0, {}
+if reserve and (#ws > 0 or lim.max_conc ~= 0 or held_budgets) then -- only limits in force
   local expired
-  reserved, in_flight, expired = scan_leases(K_LEASES, now, service, ttl, true)
-  charge_expired(expired, ws, K_SPEND, K_CTR, K_DONE, now)
+  reserved, in_flight, expired = scan_leases(K_LEASES, now, service, ttl, true,
+    held_budgets and scope_reserved or nil)
+  charge_expired(expired, ws, K_SPEND, K_CTR, K_DONE, now, scope_prefix)
+  for _, sc in ipairs(scopes) do -- an expired lease may have charged one of them
+    sc.state = load_scope(redis.call('GET', sc.rkey))
+  end
+end
+-- the scopes' budgets first (scopes.check): an immediate refusal naming the scope
+if reserve then
+  for _, sc in ipairs(scopes) do
+    if #sc.ws > 0 then
+      local ok, left, window, reset = budget_check(sc.state.spends, sc.ws,
+        scope_reserved[sc.key] or 0, cost_n, now)
+      if not ok then
+        if sc.observe then
+          count('would_budget_exceeded')
+        else
+          return finish(false, 'budget_exceeded', reset, left, window, nil, sc.key)
+        end
+      end
+    end
+  end
 end
 if emergency and refuse then return finish(false, 'emergency', 0.0) end
 local s = load_state(redis.call('HGET', K_SVC, service))
@@ -98,9 +132,41 @@ if longest >= 0 then
   return finish(false, 'rate_limited', longest, nil, nil, bound)
 end
 
+-- the service admits: now the scopes' buckets (scopes.take), all or nothing
+if #scopes > 0 then
+  local wait, waited_for, taken = -1.0, nil, {}
+  for i, sc in ipairs(scopes) do
+    local w, st = scope_take(sc, llm_tokens, now)
+    if w >= 0 and sc.observe then
+      count('would_rate_limited')
+    elseif w > wait then
+      wait, waited_for = w, sc.key
+    end
+    taken[i] = st
+  end
+  if wait >= 0 then -- a scope's bucket holds the call: the service's take is undone
+    for i, sc in ipairs(scopes) do
+      if taken[i] ~= nil then store_scope(sc.rkey, taken[i], now) end -- clock corrections
+    end
+    return finish(false, 'rate_limited', wait, nil, nil, 'scope', waited_for)
+  end
+  for i, sc in ipairs(scopes) do
+    local current = taken[i] or sc.state
+    local kept = scope_hold(sc, current, now)
+    if kept ~= nil then current = kept end
+    if current ~= sc.state then store_scope(sc.rkey, current, now) end
+  end
+end
+
 s.req_tat, s.tok_tat, s.cost_tat = new_req, new_tok, new_cost
 redis.call('HSET', K_SVC, service, dump_state(s))
 if lease_id ~= '' then
-  redis.call('HSET', K_LEASES, lease_id, fmt(now + ttl) .. ' ' .. ARGV[9] .. ' ' .. service)
+  local value = fmt(now + ttl) .. ' ' .. ARGV[9] .. ' ' .. service
+  local tail = {}
+  for _, sc in ipairs(scopes) do
+    if #sc.ws > 0 then tail[#tail + 1] = sc.key end
+  end
+  if #tail > 0 then value = value .. '\t' .. table.concat(tail, ' ') end
+  redis.call('HSET', K_LEASES, lease_id, value)
 end
 return finish(true, 'admitted', 0.0)

@@ -14,6 +14,7 @@ local EPS = $EPS
 local SUCCESS_RUN = $SUCCESS_RUN
 local LEARNED_TTL = $LEARNED_TTL
 local MAX_LIMIT = 1e12
+local SCOPE_IDLE = $SCOPE_IDLE
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -24,8 +25,53 @@ local function clock(override)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- budget._civil_from_days / _days_from_civil (H. Hinnant), integer arithmetic on doubles.
+local function fdiv(a, b) return math.floor(a / b) end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era
+  if z >= 0 then era = fdiv(z, 146097) else era = fdiv(z - 146096, 146097) end
+  local doe = z - era * 146097
+  local yoe = fdiv(doe - fdiv(doe, 1460) + fdiv(doe, 36524) - fdiv(doe, 146096), 365)
+  local doy = doe - (365 * yoe + fdiv(yoe, 4) - fdiv(yoe, 100))
+  local mp = fdiv(5 * doy + 2, 153)
+  local month
+  if mp < 10 then month = mp + 3 else month = mp - 9 end
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return year, month
+end
+
+local function days_from_civil(year, month)
+  if month <= 2 then year = year - 1 end
+  local era
+  if year >= 0 then era = fdiv(year, 400) else era = fdiv(year - 399, 400) end
+  local yoe = year - era * 400
+  local shift
+  if month > 2 then shift = -3 else shift = 9 end
+  local doy = fdiv(153 * (month + shift) + 2, 5)
+  return era * 146097 + yoe * 365 + fdiv(yoe, 4) - fdiv(yoe, 100) + doy - 719468
+end
+
+-- budget.window_start of a calendar month (length 0).
+local function month_start(now)
+  local days = math.floor(now / 86400)
+  if days * 86400 > now then days = days - 1 end -- Python's exact floor division
+  local year, month = civil_from_days(days)
+  return days_from_civil(year, month) * 86400.0
+end
+
+-- budget.window_end of the month starting at start.
+local function month_end(start)
+  local year, month = civil_from_days(fdiv(start, 86400))
+  if month == 12 then year, month = year + 1, 1 else month = month + 1 end
+  return days_from_civil(year, month) * 86400.0
+end
+
 -- budget.window_start: Python's exact float floor division, then times length.
 local function window_start(length, now)
+  if length == 0 then return month_start(now) end
   local q = math.floor(now / length)
   if q * length > now then q = q - 1 end
   return q * length
@@ -127,7 +173,9 @@ local function budget_check(spends, ws, reserved, amount, now)
     if amount > left then
       local tightest = remaining(spends, ws, reserved, now)
       if 0 > tightest then tightest = 0 end
-      return false, tightest, w.name, start + w.length - now
+      local ends = start + w.length
+      if w.length == 0 then ends = month_end(start) end
+      return false, tightest, w.name, ends - now
     end
   end
   return true
@@ -146,54 +194,6 @@ local function pacing_factor(spends, ws, now)
   return 1.0
 end
 
--- Live leases: reserved nanos in total and calls in flight for service. With
--- drop, expired leases are removed and returned ({id, nanos, service} each); with
--- max_ttl, an expiry further than max_ttl away (a clock stepped back) is brought
--- back to now + max_ttl. Value: "expires nanos service".
-local function scan_leases(key, now, service, max_ttl, drop)
-  local raw = redis.call('HGETALL', key)
-  local reserved, count, expired = 0, 0, {}
-  for k = 1, #raw, 2 do
-    local expires, amount, svc = string.match(raw[k + 1], '^(%S+) (%S+) (.*)$')
-    expires = tonumber(expires)
-    if expires <= now then
-      if drop then
-        redis.call('HDEL', key, raw[k])
-        expired[#expired + 1] = {raw[k], tonumber(amount), svc}
-      end
-    else
-      if max_ttl ~= nil and expires > now + max_ttl then
-        redis.call('HSET', key, raw[k], fmt(now + max_ttl) .. ' ' .. amount .. ' ' .. svc)
-      end
-      reserved = reserved + tonumber(amount)
-      if svc == service then count = count + 1 end
-    end
-  end
-  return reserved, count, expired
-end
-
--- TransactionalBackend._charge_expired: each expired lease is charged its
--- reservation (its process died mid-call; the provider may have billed it).
-local function charge_expired(expired, ws, k_spend, k_ctr, k_done, now)
-  for _, e in ipairs(expired) do
-    local id, nanos, svc = e[1], e[2], e[3]
-    if #ws > 0 then
-      local spends = load_spends(k_spend, ws)
-      for _, w in ipairs(ws) do
-        local start, spent = rolled(spends, w, now)
-        redis.call('HSET', k_spend, w.name, fmt(start) .. ' ' .. fmt(spent + nanos))
-      end
-    end
-    local service = string.match(svc, '^[^/]*')
-    redis.call('HINCRBY', k_ctr, 'expired|' .. service, 1)
-    if nanos ~= 0 then
-      redis.call('HINCRBY', k_ctr, 'cost|' .. service .. '|(expired)',
-        string.format('%.0f', nanos))
-    end
-    redis.call('ZADD', k_done, now + 3600, id)
-  end
-end
-
 -- rate.py -----------------------------------------------------------------
 local function headroom(capacity, cost, share)
   return math.max(0.0, math.min(capacity * share, capacity - cost))
@@ -207,6 +207,193 @@ local function gcra(tat, now, cost, rate, capacity, reserve)
   local allow_at = new_tat - (capacity - reserve) / rate
   if allow_at <= now + EPS then return true, new_tat, 0.0 end
   return false, tat, allow_at - now
+end
+
+-- Live leases: reserved nanos in total and calls in flight for service. With
+-- drop, expired leases are removed and returned ({id, nanos, service, scopes} each);
+-- with max_ttl, an expiry further than max_ttl away (a clock stepped back) is
+-- brought back to now + max_ttl. With held (a table), the nanos each scope value's
+-- live leases hold are added to it. Value: "expires nanos service" then, when the
+-- call holds scope budgets, a tab and their keys ("kind=value", space-separated).
+local function scan_leases(key, now, service, max_ttl, drop, held)
+  local raw = redis.call('HGETALL', key)
+  local reserved, count, expired = 0, 0, {}
+  for k = 1, #raw, 2 do
+    local expires, amount, svc, tail = string.match(raw[k + 1], '^(%S+) (%S+) ([^\t]*)(.*)$')
+    expires = tonumber(expires)
+    if expires <= now then
+      if drop then
+        redis.call('HDEL', key, raw[k])
+        expired[#expired + 1] = {raw[k], tonumber(amount), svc, tail}
+      end
+    else
+      if max_ttl ~= nil and expires > now + max_ttl then
+        redis.call('HSET', key, raw[k], fmt(now + max_ttl) .. ' ' .. amount .. ' ' .. svc .. tail)
+      end
+      reserved = reserved + tonumber(amount)
+      if svc == service then count = count + 1 end
+      if held ~= nil and tail ~= '' then
+        for sk in string.gmatch(tail, '%S+') do held[sk] = (held[sk] or 0) + tonumber(amount) end
+      end
+    end
+  end
+  return reserved, count, expired
+end
+
+-- policies/scopes.py ------------------------------------------------------
+-- A scope value's record, at key prefix .. "kind=value" with a TTL to its expiry:
+-- "req_tat tok_tat expires" then "window start spent_nanos" per budget window.
+local WINDOW_LENGTH = {minute = 60, hour = 3600, day = 86400, month = 0}
+
+local function window_end(length, start)
+  if length == 0 then return month_end(start) end
+  return start + length
+end
+
+local function load_scope(raw)
+  local s = {req_tat = 0.0, tok_tat = 0.0, expires = 0.0, spends = {}, names = {}}
+  if not raw then return s end
+  local v = {}
+  for tok in string.gmatch(raw, '%S+') do v[#v + 1] = tok end
+  s.req_tat, s.tok_tat, s.expires = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  for i = 4, #v, 3 do
+    s.spends[v[i]] = {tonumber(v[i + 1]), tonumber(v[i + 2])}
+    s.names[#s.names + 1] = v[i]
+  end
+  return s
+end
+
+local function store_scope(key, s, now)
+  local parts = {fmt(s.req_tat), fmt(s.tok_tat), fmt(s.expires)}
+  for _, name in ipairs(s.names) do
+    local sp = s.spends[name]
+    parts[#parts + 1] = name .. ' ' .. fmt(sp[1]) .. ' ' .. fmt(sp[2])
+  end
+  local ms = math.ceil((s.expires - now) * 1000)
+  if ms < 1000 then ms = 1000 end
+  redis.call('SET', key, table.concat(parts, ' '), 'PX', ms)
+end
+
+-- scopes.expires_at over the windows ws ({name, length} each).
+local function scope_expires_at(s, ws, now)
+  local out = math.max(now + SCOPE_IDLE, s.expires)
+  for _, w in ipairs(ws) do
+    out = math.max(out, window_end(w.length, window_start(w.length, now)))
+  end
+  return out
+end
+
+-- scopes.settle: charge nanos to the windows ws of the scope stored at key;
+-- appends (window, spent before, spent after) per window to charged, if given.
+local function scope_settle(key, ws, nanos, now, charged, label)
+  local s = load_scope(redis.call('GET', key))
+  for _, w in ipairs(ws) do
+    local start, spent = rolled(s.spends, w, now)
+    if s.spends[w.name] == nil then s.names[#s.names + 1] = w.name end
+    s.spends[w.name] = {start, spent + nanos}
+    if charged ~= nil then
+      for _, v in ipairs({label, w.name, string.format('%.0f', spent),
+                          string.format('%.0f', spent + nanos)}) do
+        charged[#charged + 1] = v
+      end
+    end
+  end
+  s.expires = scope_expires_at(s, ws, now)
+  store_scope(key, s, now)
+end
+
+-- The windows ({name, length}) a stored scope has spend in.
+local function scope_windows(s)
+  local ws = {}
+  for _, name in ipairs(s.names) do ws[#ws + 1] = {name = name, length = WINDOW_LENGTH[name]} end
+  return ws
+end
+
+-- One scope of a call, one argument: "kind=value observe rpm tpm" then
+-- "window limit_nanos" per budget. Its state is loaded from key.
+local function read_scope(text, key)
+  local v = {}
+  for tok in string.gmatch(text, '%S+') do v[#v + 1] = tok end
+  local sc = {key = v[1], observe = v[2] == '1', rpm = tonumber(v[3]), tpm = tonumber(v[4]),
+    ws = {}, rkey = key}
+  for i = 5, #v, 2 do
+    sc.ws[#sc.ws + 1] = {name = v[i], limit = tonumber(v[i + 1]), length = WINDOW_LENGTH[v[i]]}
+  end
+  sc.state = load_scope(redis.call('GET', key))
+  return sc
+end
+
+-- scopes.take: (wait, new state or nil when unchanged); wait -1 when admitted.
+local function scope_take(sc, llm_tokens, now)
+  local s = sc.state
+  local wait = -1.0
+  local horizon = now + 60.0
+  local req_tat, tok_tat = math.min(s.req_tat, horizon), math.min(s.tok_tat, horizon)
+  local clamped = req_tat ~= s.req_tat or tok_tat ~= s.tok_tat
+  local new_req, new_tok = req_tat, tok_tat
+  local ok, w
+  if sc.rpm > 0 then
+    ok, new_req, w = gcra(req_tat, now, 1.0, sc.rpm / 60.0, sc.rpm, 0.0)
+    if not ok then wait = math.max(wait, w) end
+  end
+  if sc.tpm > 0 and llm_tokens > 0 then
+    ok, new_tok, w = gcra(tok_tat, now, math.min(llm_tokens, sc.tpm), sc.tpm / 60.0, sc.tpm, 0.0)
+    if not ok then wait = math.max(wait, w) end
+  end
+  if wait >= 0 then
+    if not clamped then return wait, nil end
+    return wait, {req_tat = req_tat, tok_tat = tok_tat, expires = s.expires, spends = s.spends,
+      names = s.names}
+  end
+  return wait, {req_tat = new_req, tok_tat = new_tok,
+    expires = math.max(s.expires, now + SCOPE_IDLE), spends = s.spends, names = s.names}
+end
+
+-- scopes.hold: every budget window on record, kept long enough (nil: unchanged).
+local function scope_hold(sc, s, now)
+  if #sc.ws == 0 then return nil end
+  local missing = false
+  for _, w in ipairs(sc.ws) do
+    if s.spends[w.name] == nil then missing = true end
+  end
+  if not missing and s.expires >= now + 60.0 then return nil end
+  local spends, names = {}, {}
+  for _, name in ipairs(s.names) do spends[name] = s.spends[name]; names[#names + 1] = name end
+  for _, w in ipairs(sc.ws) do
+    if spends[w.name] == nil then
+      spends[w.name] = {window_start(w.length, now), 0}
+      names[#names + 1] = w.name
+    end
+  end
+  return {req_tat = s.req_tat, tok_tat = s.tok_tat, expires = scope_expires_at(s, sc.ws, now),
+    spends = spends, names = names}
+end
+
+-- TransactionalBackend._charge_expired: each expired lease is charged its
+-- reservation (its process died mid-call; the provider may have billed it),
+-- to the global budget and to every scope it held.
+local function charge_expired(expired, ws, k_spend, k_ctr, k_done, now, scope_prefix)
+  for _, e in ipairs(expired) do
+    local id, nanos, svc, tail = e[1], e[2], e[3], e[4]
+    if #ws > 0 then
+      local spends = load_spends(k_spend, ws)
+      for _, w in ipairs(ws) do
+        local start, spent = rolled(spends, w, now)
+        redis.call('HSET', k_spend, w.name, fmt(start) .. ' ' .. fmt(spent + nanos))
+      end
+    end
+    for sk in string.gmatch(tail, '%S+') do
+      local key = scope_prefix .. sk
+      scope_settle(key, scope_windows(load_scope(redis.call('GET', key))), nanos, now)
+    end
+    local service = string.match(svc, '^[^/]*')
+    redis.call('HINCRBY', k_ctr, 'expired|' .. service, 1)
+    if nanos ~= 0 then
+      redis.call('HINCRBY', k_ctr, 'cost|' .. service .. '|(expired)',
+        string.format('%.0f', nanos))
+    end
+    redis.call('ZADD', k_done, now + 3600, id)
+  end
 end
 
 -- adaptive.py -------------------------------------------------------------
