@@ -29,6 +29,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("overhead", "benchmarks.bench_overhead"),
     ("goodput", "benchmarks.bench_goodput"),
     ("budget", "benchmarks.bench_budget"),
+    ("scopes", "benchmarks.bench_scopes"),
     ("footprint", "benchmarks.bench_footprint"),
     ("redis", "benchmarks.bench_redis"),
 )

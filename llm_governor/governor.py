@@ -482,7 +482,11 @@ class Governor:
             self._live[t.lease_id] = t
             if self._heart is None:
                 self._start_heartbeat()
-        self._emit(self.telemetry.decision, t, d.outcome, d.retry_after)
+        outcome: str = d.outcome
+        if d.observed is not None:  # admitted; an observed scope would have refused
+            t.would = t.would or d.observed
+            outcome = f"would_{d.observed}"
+        self._emit(self.telemetry.decision, t, outcome, d.retry_after)
 
     def _explain(self, t: Ticket, d: Decision) -> None:
         """Say once per scope and limit why calls wait or are refused, and how to change it."""
@@ -502,10 +506,14 @@ class Governor:
 
         if d.scope:
             kind, _, value = d.scope.partition("=")
-            limit = f"scopes.{kind}.per_{d.window}" if d.outcome == "budget_exceeded" else \
-                f"scopes.{kind}.requests_per_minute / llm_tokens_per_minute"
-            text = (f"the limits of their scope {d.scope} ({limit}, or "
-                    f"scopes.{kind}.overrides.{value}); other {kind}s are not held")
+            if d.outcome == "budget_exceeded":
+                text = (f"the {d.window} budget of their scope {d.scope}, spent: refused until "
+                        f"it resets (scopes.{kind}.per_{d.window}, or "
+                        f"scopes.{kind}.overrides.{value}); other {kind}s go on")
+            else:
+                text = (f"the request or LLM-token limit of their scope {d.scope} "
+                        f"(scopes.{kind}.requests_per_minute / llm_tokens_per_minute, or "
+                        f"scopes.{kind}.overrides.{value}); other {kind}s go on")
         elif d.outcome == "budget_exceeded":
             text = (f"the {d.window} budget (budget.per_{d.window}) is spent; calls are refused "
                     "until its window resets, or raise it in the configuration")
@@ -658,8 +666,9 @@ class Governor:
         if not t.observe or d.scope:
             return False
         t.emergency = d.emergency
-        t.would = t.would or d.outcome
-        self._emit(self.telemetry.decision, t, f"would_{d.outcome}", d.retry_after)
+        would = d.observed or d.outcome
+        t.would = t.would or would
+        self._emit(self.telemetry.decision, t, f"would_{would}", d.retry_after)
         return True
 
     def admit(self, spec: CallSpec,

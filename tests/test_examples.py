@@ -17,6 +17,13 @@ EXPECTED = {
     "redis_fleet.py": ["paid calls across 4 processes: 10; spent $0.10 of $0.10"],
     "otel_prometheus.py": ['decision="admitted"', "llm_governor_cost_USD_total",
                            'window="day"'],
+    "per_tenant_budgets.py": ["globex/eve: answered by gpt-4o-mini",
+                              "initech/ivy: refused, the day budget of tenant initech is spent",
+                              "budget threshold: 50% of the day budget of tenant=globex",
+                              "  acme: $0.0025800 of $0.01 today"],
+    "observe_first.py": ["observe: 16 answered, 0 refused",
+                         "'would_budget_exceeded': 12",
+                         "enforce: 4 answered, 12 refused"],
 }
 
 

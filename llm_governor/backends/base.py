@@ -284,9 +284,14 @@ class TransactionalBackend(Backend):
                 reserved, in_flight = _ZERO, 0
             decision = self._decide(tx, req, lease_id, ttl, now, emergency, reserved, in_flight,
                                     scope_reserved)
-            # observed limits only count a refusal; an enforced scope's is real
-            outcome = decision.outcome if decision.admitted or not req.observe \
-                or decision.scope else f"would_{decision.outcome}"
+            # one count per admission: observed limits count the first refusal they would
+            # have made (as would_…); an enforced scope's refusal is real
+            if decision.observed is not None:
+                outcome = f"would_{decision.observed}"
+            elif decision.admitted or not req.observe or decision.scope:
+                outcome = decision.outcome
+            else:
+                outcome = f"would_{decision.outcome}"
             key = self._decision_keys.get((req.service, outcome))
             if key is None:
                 key = self._decision_keys[(req.service, outcome)] = \
@@ -299,6 +304,7 @@ class TransactionalBackend(Backend):
                 scope_reserved: dict[str, Decimal]) -> Decision:
         """Scope budgets, then the service's limits, then the scopes' buckets: all or nothing."""
         found = {sr.key: tx.scope(sr.key) for sr in req.scopes} if req.scopes else {}
+        observed: admission.Outcome | None = None  # the first refusal of an observed scope
         if req.reserve:
             for sr in req.scopes:
                 refusal = scopes.check(sr, found[sr.key], scope_reserved.get(sr.key, _ZERO),
@@ -306,7 +312,7 @@ class TransactionalBackend(Backend):
                 if refusal is None:
                     continue
                 if sr.observe:
-                    tx.incr(f"requests|{req.service}|would_{refusal.outcome}", 1)
+                    observed = observed or refusal.outcome
                     continue
                 return replace(refusal, emergency=emergency)
         state = tx.service(req.key)
@@ -321,7 +327,7 @@ class TransactionalBackend(Backend):
             for sr in req.scopes:
                 w, new_scope = scopes.take(sr, found[sr.key], req.llm_tokens, now)
                 if w >= 0 and sr.observe:
-                    tx.incr(f"requests|{req.service}|would_rate_limited", 1)
+                    observed = observed or "rate_limited"
                 elif w > wait:
                     wait, waited_for = w, sr.key
                 if new_scope is not found[sr.key]:
@@ -340,6 +346,8 @@ class TransactionalBackend(Backend):
         if decision.admitted and lease_id is not None:
             tx.add_lease(Lease(lease_id, req.key, req.cost, now + ttl,
                                tuple(sr.key for sr in req.scopes if sr.budgets)))
+        if observed is not None and (decision.admitted or req.observe):
+            decision = replace(decision, observed=observed)
         return decision
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:

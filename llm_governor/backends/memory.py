@@ -91,7 +91,11 @@ class _MemoryTxn(Txn):
 
     def drop_idle_scopes(self, now: float) -> None:
         found = self._b._scopes
-        for key in [k for k, st in found.items() if st.expires <= now]:
+        idle = [k for k, st in found.items() if st.expires <= now]
+        if len(idle) > len(found) // 2:  # a dict never shrinks: rebuild it to free its table
+            self._b._scopes = {k: st for k, st in found.items() if st.expires > now}
+            return
+        for key in idle:
             del found[key]
 
     def scopes_of(self, kind: str | None) -> dict[str, ScopeState]:

@@ -248,7 +248,7 @@ class RedisStore(SharedStore):
         )
         emergency = bool(r[5])
         return Decision(bool(r[0]), r[1], float(r[2]), from_nanos(int(r[3])) if r[3] else None,
-                        r[4] or None, emergency, r[6] or None, r[7] or None)
+                        r[4] or None, emergency, r[6] or None, r[7] or None, r[8] or None)
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         self._scripts["observe"](

@@ -104,6 +104,7 @@ class Decision:
     emergency: bool = False
     bound: Bound | None = None  # rate_limited: which limit held the call back
     scope: str | None = None  # the scope (``kind=value``) whose limit refused, if one did
+    observed: Outcome | None = None  # admitted, but an observed scope would have refused
 
 
 @dataclass(frozen=True, slots=True)

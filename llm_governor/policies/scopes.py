@@ -25,6 +25,7 @@ __all__ = ["IDLE", "ScopeRequest", "ScopeState", "check", "expires_at", "hold", 
            "take"]
 
 _ZERO = Decimal(0)
+_NONE = budget.WindowSpend()
 IDLE = 120.0  # seconds a scope with only per-minute limits is kept after its last use
 
 
@@ -56,12 +57,12 @@ class ScopeState:
 def check(sr: ScopeRequest, s: ScopeState, reserved: Decimal, cost: Decimal,
           now: float) -> Decision | None:
     """The scope's budget refusal of ``cost`` (None: its budgets can cover it)."""
-    if not sr.budgets:
-        return None
-    ok, left, window, reset = budget.check(s.spends, sr.budgets, reserved, cost, now)
-    if ok:
-        return None
-    return Decision(False, "budget_exceeded", reset, left, window, scope=sr.key)
+    for window, limit in sr.budgets.items():
+        spent = budget.roll(s.spends.get(window, _NONE), window, now).spent
+        if cost > limit - spent - reserved:  # refused: the details, as the global budget's
+            _, left, refusing, reset = budget.check(s.spends, sr.budgets, reserved, cost, now)
+            return Decision(False, "budget_exceeded", reset, left, refusing, scope=sr.key)
+    return None
 
 
 def take(sr: ScopeRequest, s: ScopeState, llm_tokens: float,

@@ -5,7 +5,7 @@
 --       cost (float), windows, limits, emergency limits, service (counter label),
 --       observe mode (1/0), then one scope spec per scope key (see read_scope)
 -- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency,
---          bound | '', scope | ''}.
+--          bound | '', scope | '', observed | ''}.
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_EMERGENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_DONE = KEYS[6]
 local now = clock(ARGV[1])
@@ -29,13 +29,24 @@ local function count(outcome)
   redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
 end
 
+local observed = nil -- the first refusal of an observed scope
+
+-- one count per admission: observed limits count the first refusal they would have
+-- made (as would_...); an enforced scope's refusal is real
 local function finish(admitted, outcome, wait, left, window, bound, scope)
-  -- observed limits only count a refusal; an enforced scope's is real
-  if admitted or not observing or scope then count(outcome) else count('would_' .. outcome) end
+  local seen = nil
+  if observed ~= nil and (admitted or (observing and not scope)) then seen = observed end
+  if seen ~= nil then
+    count('would_' .. seen)
+  elseif admitted or not observing or scope then
+    count(outcome)
+  else
+    count('would_' .. outcome)
+  end
   local left_s = ''
   if left ~= nil then left_s = string.format('%.0f', left) end
   return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0,
-    bound or '', scope or ''}
+    bound or '', scope or '', seen or ''}
 end
 
 local lim
@@ -58,7 +69,7 @@ if reserve then
         scope_reserved[sc.key] or 0, cost_n, now)
       if not ok then
         if sc.observe then
-          count('would_budget_exceeded')
+          if observed == nil then observed = 'budget_exceeded' end
         else
           return finish(false, 'budget_exceeded', reset, left, window, nil, sc.key)
         end
@@ -138,7 +149,7 @@ if #scopes > 0 then
   for i, sc in ipairs(scopes) do
     local w, st = scope_take(sc, llm_tokens, now)
     if w >= 0 and sc.observe then
-      count('would_rate_limited')
+      if observed == nil then observed = 'rate_limited' end
     elseif w > wait then
       wait, waited_for = w, sc.key
     end
