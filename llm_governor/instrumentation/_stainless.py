@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-import math
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -40,7 +39,7 @@ from ._base import (
     note_veto,
     sync_governed,
 )
-from ._errors import classify_status, sdk_rejection, transport_failure
+from ._errors import classify_status, retry_headers, sdk_rejection, transport_failure
 from ._media import MediaBound, media_bound
 from .streams import Settlement, SSEScanner, watch_aiter, watch_iter
 
@@ -388,7 +387,8 @@ class StainlessAdapter(Adapter):
 
     @abc.abstractmethod
     def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
-        """``(JSON body of the synthetic 429, body the SDK error carries)``."""
+        """``(JSON body of the synthetic 429, body the SDK error carries)``: the provider's
+        own error type for the situation (out of credit when ``exc`` should not be retried)."""
 
     def rejection(self, exc: GovernorError, call: Call) -> BaseException:
         httpx2 = sys.modules["httpx2"]
@@ -398,11 +398,7 @@ class StainlessAdapter(Adapter):
         except Exception:  # never let the error path fail: a bare URL will do
             url = instance.base_url
         request = httpx2.Request(str(options.method).upper(), url)
-        wait = exc.retry_after
-        headers = {"retry-after": "60"}
-        if wait is not None and math.isfinite(wait) and wait >= 0:
-            headers = {"retry-after": str(max(1, math.ceil(wait))),
-                       "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+        headers = retry_headers(exc)
         message = str(exc)
         body, carried = self.error_body(exc, message)
         response = httpx2.Response(429, headers=headers, json=body, request=request)

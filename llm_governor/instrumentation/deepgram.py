@@ -289,9 +289,10 @@ class DeepgramAdapter(Adapter):
         seconds = max(1, math.ceil(wait)) if wait is not None and math.isfinite(wait) \
             and wait >= 0 else 60
         body = {"err_code": _ERROR_CODES[429], "err_msg": str(exc)}
+        headers = {"retry-after": str(seconds)} if exc.should_retry \
+            else {"x-should-retry": "false"}
         return sdk_rejection(exc, self._api_error, "Deepgram",
-                             headers={"retry-after": str(seconds),
-                                      "content-type": "application/json"},
+                             headers={**headers, "content-type": "application/json"},
                              status_code=429, body=body)
 
     # --------------------------------------------------------------- results

@@ -488,7 +488,7 @@ class GeminiAdapter(Adapter):
         message = str(exc)
         error: dict[str, Any] = {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED"}
         wait = exc.retry_after
-        if wait is not None and math.isfinite(wait) and wait >= 0:
+        if exc.should_retry and wait is not None and math.isfinite(wait) and wait >= 0:
             error["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{math.ceil(wait)}s"}]
         body = {"error": error}
         return sdk_rejection(exc, errors.ClientError, "Gemini", 429, body,

@@ -20,10 +20,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import BudgetExceededError, GovernorError
+from ..errors import GovernorError
 from ..policies.adaptive import ProviderLimits
 from ..pricing import Usage
 from ._base import Call
+from ._errors import out_of_credit
 from ._headers import openai_limits
 from ._stainless import StainlessAdapter
 from .streams import UsageTracker, count, field
@@ -140,8 +141,7 @@ class OpenAIAdapter(StainlessAdapter):
         return OpenAITracker(bool(call.context.get("injected")))
 
     def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
-        # A budget refusal is OpenAI's own "out of credit" situation: insufficient_quota.
-        code = "insufficient_quota" if isinstance(exc, BudgetExceededError) \
-            else "rate_limit_exceeded"
+        # A spent budget is OpenAI's own "out of credit" situation: insufficient_quota.
+        code = "insufficient_quota" if out_of_credit(exc) else "rate_limit_exceeded"
         error = {"message": message, "type": code, "param": None, "code": code}
         return {"error": error}, error
