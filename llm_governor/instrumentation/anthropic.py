@@ -70,6 +70,8 @@ class AnthropicTracker(UsageTracker):
 
 class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
+    distribution = "anthropic"
+    versions = ("0.120", "3")
     operations = OPERATIONS
     error_prefix = "Anthropic"
     attempt_points = (("anthropic._base_client", "SyncAPIClient", "_attempt_request"),

@@ -109,6 +109,8 @@ class DeepgramAdapter(Adapter):
     """Governs ``deepgram`` through ``HttpClient.request`` / ``AsyncHttpClient.request``."""
 
     module = "deepgram"
+    distribution = "deepgram-sdk"
+    versions = ("7.0", "8")
 
     def __init__(self) -> None:
         self._getter: GovernorGetter | None = None

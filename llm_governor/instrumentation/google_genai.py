@@ -230,6 +230,8 @@ class GeminiAdapter(Adapter):
     """Governs ``google.genai`` through ``BaseApiClient``'s request methods."""
 
     module = "google.genai"
+    distribution = "google-genai"
+    versions = ("3.0", "4")
 
     def patches(self, getter: GovernorGetter) -> list[Patch]:
         base = sys.modules["google.genai._api_client"].BaseApiClient

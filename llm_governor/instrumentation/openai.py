@@ -102,6 +102,8 @@ class OpenAITracker(UsageTracker):
 
 class OpenAIAdapter(StainlessAdapter):
     module = "openai"
+    distribution = "openai"
+    versions = ("2.31", "4")
     operations = OPERATIONS
     error_prefix = "OpenAI"
     # OpenAI and AsyncOpenAI override the base send (auth retries) without calling it.
@@ -112,7 +114,7 @@ class OpenAIAdapter(StainlessAdapter):
 
     def replayable(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
         request = args[0] if args else kwargs.get("request")
-        return isinstance(getattr(request, "stream", None), sys.modules["httpx2"].ByteStream)
+        return isinstance(getattr(request, "stream", None), self.http.ByteStream)
 
     def service(self, instance: Any) -> str:
         azure = sys.modules.get("openai.lib.azure")
