@@ -9,7 +9,6 @@ import textwrap
 from importlib.metadata import entry_points
 
 import anthropic
-import httpx2
 import openai
 import pytest
 import wrapt
@@ -19,7 +18,7 @@ from llm_governor.api import set_governor
 from llm_governor.instrumentation import GovernorInstrumentor
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed, calls
+from .conftest import Driver, Governed, calls, httpx2
 
 PATCHED = [(cls, name) for sdk in (openai, anthropic)
            for cls in (sdk._base_client.SyncAPIClient, sdk._base_client.AsyncAPIClient)

@@ -13,14 +13,13 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 from llm_governor.testing import FakeProvider
 from tests.instrumentation._spies import SettlementSpy
 
-from .conftest import Driver, Governed, calls, eventually, in_flight, state
+from .conftest import Driver, Governed, calls, eventually, httpx2, in_flight, state
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-3-5-haiku-latest"
