@@ -1005,7 +1005,7 @@ class Governor:
         if t.settled or t.pid != os.getpid():
             return _ZERO
         t.settled = True
-        if usage is not None and t.reservation in ("worst_case", "learned"):
+        if usage is not None and self.learner.teaches(t, usage):
             self.learner.record(t.service, t.spec.model, usage.output_tokens)
         if cost is None:
             usage_cost = None if usage is None else \

@@ -30,6 +30,7 @@ from .config import GovernorConfig, LearnedReservationConfig, RateLimitConfig
 
 if TYPE_CHECKING:
     from .governor import Governor, Ticket
+    from .pricing import Usage
 
 __all__ = ["OutputLearner", "reservation_hint", "reservation_mode"]
 
@@ -54,12 +55,23 @@ def reservation_mode(config: GovernorConfig, cfg: RateLimitConfig,
 
 
 class OutputLearner:
-    """Recent output tokens of calls with no output cap, per (service, model)."""
+    """Recent output tokens per (service, model): of calls with no output cap, and of
+    capped calls that stopped before their cap (so capped calls warm it up too)."""
 
     def __init__(self, cfg: LearnedReservationConfig) -> None:
         self.cfg = cfg
         self._seen: dict[tuple[str, str], deque[int]] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def teaches(t: Ticket, usage: Usage) -> bool:
+        """Whether a settled call says how long the model's answers are: an uncapped one,
+        or a capped one that stopped before its cap (a truncated one says nothing)."""
+        if t.reservation in ("worst_case", "learned"):
+            return True
+        cap = t.spec.max_output_tokens
+        return t.reservation == "capped" and not t.spec.embedding and cap is not None \
+            and usage.output_tokens < cap
 
     def record(self, service: str, model: str | None, output_tokens: int) -> None:
         """A settled call of ``model`` output ``output_tokens`` (it set no cap)."""

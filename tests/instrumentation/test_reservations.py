@@ -143,3 +143,23 @@ async def test_reservation_is_set_per_service_and_per_scope(
     with llm_governor.scope(tenant="other"):
         t = gov.ticket(llm_governor.CallSpec(service="openai", model=MINI))
     assert t.reservation == ("worst_case" if where == "scope_override" else "learned")
+
+
+async def test_capped_calls_warm_up_a_model_too_small_a_budget_cannot_afford_uncapped(
+        driver: Driver, fake: FakeProvider, governed: Governed) -> None:
+    """gpt-4o's worst case ($0.16) never fits a cent; capped calls that stop before their
+    cap teach the learner, and then uncapped calls fit."""
+    gov = governed({"budget": {"per_day": "0.01"}, "reservation": "learned",
+                    "learned": {"warmup": 3}})
+    with pytest.raises(BudgetExceededError) as caught:
+        await ask(driver, GPT)
+    assert "warms up (0 of 3" in str(caught.value)
+    for _ in range(3):
+        await driver.call(driver.openai.chat.completions.create, model=GPT,
+                          messages=MESSAGES, max_tokens=200)  # outputs 20: not truncated
+    truncated = await driver.call(driver.openai.chat.completions.create, model=GPT,
+                                  messages=MESSAGES, max_tokens=5)
+    assert truncated.usage.completion_tokens == 5
+    assert gov.learner.seen("openai", GPT) == 3  # the truncated one taught nothing
+    assert await served(driver, 10, GPT) == 10
+    assert spent(gov) == fake.ledger.total_billed() <= Decimal("0.01")
