@@ -254,15 +254,17 @@ class LearnedReservationConfig(BaseModel):
     """How ``reservation = "learned"`` bounds a call that sets no max output tokens.
 
     The bound is the ``percentile`` of the model's last ``window`` settled
-    outputs (calls without a cap), never below ``floor`` tokens; until
-    ``warmup`` such calls have settled, the call reserves the worst case.
+    outputs (calls without a cap, and capped ones that ended before it), never
+    below ``floor`` tokens; until ``warmup`` such calls have settled, the call
+    reserves the worst case (5 by default: a budget barely above one worst case
+    must get through them).
     """
 
     model_config = _STRICT
 
     percentile: float = Field(0.99, gt=0, le=1)
     window: int = Field(200, ge=1, le=100_000)
-    warmup: int = Field(20, ge=1)
+    warmup: int = Field(5, ge=1)
     floor: int = Field(256, ge=1)
 
     @model_validator(mode="after")
