@@ -32,6 +32,8 @@ from .errors import (
     PolicyRefusedError,
     QueueFullError,
     RateLimitExceededError,
+    refusal,
+    retryable,
 )
 from .exporters.monitor import RateLimitAlert, log_alert_handler
 from .governor import CallSpec, Governor
@@ -55,6 +57,6 @@ __all__ = [
     "downgrade_when_budget_low", "enable_emergency_mode", "export_rate_limit_metrics",
     "get_governor", "get_rate_limit_health", "get_service_config", "graceful_api_call",
     "instrument", "is_emergency_mode", "job", "load_config", "log_alert_handler", "loop_guard",
-    "priority", "rate_limited", "reset_limits", "scope", "start_rate_limit_monitoring",
-    "stop_rate_limit_monitoring", "uninstrument",
+    "priority", "rate_limited", "refusal", "reset_limits", "retryable", "scope",
+    "start_rate_limit_monitoring", "stop_rate_limit_monitoring", "uninstrument",
 ]

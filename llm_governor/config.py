@@ -33,6 +33,7 @@ __all__ = [
     "AlertsConfig",
     "BudgetConfig",
     "GovernorConfig",
+    "LearnedReservationConfig",
     "MonitorConfig",
     "PriceOverride",
     "RateLimitConfig",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 Environment = Literal["development", "testing", "staging", "production"]
+Reservation = Literal["worst_case", "learned"]
 
 
 def _to_money(value: Any) -> Any:
@@ -113,6 +115,9 @@ class RateLimitConfig(BaseModel):
         None, description="an OpenAI-compatible endpoint whose calls count as this service"
     )
     mode: Literal["enforce", "observe"] | None = Field(None, description="None: the global mode")
+    reservation: Reservation | None = Field(
+        None, description="how a call with no max output tokens is reserved; None: the global "
+                          "setting")
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -191,6 +196,8 @@ class ScopeLimits(BaseModel):
     requests_per_minute: float | None = Field(None, gt=0)
     llm_tokens_per_minute: int | None = Field(None, ge=1)
     mode: Mode | None = Field(None, description="None: the global mode")
+    reservation: Reservation | None = Field(
+        None, description="None: the service's, else the global setting")
 
     def windows(self) -> dict[str, Decimal]:
         return BudgetConfig(per_minute=self.per_minute, per_hour=self.per_hour,
@@ -240,6 +247,30 @@ class PriceOverride(BaseModel):
         if all(v is None for v in (self.input, self.output, self.per_audio_minute,
                                    self.per_request)):
             raise ValueError("give at least one of input, output, per_audio_minute, per_request")
+        return self
+
+
+class LearnedReservationConfig(BaseModel):
+    """How ``reservation = "learned"`` bounds a call that sets no max output tokens.
+
+    The bound is the ``percentile`` of the model's last ``window`` settled
+    outputs (calls without a cap, and capped ones that ended before it), never
+    below ``floor`` tokens; until ``warmup`` such calls have settled, the call
+    reserves the worst case (5 by default: a budget barely above one worst case
+    must get through them).
+    """
+
+    model_config = _STRICT
+
+    percentile: float = Field(0.99, gt=0, le=1)
+    window: int = Field(200, ge=1, le=100_000)
+    warmup: int = Field(5, ge=1)
+    floor: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> LearnedReservationConfig:
+        if self.warmup > self.window:
+            raise ValueError(f"warmup ({self.warmup}) must be <= window ({self.window})")
         return self
 
 
@@ -323,6 +354,12 @@ class GovernorConfig(BaseModel):
     )
     mode: Mode = Field("enforce", description="observe: never wait or refuse, only record "
                                               "what would have happened")
+    reservation: Reservation = Field(
+        "worst_case", description="a call with no max output tokens reserves the model's output "
+                                  "cap (worst_case) or a high percentile of its recent outputs "
+                                  "(learned)")
+    learned: LearnedReservationConfig = Field(
+        default_factory=lambda: LearnedReservationConfig())
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     scopes: dict[Annotated[str, Field(pattern=SCOPE_KIND)], ScopeConfig] = Field(
         default_factory=dict)

@@ -60,6 +60,7 @@ from .policies.custom import CallInfo, Policy, Refuse, Reprioritize, Substitute,
 from .policies.queue import AdmissionQueue, Waiter
 from .policies.retry import AttemptFailure, ProviderWait, RetryBudget
 from .pricing import Pricer, Usage
+from .reservations import OutputLearner, reservation_hint, reservation_mode
 from .scoping import CallScopes, ScopeKinds
 
 __all__ = ["CallSpec", "Governor", "Ticket", "never_sent"]
@@ -106,7 +107,8 @@ class Ticket:
 
     __slots__ = ("attempt_started", "attempts", "cfg", "emergency", "failure", "holding", "job",
                  "key", "labels", "lease_id", "limits", "llm_tokens", "model", "observe", "pid",
-                 "priority", "provider", "queue_wait", "requeues", "reserved", "scopes",
+                 "priority", "provider", "queue_wait", "requeues", "reservation", "reserved",
+                 "scopes",
                  "service", "settled", "span", "spec", "started", "state", "sunk", "usage_hint",
                  "would")
 
@@ -144,6 +146,9 @@ class Ticket:
         self.scopes = scopes or CallScopes()
         self.observe = observe  # observe mode: never wait, refuse or change the call
         self.would: str | None = None  # observe mode: the first refusal it would have met
+        # how the output part was reserved: "capped" (the call's own max tokens), "stated",
+        # "learned", or "worst_case" (no cap: the model's output cap)
+        self.reservation = "capped"
 
 
 def new_lease_id() -> str:
@@ -286,6 +291,7 @@ class Governor:
             on_error=config.on_backend_error, degraded_budget_share=config.degraded_budget_share,
         )
         self.pricer = Pricer(config.prices)
+        self.learner = OutputLearner(config.learned)
         self.lease_ttl = float(config.lease_ttl)
         self._queues: dict[str, AdmissionQueue] = {}
         self._limits: dict[tuple[str, str | None], tuple[RateLimitConfig, Limits, Limits]] = {}
@@ -424,19 +430,29 @@ class Governor:
         """Estimate the call and prepare its ticket (no state touched yet)."""
         cfg, limits, _ = self._resolve(spec.service, spec.model)
         stated = spec.cost if spec.cost is not None else current_cost_override()
+        labels = current_labels()
+        out_cap, reservation = spec.max_output_tokens, "capped"
+        if stated is not None:
+            reservation = "stated"
+        elif out_cap is None and not spec.embedding:
+            reservation = "worst_case"
+            if reservation_mode(self.config, cfg, labels) == "learned":
+                out_cap = self.learner.bound(spec.service, spec.model)
+                reservation = "worst_case" if out_cap is None else "learned"
         cost, tokens = self.pricer.estimate(
             spec.service, spec.model, cfg, prompt_bytes=spec.prompt_bytes,
             media_tokens=spec.media_tokens, audio_tokens=spec.audio_tokens,
-            media_unbounded=spec.media_unbounded, max_output_tokens=spec.max_output_tokens,
+            media_unbounded=spec.media_unbounded, max_output_tokens=out_cap,
             audio_bytes=spec.audio_bytes,
             audio_seconds=spec.audio_seconds, embedding=spec.embedding,
         ) if stated is None else (stated, spec.prompt_bytes + spec.media_tokens
                                   + spec.audio_tokens + (spec.max_output_tokens or 0))
         prio = spec.priority if spec.priority is not None else current_priority()
-        labels = current_labels()
         observe = (cfg.mode or self.config.mode) == "observe"
-        return Ticket(spec, cfg, limits, cost, tokens, prio, spec.job or labels.get("job"),
-                      labels, self.scope_kinds.of(labels), observe)
+        t = Ticket(spec, cfg, limits, cost, tokens, prio, spec.job or labels.get("job"),
+                   labels, self.scope_kinds.of(labels), observe)
+        t.reservation = reservation
+        return t
 
     def _request(self, t: Ticket, reserve: bool = True) -> AdmitRequest:
         _, limits, emergency = self._resolve(t.spec.service, t.spec.model)
@@ -451,11 +467,14 @@ class Governor:
         scope = _scope_pair(d.scope)
         whose = f" of {d.scope}" if d.scope else ""
         if d.outcome == "budget_exceeded":
+            hint = reservation_hint(self, t, d.remaining)
             return BudgetExceededError(
                 f"RATE_LIMIT budget exceeded: the {d.window} budget{whose} has ${d.remaining} "
-                f"left, this {svc} call needs up to ${t.reserved}",
+                f"left, this {svc} call needs up to ${t.reserved}{hint}",
                 remaining=d.remaining, requested=t.reserved, window=d.window, service=svc,
-                retry_after=d.retry_after, scope=scope,
+                retry_after=d.retry_after, scope=scope, reservation_bound=bool(hint),
+                should_retry=d.retry_after is not None
+                and d.retry_after <= self.config.retry.max_wait,
             )
         if d.outcome == "circuit_open":
             return CircuitBreakerOpenError(
@@ -986,6 +1005,8 @@ class Governor:
         if t.settled or t.pid != os.getpid():
             return _ZERO
         t.settled = True
+        if usage is not None and self.learner.teaches(t, usage):
+            self.learner.record(t.service, t.spec.model, usage.output_tokens)
         if cost is None:
             usage_cost = None if usage is None else \
                 self.pricer.cost(t.service, t.spec.model, usage, t.cfg)

@@ -7,11 +7,17 @@ patches when (or, if already imported, as soon as) the SDK is imported; we
 never import an SDK ourselves. The patches sit on the SDKs' base classes, so
 clients created before ``instrument()`` and every client variant are governed.
 ``uninstrument()`` puts every original function back.
+
+Each adapter declares the SDK versions it governs (:attr:`Adapter.versions`):
+an SDK outside that range is left ungoverned, with one warning, rather than
+patched at choke points that may not exist or mean the same there.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import re
 import sys
 import threading
 from collections.abc import Collection
@@ -28,13 +34,36 @@ from .deepgram import DeepgramAdapter
 from .google_genai import GeminiAdapter
 from .openai import OpenAIAdapter
 
-__all__ = ["ADAPTERS", "GovernorInstrumentor"]
+__all__ = ["ADAPTERS", "GovernorInstrumentor", "sdk_version", "supported"]
 
 logger = logging.getLogger("llm_governor")
 
 #: one adapter class per supported SDK
 ADAPTERS: tuple[type[Adapter], ...] = (OpenAIAdapter, AnthropicAdapter, GeminiAdapter,
                                         DeepgramAdapter)
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """``"2.31.0"`` → ``(2, 31, 0)``; pre-release and local parts are ignored."""
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3]) \
+        if re.match(r"\d", text) else ()
+
+
+def sdk_version(adapter_cls: type[Adapter]) -> str | None:
+    """The installed version of an adapter's SDK (``None`` when unknown)."""
+    try:
+        return importlib.metadata.version(adapter_cls.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        found = getattr(sys.modules.get(adapter_cls.module), "__version__", None)
+        return found if isinstance(found, str) else None
+
+
+def supported(adapter_cls: type[Adapter], version: str | None) -> bool:
+    """Whether ``version`` of the SDK is in the adapter's declared range (unknown: yes)."""
+    if version is None or not _release(version):
+        return True
+    low, high = adapter_cls.versions
+    return _release(low) <= _release(version) < _release(high)
 
 
 class _Patcher:
@@ -45,6 +74,7 @@ class _Patcher:
         self._getter: GovernorGetter | None = None
         self._applied: dict[str, list[Patch]] = {}
         self._hooked: set[str] = set()
+        self._refused: set[str] = set()  # SDKs outside their adapter's range (warned once)
 
     def enable(self, getter: GovernorGetter) -> None:
         with self._lock:
@@ -66,12 +96,32 @@ class _Patcher:
         """Patch one SDK if instrumentation is on and the SDK is imported."""
         with self._lock:
             name = adapter_cls.module
-            if self._getter is None or name in self._applied or name not in sys.modules:
+            if self._getter is None or name in self._applied or name not in sys.modules \
+                    or name in self._refused:
                 return
-            patches = adapter_cls().patches(self._getter)
-            for p in patches:
-                wrapt.wrap_function_wrapper(p.owner, p.name, p.wrapper)
-            self._applied[name] = patches
+            version = sdk_version(adapter_cls)
+            if not supported(adapter_cls, version):
+                self._refused.add(name)
+                low, high = adapter_cls.versions
+                logger.warning(
+                    "RATE_LIMIT %s %s is not governed: llm-governor governs %s>=%s,<%s; its "
+                    "calls go through without limits, budgets or metrics",
+                    adapter_cls.distribution, version, adapter_cls.distribution, low, high)
+                return
+            done: list[Patch] = []
+            try:
+                for p in adapter_cls().patches(self._getter):
+                    wrapt.wrap_function_wrapper(p.owner, p.name, p.wrapper)
+                    done.append(p)
+            except Exception:  # a choke point missing: never fail the user's import
+                for p in reversed(done):
+                    unwrap(p.owner, p.name)
+                self._refused.add(name)
+                logger.warning("RATE_LIMIT %s %s is not governed: its choke points differ from "
+                               "those llm-governor patches", adapter_cls.distribution, version,
+                               exc_info=True)
+                return
+            self._applied[name] = done
             logger.debug("RATE_LIMIT governing the %s SDK", name)
 
     def disable(self) -> None:

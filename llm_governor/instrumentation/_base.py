@@ -106,6 +106,10 @@ class Adapter(abc.ABC):
 
     #: the SDK's top-level module; patches are applied once it is imported
     module: str
+    #: its distribution on PyPI, and the versions governed: ``(lowest, first not)``; the
+    #: patched functions were checked to exist and behave the same across that range
+    distribution: str
+    versions: tuple[str, str]
 
     @abc.abstractmethod
     def patches(self, getter: GovernorGetter) -> list[Patch]:

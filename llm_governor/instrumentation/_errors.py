@@ -16,18 +16,20 @@ either keep working.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..errors import GovernorError
+from ..errors import BudgetExceededError, GovernorError
 from ..policies.adaptive import ProviderLimits
 from ..policies.retry import AttemptFailure
 from ._headers import retry_after
 
-__all__ = ["classify_status", "sdk_rejection", "transport_failure"]
+__all__ = ["classify_status", "out_of_credit", "retry_headers", "sdk_rejection",
+           "transport_failure"]
 
 _QUOTA_CODES = frozenset({"insufficient_quota"})
 # Transport errors raised before the request could reach the provider.
@@ -63,6 +65,30 @@ def classify_status(
     if status >= 500:
         return AttemptFailure("failure", wait, provider, "server_error")
     return AttemptFailure("fatal", provider=provider, reason=f"http_{status}")
+
+
+def out_of_credit(exc: GovernorError) -> bool:
+    """A spent budget that will not reset within ``retry.max_wait``: the provider's
+    "insufficient quota" situation, which waiting does not cure."""
+    return isinstance(exc, BudgetExceededError) and not exc.should_retry
+
+
+def retry_headers(exc: GovernorError) -> dict[str, str]:
+    """The retry headers of a refusal's synthetic 429, as a provider sends them.
+
+    A refusal that should not be retried (a spent budget, a policy's refusal)
+    says so (``x-should-retry: false``) and gives no ``retry-after``: SDKs and
+    frameworks that honour either (the openai/anthropic retry loops, the
+    Agents SDK's retry policies) do not retry it, nor sleep until the budget
+    window resets. Every other refusal keeps its ``retry-after``.
+    """
+    if not exc.should_retry:
+        return {"x-should-retry": "false"}
+    wait = exc.retry_after
+    if wait is not None and math.isfinite(wait) and wait >= 0:
+        return {"retry-after": str(max(1, math.ceil(wait))),
+                "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+    return {"retry-after": "60"}
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

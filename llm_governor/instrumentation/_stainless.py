@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
-import math
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -40,13 +39,12 @@ from ._base import (
     note_veto,
     sync_governed,
 )
-from ._errors import classify_status, sdk_rejection, transport_failure
+from ._errors import classify_status, retry_headers, sdk_rejection, transport_failure
 from ._media import MediaBound, media_bound
-from .streams import Settlement, SSEScanner, watch_aiter, watch_iter
+from .streams import Settlement, SSEFilter, SSEScanner, watch_aiter, watch_iter
 
 __all__ = ["StainlessAdapter"]
 
-RAW_HEADER = "X-Stainless-Raw-Response"
 _MAX_TOKEN_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens",
                      "max_tokens_to_sample")
 
@@ -68,6 +66,8 @@ class StainlessAdapter(Adapter):
 
     def __init__(self) -> None:
         self.sdk: Any = None
+        #: the HTTP library the SDK is built on (httpx2 since openai 3 / anthropic 1, else httpx)
+        self.http: Any = None
         self.raw_types: tuple[Any, ...] = ()
         #: the longest ``retry-after`` the SDK honours (it does not retry beyond it)
         self.max_retry_after: float | None = None
@@ -76,6 +76,7 @@ class StainlessAdapter(Adapter):
     def patches(self, getter: GovernorGetter) -> list[Patch]:
         self.sdk = sys.modules[self.module]
         base = sys.modules[f"{self.module}._base_client"]
+        self.http = getattr(base, "httpx2", None) or base.httpx
         cap = getattr(sys.modules.get(f"{self.module}._constants"), "MAX_RETRY_AFTER_DELAY", None)
         self.max_retry_after = float(cap) if isinstance(cap, (int, float)) else None
         # with_raw_response / with_streaming_response wrappers (the legacy one is openai's)
@@ -274,13 +275,13 @@ class StainlessAdapter(Adapter):
             raise note_veto(err, refusal) from None
         if in_flight is None:
             raise refusal
-        httpx2 = sys.modules.get("httpx2")
-        if httpx2 is not None and isinstance(in_flight, httpx2.TransportError):
+        http = self.http
+        if http is not None and isinstance(in_flight, http.TransportError):
             request = None
             with contextlib.suppress(RuntimeError):
                 request = in_flight.request
             wrapped_cls = self.sdk.APITimeoutError \
-                if isinstance(in_flight, httpx2.TimeoutException) else self.sdk.APIConnectionError
+                if isinstance(in_flight, http.TimeoutException) else self.sdk.APIConnectionError
             raise note_veto(wrapped_cls(request=request), refusal) from in_flight
         raise note_veto(in_flight, refusal)
 
@@ -323,7 +324,6 @@ class StainlessAdapter(Adapter):
             body = {**body, **options.extra_json}
         stream = bool(kwargs.get("stream", False))
         service = self.service(instance)
-        headers = options.headers if isinstance(options.headers, Mapping) else {}
         model = body.get("model")
         model = model if isinstance(model, str) and model else None
         bound = self.media(model, body)
@@ -335,8 +335,8 @@ class StainlessAdapter(Adapter):
             embedding=operation == "embeddings",
             max_retries=options.get_max_retries(instance.max_retries),
         )
-        injected = stream and not headers.get(RAW_HEADER) and \
-            self.inject_usage(service, operation, body)
+        # raw streams too: an SSEFilter hides the usage event from their bytes
+        injected = stream and self.inject_usage(service, operation, body)
         if injected:
             asked = body.get("stream_options")
             options = options.model_copy()
@@ -388,24 +388,21 @@ class StainlessAdapter(Adapter):
 
     @abc.abstractmethod
     def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
-        """``(JSON body of the synthetic 429, body the SDK error carries)``."""
+        """``(JSON body of the synthetic 429, body the SDK error carries)``: the provider's
+        own error type for the situation (out of credit when ``exc`` should not be retried)."""
 
     def rejection(self, exc: GovernorError, call: Call) -> BaseException:
-        httpx2 = sys.modules["httpx2"]
+        http = self.http
         instance, options = call.context["instance"], call.context["options"]
         try:
             url = instance._prepare_url(options.url)
         except Exception:  # never let the error path fail: a bare URL will do
             url = instance.base_url
-        request = httpx2.Request(str(options.method).upper(), url)
-        wait = exc.retry_after
-        headers = {"retry-after": "60"}
-        if wait is not None and math.isfinite(wait) and wait >= 0:
-            headers = {"retry-after": str(max(1, math.ceil(wait))),
-                       "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+        request = http.Request(str(options.method).upper(), url)
+        headers = retry_headers(exc)
         message = str(exc)
         body, carried = self.error_body(exc, message)
-        response = httpx2.Response(429, headers=headers, json=body, request=request)
+        response = http.Response(429, headers=headers, json=body, request=request)
         return sdk_rejection(exc, self.sdk.RateLimitError, self.error_prefix, message,
                              response=response, body=carried)
 
@@ -457,6 +454,8 @@ class StainlessAdapter(Adapter):
                    asynchronous: bool) -> None:
         """An unread raw body: read its usage as the user reads it; settle when it closes.
 
+        The user reads decoded bytes, lines, text or ``.parse()``'s stream, all
+        through ``iter_bytes`` (``iter_raw``, the undecoded body, is not read).
         SSE usage events precede the end of the stream, so closing settles at
         once. A JSON body is parsed when it has been read whole, which (for a
         compressed body) is only after the response closed.
@@ -465,7 +464,10 @@ class StainlessAdapter(Adapter):
         response = result.http_response
         headers = response.headers
         if "text/event-stream" in headers.get("content-type", ""):
-            if headers.get("content-encoding", "identity") == "identity":
+            if call.context.get("injected"):  # hide the usage event the governor asked for
+                sse = SSEFilter(s.tracker)
+                _hook_bytes(response, s, sse.feed, None, asynchronous, sse.flush)
+            else:
                 _hook_bytes(response, s, SSEScanner(s.tracker).feed, None, asynchronous)
         else:
             body = bytearray()
@@ -507,9 +509,12 @@ def _hook_close(response: Any, s: Settlement, asynchronous: bool) -> None:
 
 
 def _hook_bytes(response: Any, s: Settlement, feed: Callable[[bytes], Any],
-                end: Callable[[], None] | None, asynchronous: bool) -> None:
+                end: Callable[[], None] | None, asynchronous: bool,
+                tail: Callable[[], bytes] | None = None) -> None:
     """Feed the decoded body to ``feed`` however the user reads it.
 
+    ``feed`` returning bytes replaces the chunk the user reads (``tail()``
+    gives what is left at the end); returning ``None`` leaves it unchanged.
     With ``end``, reading is one step of the settlement: a close meanwhile
     waits, and the end of reading calls ``end`` then settles.
     """
@@ -524,8 +529,13 @@ def _hook_bytes(response: Any, s: Settlement, feed: Callable[[bytes], Any],
             s.iterating = end is not None
             try:
                 async for chunk in original_aiter(r, chunk_size):
-                    feed(chunk)
-                    yield chunk
+                    passed = feed(chunk)
+                    if passed is None:
+                        yield chunk
+                    elif passed:
+                        yield passed
+                if tail is not None and (rest := tail()):
+                    yield rest
             finally:
                 if end is not None:
                     s.iterating = False
@@ -543,8 +553,13 @@ def _hook_bytes(response: Any, s: Settlement, feed: Callable[[bytes], Any],
             s.iterating = end is not None
             try:
                 for chunk in original_iter(r, chunk_size):
-                    feed(chunk)
-                    yield chunk
+                    passed = feed(chunk)
+                    if passed is None:
+                        yield chunk
+                    elif passed:
+                        yield passed
+                if tail is not None and (rest := tail()):
+                    yield rest
             finally:
                 if end is not None:
                     s.iterating = False

@@ -19,6 +19,7 @@ from ..errors import GovernorError
 from ..policies.adaptive import ProviderLimits
 from ..pricing import Usage
 from ._base import Call
+from ._errors import out_of_credit
 from ._headers import anthropic_limits
 from ._stainless import StainlessAdapter
 from .streams import UsageTracker, count, field
@@ -69,6 +70,8 @@ class AnthropicTracker(UsageTracker):
 
 class AnthropicAdapter(StainlessAdapter):
     module = "anthropic"
+    distribution = "anthropic"
+    versions = ("0.120", "3")
     operations = OPERATIONS
     error_prefix = "Anthropic"
     attempt_points = (("anthropic._base_client", "SyncAPIClient", "_attempt_request"),
@@ -88,5 +91,7 @@ class AnthropicAdapter(StainlessAdapter):
         return AnthropicTracker()
 
     def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
-        body = {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
+        # A spent budget is Anthropic's own "out of credit" situation: billing_error.
+        kind = "billing_error" if out_of_credit(exc) else "rate_limit_error"
+        body = {"type": "error", "error": {"type": kind, "message": message}}
         return body, body

@@ -109,6 +109,8 @@ class DeepgramAdapter(Adapter):
     """Governs ``deepgram`` through ``HttpClient.request`` / ``AsyncHttpClient.request``."""
 
     module = "deepgram"
+    distribution = "deepgram-sdk"
+    versions = ("7.0", "8")
 
     def __init__(self) -> None:
         self._getter: GovernorGetter | None = None
@@ -289,9 +291,10 @@ class DeepgramAdapter(Adapter):
         seconds = max(1, math.ceil(wait)) if wait is not None and math.isfinite(wait) \
             and wait >= 0 else 60
         body = {"err_code": _ERROR_CODES[429], "err_msg": str(exc)}
+        headers = {"retry-after": str(seconds)} if exc.should_retry \
+            else {"x-should-retry": "false"}
         return sdk_rejection(exc, self._api_error, "Deepgram",
-                             headers={"retry-after": str(seconds),
-                                      "content-type": "application/json"},
+                             headers={**headers, "content-type": "application/json"},
                              status_code=429, body=body)
 
     # --------------------------------------------------------------- results

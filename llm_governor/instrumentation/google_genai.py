@@ -230,6 +230,8 @@ class GeminiAdapter(Adapter):
     """Governs ``google.genai`` through ``BaseApiClient``'s request methods."""
 
     module = "google.genai"
+    distribution = "google-genai"
+    versions = ("3.0", "4")
 
     def patches(self, getter: GovernorGetter) -> list[Patch]:
         base = sys.modules["google.genai._api_client"].BaseApiClient
@@ -488,7 +490,7 @@ class GeminiAdapter(Adapter):
         message = str(exc)
         error: dict[str, Any] = {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED"}
         wait = exc.retry_after
-        if wait is not None and math.isfinite(wait) and wait >= 0:
+        if exc.should_retry and wait is not None and math.isfinite(wait) and wait >= 0:
             error["details"] = [{"@type": _RETRY_INFO, "retryDelay": f"{math.ceil(wait)}s"}]
         body = {"error": error}
         return sdk_rejection(exc, errors.ClientError, "Gemini", 429, body,

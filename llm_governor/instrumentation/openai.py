@@ -20,10 +20,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import BudgetExceededError, GovernorError
+from ..errors import GovernorError
 from ..policies.adaptive import ProviderLimits
 from ..pricing import Usage
 from ._base import Call
+from ._errors import out_of_credit
 from ._headers import openai_limits
 from ._stainless import StainlessAdapter
 from .streams import UsageTracker, count, field
@@ -101,6 +102,8 @@ class OpenAITracker(UsageTracker):
 
 class OpenAIAdapter(StainlessAdapter):
     module = "openai"
+    distribution = "openai"
+    versions = ("2.31", "4")
     operations = OPERATIONS
     error_prefix = "OpenAI"
     # OpenAI and AsyncOpenAI override the base send (auth retries) without calling it.
@@ -111,7 +114,7 @@ class OpenAIAdapter(StainlessAdapter):
 
     def replayable(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
         request = args[0] if args else kwargs.get("request")
-        return isinstance(getattr(request, "stream", None), sys.modules["httpx2"].ByteStream)
+        return isinstance(getattr(request, "stream", None), self.http.ByteStream)
 
     def service(self, instance: Any) -> str:
         azure = sys.modules.get("openai.lib.azure")
@@ -140,8 +143,7 @@ class OpenAIAdapter(StainlessAdapter):
         return OpenAITracker(bool(call.context.get("injected")))
 
     def error_body(self, exc: GovernorError, message: str) -> tuple[object, object]:
-        # A budget refusal is OpenAI's own "out of credit" situation: insufficient_quota.
-        code = "insufficient_quota" if isinstance(exc, BudgetExceededError) \
-            else "rate_limit_exceeded"
+        # A spent budget is OpenAI's own "out of credit" situation: insufficient_quota.
+        code = "insufficient_quota" if out_of_credit(exc) else "rate_limit_exceeded"
         error = {"message": message, "type": code, "param": None, "code": code}
         return {"error": error}, error

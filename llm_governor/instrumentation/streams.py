@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from ..governor import Governor, Ticket
     from ..pricing import Usage
 
-__all__ = ["SSEScanner", "Settlement", "UsageTracker", "field", "watch_aiter", "watch_iter"]
+__all__ = ["SSEFilter", "SSEScanner", "Settlement", "UsageTracker", "field", "watch_aiter",
+           "watch_iter"]
 
 logger = logging.getLogger("llm_governor")
 T = TypeVar("T")
@@ -288,3 +290,57 @@ class SSEScanner:
                 except ValueError:
                     continue
                 self._tracker.see(event)
+
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
+
+
+class SSEFilter:
+    """Raw SSE bytes with the events the governor asked for taken out.
+
+    For a stream the governor asked for its usage (``include_usage``) that the
+    user reads raw (``with_raw_response`` / ``with_streaming_response``: bytes,
+    lines, or ``.parse()`` into the SDK's stream): every event is read for
+    usage, the usage event the tracker hides is dropped whole, and the
+    ``"usage": null`` the request added to the other events is removed, so the
+    bytes read are those a bare call would have read. Events pass once complete
+    (a partial event waits for its end).
+    """
+
+    __slots__ = ("_buffer", "_tracker")
+
+    def __init__(self, tracker: UsageTracker) -> None:
+        self._tracker = tracker
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._buffer + chunk
+        out: list[bytes] = []
+        start = 0
+        for end in _EVENT_END.finditer(data):
+            out.append(self._event(data[start:end.end()]))
+            start = end.end()
+        self._buffer = data[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is left when the body ends (an unterminated last event), as is."""
+        rest, self._buffer = self._buffer, b""
+        return self._event(rest) if rest.strip() else rest
+
+    def _event(self, raw: bytes) -> bytes:
+        if b'"usage"' not in raw:
+            return raw
+        lines = raw.splitlines()
+        payload = b"\n".join(line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:"))
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return raw
+        if not self._tracker.see(event):
+            return b""
+        if isinstance(event, dict) and event.get("usage", 0) is None and \
+                getattr(self._tracker, "honoured", False):
+            return _NULL_USAGE.sub(b"", raw, count=1)
+        return raw

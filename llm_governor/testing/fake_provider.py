@@ -317,6 +317,16 @@ class FakeProvider:
                 self._limits.per_key = per_key
 
     @property
+    def output_tokens(self) -> int:
+        """The most output tokens a completion bills (less when the request caps it)."""
+        return self._settings.output_tokens
+
+    @output_tokens.setter
+    def output_tokens(self, tokens: int) -> None:
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, output_tokens=tokens)
+
+    @property
     def usage_always(self) -> bool:
         """Whether OpenAI chat/completions streams always end with a usage chunk."""
         return self._settings.usage_always

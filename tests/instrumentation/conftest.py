@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import openai
+import openai._base_client
 import pytest
 
 import llm_governor
@@ -26,6 +27,8 @@ from llm_governor.governor import Governor
 from llm_governor.policies.admission import ServiceState
 from llm_governor.testing import FakeProvider
 
+#: the HTTP library the SDKs are built on: httpx2 (openai 3, anthropic 1 on), else httpx
+httpx2: Any = getattr(openai._base_client, "httpx2", None) or openai._base_client.httpx
 OPENAI_KEY = "sk-test-OPENAI-SECRET-3f9a1c7e"
 ANTHROPIC_KEY = "sk-ant-test-ANTHROPIC-SECRET-b72d4e10"
 # Limits loose enough that only what a test sets up throttles it.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
@@ -19,7 +18,7 @@ from llm_governor.policies.adaptive import AdaptiveState
 from llm_governor.policies.admission import snapshot
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed, state
+from .conftest import Driver, Governed, httpx2, state
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -284,7 +284,9 @@ async def test_budget_refusal_is_deepgrams_own_429(deepgram: Deepgram, fake: Fak
         await deepgram.file(wav(60.0))  # $0.0043: refused before it is sent
     err: Any = caught.value
     assert isinstance(err, BudgetExceededError) and isinstance(err, GovernorError)
-    assert err.status_code == 429 and int(err.headers["retry-after"]) >= 1
+    # out of credit until the day resets: no retry hint, and a "do not retry"
+    assert err.status_code == 429 and "retry-after" not in err.headers
+    assert err.headers["x-should-retry"] == "false" and err.retry_after > 60
     assert "RATE_LIMIT" in err.body["err_msg"]
     assert statuses(fake) == [200]
 

@@ -1,8 +1,11 @@
-"""A governor rejection inside an SDK call is also that SDK's RateLimitError (429, retry-after).
+"""A governor rejection inside an SDK call is also that SDK's RateLimitError (429).
 
 Handlers written for the SDK (``except openai.RateLimitError``) and for the
 governor (``except llm_governor.GovernorError``) both catch it; nothing reaches
-the provider; budget refusals read as OpenAI's own ``insufficient_quota``.
+the provider. Rate refusals carry ``retry-after``; a spent budget is "out of
+credit" in each SDK's own terms (OpenAI ``insufficient_quota``, Anthropic
+``billing_error``, ``x-should-retry: false``, no retry hint), unless its window
+resets within ``retry.max_wait``.
 """
 
 from __future__ import annotations
@@ -41,11 +44,17 @@ SDK_ERRORS: dict[str, type[Exception]] = {"openai": openai.RateLimitError,
                                           "anthropic": anthropic.RateLimitError}
 
 
-def assert_429(exc: BaseException, sdk: str) -> None:
+def assert_429(exc: BaseException, sdk: str, retry: bool = True) -> None:
     assert isinstance(exc, SDK_ERRORS[sdk]) and isinstance(exc, GovernorError)
     err: Any = exc
     assert err.status_code == 429
-    assert int(err.response.headers["retry-after"]) >= 1
+    if retry:
+        assert int(err.response.headers["retry-after"]) >= 1
+        assert "x-should-retry" not in err.response.headers
+    else:
+        assert "retry-after" not in err.response.headers
+        assert "retry-after-ms" not in err.response.headers
+        assert err.response.headers["x-should-retry"] == "false"
     assert err.response.status_code == 429
     assert str(err) == err.message and "RATE_LIMIT" in str(err)
 
@@ -77,14 +86,58 @@ async def test_budget_refusal_is_a_rate_limit_error(sdk: str, driver: Driver, fa
     governed({"budget": {"per_day": "0.01"}})
     with pytest.raises(GovernorError) as caught:  # the governor's own handler works too
         await call(driver, sdk, max_tokens=20_000)
-    assert_429(caught.value, sdk)
+    assert_429(caught.value, sdk, retry=False)
     assert isinstance(caught.value, BudgetExceededError)
     err: Any = caught.value
     assert err.requested is not None and err.remaining is not None
     assert err.requested > err.remaining
+    assert not err.should_retry and err.retry_after > 60  # the day resets later
     if sdk == "openai":
         assert err.code == "insufficient_quota"  # OpenAI's word for "out of credit"
+        assert err.type == "insufficient_quota"
+    else:
+        assert err.body["error"]["type"] == "billing_error"  # Anthropic's
     assert len(fake.ledger) == 0
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_budget_resetting_within_max_wait_is_a_rate_limit(
+        sdk: str, driver: Driver, fake: FakeProvider, governed: Governed) -> None:
+    """A minute budget resets within ``retry.max_wait``: worth waiting for, so it reads
+    as a rate limit with the reset as ``retry-after``."""
+    governed({"budget": {"per_minute": "0.01"}, "retry": {"max_wait": 60}})
+    with pytest.raises(GovernorError) as caught:
+        await call(driver, sdk, max_tokens=20_000)
+    err: Any = caught.value
+    assert isinstance(err, BudgetExceededError) and err.should_retry
+    assert_429(err, sdk, retry=True)
+    assert int(err.response.headers["retry-after"]) <= 60
+    if sdk == "openai":
+        assert err.code == "rate_limit_exceeded"
+    else:
+        assert err.body["error"]["type"] == "rate_limit_error"
+
+
+def test_refusal_finds_the_governor_error_anywhere_in_the_chain() -> None:
+    refused = BudgetExceededError("spent")
+    try:
+        try:
+            try:
+                raise refused
+            except GovernorError as exc:
+                raise RuntimeError("framework wrapper") from exc
+        except RuntimeError:
+            raise ValueError("handled badly")  # noqa: B904 (implicit context on purpose)
+    except ValueError as outer:
+        assert llm_governor.refusal(outer) is refused
+        assert not llm_governor.retryable(outer)
+    group = ExceptionGroup("task group", [KeyError("x"), RuntimeError("y")])
+    group.exceptions[1].__cause__ = RateLimitExceededError("slow down", retry_after=1.0)
+    found = llm_governor.refusal(group)
+    assert isinstance(found, RateLimitExceededError) and llm_governor.retryable(group)
+    assert llm_governor.refusal(ValueError("unrelated")) is None
+    assert llm_governor.refusal(None) is None
+    assert llm_governor.retryable(ValueError("unrelated"))
 
 
 async def test_queue_deadline_is_a_rate_limit_error(driver: Driver, fake: FakeProvider,

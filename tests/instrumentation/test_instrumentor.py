@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
 from importlib.metadata import entry_points
 
 import anthropic
-import httpx2
 import openai
+import pytest
 import wrapt
 
 import llm_governor
@@ -17,7 +18,7 @@ from llm_governor.api import set_governor
 from llm_governor.instrumentation import GovernorInstrumentor
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed, calls
+from .conftest import Driver, Governed, calls, httpx2
 
 PATCHED = [(cls, name) for sdk in (openai, anthropic)
            for cls in (sdk._base_client.SyncAPIClient, sdk._base_client.AsyncAPIClient)
@@ -161,3 +162,31 @@ def test_azure_clients_are_their_own_service_and_streams_are_not_altered(
     assert counted["calls"] == {"azure_openai": {"gpt-4o-mini": {"ok": 1}}}
     assert counted["cost"]["azure_openai"]["gpt-4o-mini"] > 0
     assert b"stream_options" not in bodies[0]
+
+
+def test_an_sdk_outside_the_supported_range_stays_ungoverned_with_one_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import llm_governor.instrumentation as instrumentation
+    from llm_governor.instrumentation import ADAPTERS, OpenAIAdapter, supported
+
+    assert supported(OpenAIAdapter, "2.31.0") and supported(OpenAIAdapter, "3.57.0")
+    assert not supported(OpenAIAdapter, "2.30.0") and not supported(OpenAIAdapter, "4.0.0")
+    assert not supported(OpenAIAdapter, "1.109.1") and supported(OpenAIAdapter, None)
+    assert all(a.distribution and len(a.versions) == 2 for a in ADAPTERS)
+
+    llm_governor.uninstrument()
+    real = instrumentation.sdk_version
+    monkeypatch.setattr(instrumentation, "sdk_version",
+                        lambda cls: "9.0.0" if cls is OpenAIAdapter else real(cls))
+    monkeypatch.setattr(instrumentation._patcher, "_refused", set())
+    with caplog.at_level(logging.WARNING, logger="llm_governor"):
+        gov = llm_governor.instrument({"backend": "memory"})
+        llm_governor.instrument({"backend": "memory"})  # again: still one warning
+    try:
+        assert "openai" not in GovernorInstrumentor.patched_sdks()
+        assert "anthropic" in GovernorInstrumentor.patched_sdks()
+        warned = [r for r in caplog.records if "openai 9.0.0 is not governed" in r.getMessage()]
+        assert len(warned) == 1 and "openai>=2.31,<4" in warned[0].getMessage()
+    finally:
+        llm_governor.uninstrument()
+        gov.close()

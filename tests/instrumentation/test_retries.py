@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 from llm_governor.testing import FakeProvider
 
-from .conftest import Driver, Governed, state
+from .conftest import Driver, Governed, httpx2, state
 
 GPT = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -13,14 +13,13 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
 from llm_governor.testing import FakeProvider
 from tests.instrumentation._spies import SettlementSpy
 
-from .conftest import Driver, Governed, calls, eventually, in_flight, state
+from .conftest import Driver, Governed, calls, eventually, httpx2, in_flight, state
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-3-5-haiku-latest"
@@ -139,7 +138,8 @@ async def test_stream_failing_midway_settles_as_failure(driver: Driver, fake: Fa
     spy = SettlementSpy(gov)
     stream = await open_stream(driver, "openai")
     stream.response.stream = Broken(stream.response.stream)
-    with pytest.raises(openai.APIConnectionError):
+    # openai 3 wraps the transport error, 2.x lets it through as is
+    with pytest.raises((openai.APIConnectionError, httpx2.ReadError)):
         await driver.collect(stream)
     assert await eventually(lambda: calls(gov) == 1)
     assert gov.backend.counters()["calls"]["openai"][GPT] == {"error": 1}
@@ -157,3 +157,73 @@ async def test_streaming_response_left_unread_settles_at_the_reservation(
         pass  # the provider answered (and billed); the body was never read
     assert await eventually(lambda: calls(gov) == 1)
     assert spy.settled == spy.reserved and spy.reserved[0] > fake.ledger.total_billed()
+
+
+# ------------------------------------------------ raw and streaming-response streams
+RAW_READS = ("raw_parse", "streaming_parse", "streaming_lines", "streaming_read")
+
+
+async def read_raw(d: Driver, service: str, how: str, **extra: Any) -> list[str]:
+    """Make a streamed call through ``with_raw_response`` / ``with_streaming_response`` and
+    read it as ``how`` says; the SSE data the user saw (parsed chunks as JSON text)."""
+    if service == "openai":
+        resource: Any = d.openai.chat.completions
+        kw: dict[str, Any] = {"model": GPT, "messages": MESSAGES, "stream": True, **extra}
+    else:
+        resource = d.anthropic.messages
+        kw = {"model": CLAUDE, "messages": MESSAGES, "stream": True, "max_tokens": 50, **extra}
+    if how == "raw_parse":  # what ChatOpenAI(include_response_headers=True) does
+        raw = await d.call(resource.with_raw_response.create, **kw)
+        stream = await d.call(raw.parse)
+        return [item.model_dump_json(exclude_unset=True) for item in await d.collect(stream)]
+    async with d.enter(resource.with_streaming_response.create(**kw)) as response:
+        if how == "streaming_parse":
+            stream = await d.call(response.parse)
+            return [item.model_dump_json(exclude_unset=True)
+                    for item in await d.collect(stream)]
+        if how == "streaming_lines":
+            lines = await d.collect(response.iter_lines())
+        else:
+            lines = (await d.call(response.read)).decode().splitlines()
+    return [line[5:].strip() for line in lines if line.startswith("data:")]
+
+
+@pytest.mark.parametrize("service", ["openai", "anthropic"])
+@pytest.mark.parametrize("how", RAW_READS)
+async def test_raw_streams_cost_exactly_the_bill(how: str, service: str, driver: Driver,
+                                                 fake: FakeProvider,
+                                                 governed: Governed) -> None:
+    """Not their reservation: usage is asked for (openai) and read from the events."""
+    gov = governed()
+    spy = SettlementSpy(gov)
+    await read_raw(driver, service, how)
+    assert await eventually(lambda: calls(gov) == 1)
+    assert await eventually(lambda: in_flight(gov, service) == 0)
+    billed = fake.ledger.total_billed()
+    assert spy.settled == [billed] and spy.reserved[0] > billed
+
+
+@pytest.mark.parametrize("how", RAW_READS)
+async def test_raw_streams_read_what_they_would_bare(how: str, driver: Driver,
+                                                     fake: FakeProvider,
+                                                     governed: Governed) -> None:
+    """The usage chunk the governor asked for, and the ``"usage": null`` it adds to every
+    chunk, never reach the user, whichever way the stream is read."""
+    bare = await read_raw(driver, "openai", how)
+    governed()
+    seen = await read_raw(driver, "openai", how)
+    assert len(seen) == len(bare) and not any('"usage"' in data for data in seen)
+    assert [data.replace(" ", "")[:60].split('"id"')[0] for data in seen] == \
+        [data.replace(" ", "")[:60].split('"id"')[0] for data in bare]
+    assert fake.ledger.entries[-1].output_tokens > 0
+
+
+async def test_raw_stream_that_asked_for_usage_gets_it(driver: Driver, fake: FakeProvider,
+                                                       governed: Governed) -> None:
+    gov = governed()
+    spy = SettlementSpy(gov)
+    seen = await read_raw(driver, "openai", "streaming_lines",
+                          stream_options={"include_usage": True})
+    assert '"usage"' in seen[-2] and seen[-1] == "[DONE]"  # the user's own usage chunk
+    assert await eventually(lambda: calls(gov) == 1)
+    assert spy.settled == [fake.ledger.total_billed()]
