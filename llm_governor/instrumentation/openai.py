@@ -95,9 +95,10 @@ class OpenAITracker(UsageTracker):
     def see(self, event: Any) -> bool:
         u = field(event, "usage")
         source = event
-        if u is None:
-            source = field(event, "response")
-            u = field(source, "usage")
+        if u is None:  # Responses events carry theirs in the response
+            response = field(event, "response")
+            u = field(response, "usage")
+            source = event if u is None else response
         if source is event:
             self.finish += finish_reasons(event)
         if u is not None:

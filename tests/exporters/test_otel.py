@@ -12,17 +12,13 @@ are in test_genai.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Metric, Sum
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, Sum
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 import llm_governor
@@ -31,6 +27,8 @@ from llm_governor.governor import CallSpec, Governor
 from llm_governor.policies.queue import Waiter
 from llm_governor.policies.retry import AttemptFailure
 from llm_governor.pricing import Usage
+
+from ._otel import Otel
 
 GovFactory = Callable[..., Governor]
 FAST = {"max_tokens": 100, "refill_rate": 100.0, "burst_capacity": 0, "min_interval": 0.001,
@@ -59,52 +57,6 @@ CONTRACT: dict[str, tuple[str, str, set[str]]] = {
         "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
         "gen_ai.token.type"}),
 }
-
-
-@dataclass
-class Otel:
-    reader: InMemoryMetricReader
-    spans: InMemorySpanExporter
-    meter_provider: MeterProvider
-    tracer_provider: TracerProvider
-
-    def metrics(self) -> dict[str, Metric]:
-        data = self.reader.get_metrics_data()
-        out: dict[str, Metric] = {}
-        if data is None:
-            return out
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    out[m.name] = m
-        return out
-
-    def points(self, name: str) -> list[Any]:
-        m = self.metrics().get(name)
-        return list(m.data.data_points) if m is not None else []
-
-    def value(self, name: str, **attrs: Any) -> float:
-        """Sum of the matching points' values (counts for histograms)."""
-        total = 0.0
-        for p in self.points(name):
-            if all(p.attributes.get(k) == v for k, v in attrs.items()):
-                total += p.count if hasattr(p, "bucket_counts") else p.value
-        return total
-
-    def finished(self) -> list[ReadableSpan]:
-        return list(self.spans.get_finished_spans())
-
-
-@pytest.fixture
-def otel() -> Iterator[Otel]:
-    reader = InMemoryMetricReader()
-    mp = MeterProvider(metric_readers=[reader])
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider()
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    yield Otel(reader, exporter, mp, tp)
-    mp.shutdown()
-    tp.shutdown()
 
 
 @pytest.fixture
