@@ -97,6 +97,7 @@ class CallSpec:
     sdk: str | None = None  # the instrumented SDK making the call; None: a governed function
     service_tier: str | None = None  # the tier the request asks for (priced per tier)
     cache_ttl: str | None = None  # "5m" / "1h": the request may write a prompt cache
+    sdk_spans: bool = False  # the SDK client emits GenAI spans of its own for this call
     #: the request's GenAI semantic-convention attributes, for the GenAI span and metrics
     genai: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
@@ -112,7 +113,8 @@ class Ticket:
     """
 
     __slots__ = ("attempt_started", "attempts", "cfg", "chunk_gaps", "client_span", "emergency",
-                 "failure", "first_chunk", "held", "holding", "job", "key", "labels",
+                 "failure", "first_chunk", "genai_metrics", "held", "holding", "job", "key",
+                 "labels",
                  "last_chunk", "lease_id", "limits", "llm_tokens", "model", "observe",
                  "paused_at", "pid", "priority", "provider", "queue_wait", "requeues",
                  "reserved", "scopes", "sent_at", "service", "settled", "span", "spec",
@@ -148,6 +150,7 @@ class Ticket:
         self.failure: AttemptFailure | None = None
         self.span: Any = None  # the governor's own INTERNAL span
         self.client_span: Any = None  # the GenAI CLIENT span, from the first send
+        self.genai_metrics = False  # the gen_ai.client.* metrics are recorded for this call
         self.sent_at = 0.0  # monotonic time of the first send (0: never sent)
         self.held = 0.0  # seconds the governor held the call between attempts
         self.paused_at = 0.0  # monotonic time a retry pause began (0: none)

@@ -277,18 +277,25 @@ class Telemetry:
         t.span = self._tracer.start_span(f"llm_governor {t.service}", kind=SpanKind.INTERNAL,
                                          attributes=attrs)
 
-    def genai_for(self, t: Ticket) -> bool:
-        """Whether this call gets the GenAI span and ``gen_ai.client.*`` metrics."""
+    def genai_for(self, t: Ticket) -> tuple[bool, bool]:
+        """Whether this call gets ``(the GenAI span, the gen_ai.client.* metrics)``.
+
+        In ``auto``: neither when another instrumentation covers the call; no span
+        when the SDK client emits GenAI spans itself (it records no metrics).
+        """
         spec = t.spec
         if spec.sdk is None or spec.genai is None or self.genai_mode == "off":
-            return False
+            return False, False
         if self.genai_mode == "on":
-            return True
-        return self.coverage.covered(spec.sdk, spec.operation) is None
+            return True, True
+        if self.coverage.covered(spec.sdk, spec.operation) is not None:
+            return False, False
+        return not spec.sdk_spans, True
 
     def sent(self, t: Ticket) -> None:
         """The first attempt leaves the process: the GenAI CLIENT span starts."""
-        if not self.genai_for(t):
+        span, t.genai_metrics = self.genai_for(t)
+        if not span:
             return
         genai = t.spec.genai or {}
         attrs: dict[str, Any] = dict(genai)
@@ -361,7 +368,7 @@ class Telemetry:
             final["llm_governor.held_s"] = t.held
         if t.would:
             final["llm_governor.would"] = t.would
-        if t.client_span is not None:
+        if t.genai_metrics:
             self._end_client(t, kind, usage, cost, final)
         span = t.span
         if span is None:
@@ -375,8 +382,9 @@ class Telemetry:
 
     def _end_client(self, t: Ticket, kind: str | None, usage: Usage | None, cost: Decimal,
                     final: dict[str, Any]) -> None:
-        """End the GenAI span and record the ``gen_ai.client.*`` metrics of a sent call."""
+        """Record the ``gen_ai.client.*`` metrics of a sent call and end its GenAI span."""
         span, t.client_span = t.client_span, None
+        t.genai_metrics = False
         spec = t.spec
         genai = spec.genai or {}
         end = t.last_chunk if spec.stream and t.last_chunk else time.monotonic()
@@ -412,6 +420,8 @@ class Telemetry:
             out["gen_ai.usage.cost.amount"] = float(cost)
             out["gen_ai.usage.cost.currency"] = "USD"
             out["gen_ai.usage.cost.source"] = "local"
+        if span is None:
+            return
         if kind:
             out["error.type"] = kind
             span.set_status(Status(StatusCode.ERROR, kind))

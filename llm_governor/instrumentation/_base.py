@@ -147,7 +147,11 @@ class Adapter(abc.ABC):
         attrs.update(self.request_attributes(instance, call))
         attrs["gen_ai.provider.name"] = self.provider_name(instance, server.get("server.address"))
         attrs.update(server)
-        return replace(spec, sdk=self.module, genai=attrs)
+        return replace(spec, sdk=self.module, genai=attrs, sdk_spans=self.own_spans(instance))
+
+    def own_spans(self, instance: Any) -> bool:
+        """Whether the SDK client itself emits a GenAI span for each call (default: no)."""
+        return False
 
     def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
         """The request's GenAI attributes beyond operation, provider, model and server."""

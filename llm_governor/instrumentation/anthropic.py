@@ -117,6 +117,22 @@ class AnthropicAdapter(StainlessAdapter):
     def genai_request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return anthropic_request(operation, body)
 
+    def own_spans(self, instance: Any) -> bool:
+        """anthropic's own tracing: a GenAI span per API call while the client has a tracer
+        (on by default with a tracer provider; ``open_telemetry=False`` or
+        ``ANTHROPIC_OPEN_TELEMETRY=false`` turn it off). It records no metrics."""
+        options = getattr(instance, "_open_telemetry", None)
+        if not isinstance(options, Mapping):
+            return False
+        traces = options.get("traces")
+        if not isinstance(traces, Mapping) or not traces.get("enabled"):
+            return False  # an SDK without its own tracing, or with it off
+        from opentelemetry import trace
+
+        provider = options.get("tracer_provider") or trace.get_tracer_provider()
+        # spans of the default (unset) global provider go nowhere: no GenAI span yet
+        return not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
+
     def pricing_facts(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ttl = cache_ttl(body)
         return {"cache_ttl": ttl} if ttl else {}

@@ -131,3 +131,22 @@ def test_foreign_wrappers_are_told_from_ours() -> None:
 
     own = wrapt.FunctionWrapper(lambda: None, note_veto)  # any llm_governor function
     assert foreign_wrapper(own) is None
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+def test_anthropic_sdk_own_spans_are_not_doubled(instrument: Instrument, otel: Otel,
+                                                 fake: FakeProvider, mode: str) -> None:
+    anthropic = pytest.importorskip("anthropic")
+    instrument(telemetry={"genai": mode})
+    client = anthropic.Anthropic(api_key="sk-ant-x", base_url=fake.anthropic_base_url,
+                                 open_telemetry={"tracer_provider": otel.tracer_provider})
+    client.messages.create(model="claude-3-5-haiku-latest", max_tokens=4,
+                           messages=[{"role": "user", "content": "hi"}])
+    clients = [s for s in otel.finished() if s.kind is SpanKind.CLIENT]
+    scopes = sorted(s.instrumentation_scope.name for s in clients)
+    # the SDK's own GenAI span of the call, and in "on" llm-governor's as well
+    assert scopes == (["com.anthropic.sdk.python"] if mode == "auto"
+                      else ["com.anthropic.sdk.python", "llm_governor"])
+    # the SDK records no metrics: llm-governor's gen_ai.client.* are the only ones
+    assert ours(token_points(otel)) == 2
+    assert otel.points("gen_ai.client.operation.duration")
