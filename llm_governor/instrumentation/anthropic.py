@@ -107,10 +107,13 @@ class AnthropicAdapter(StainlessAdapter):
         return anthropic_limits(headers)
 
     def provider_name(self, instance: Any, host: str | None) -> str:
+        named = getattr(type(instance), "_gen_ai_provider_name", None)  # the SDK's own word
+        if isinstance(named, str) and named and named != "anthropic":
+            return named
         names = {c.__name__ for c in type(instance).__mro__}
         if any("Bedrock" in n for n in names):
             return "aws.bedrock"
-        if any("Vertex" in n for n in names):
+        if any("Vertex" in n or "GoogleCloud" in n for n in names):
             return "gcp.vertex_ai"
         return "anthropic"
 

@@ -275,6 +275,10 @@ def test_anthropic_bedrock_and_vertex_clients_are_their_providers() -> None:
         names[cls_name] = adapter.provider_name(cls(api_key="k"), None)
     assert names == {"AnthropicBedrock": "aws.bedrock", "AsyncAnthropicVertex": "gcp.vertex_ai",
                      "Anthropic": "anthropic"}
+    # the SDK's own client classes (not constructed: they need cloud credentials)
+    for cls, name in ((anthropic.AnthropicBedrock, "aws.bedrock"),
+                      (anthropic.AsyncAnthropicVertex, "gcp.vertex_ai")):
+        assert adapter.provider_name(object.__new__(cls), None) == name
 
 
 # ------------------------------------------------------------------ gemini
