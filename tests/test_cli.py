@@ -230,7 +230,8 @@ def test_rules_and_dashboard_print_parseable_documents(env: dict[str, str]) -> N
     assert rules.returncode == 0
     doc = yaml.safe_load(rules.stdout)
     alerts = {r["alert"] for g in doc["groups"] for r in g["rules"]}
-    assert "LLMGovernorCircuitOpen" in alerts and len(alerts) == 6
+    assert "LLMGovernorCircuitOpen" in alerts and "LLMGovernorBudgetThreshold" in alerts
+    assert len(alerts) == 7
     assert yaml.safe_load(tests.stdout)["rule_files"] == ["alerts.yml"]
     assert yaml.safe_load(scrape.stdout)["scrape_configs"]
     assert dash.returncode == 0
