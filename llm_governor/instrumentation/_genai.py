@@ -11,6 +11,7 @@ records content.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -53,19 +54,19 @@ def _num(value: Any) -> float | None:
 
 def server_attributes(base_url: str | None) -> dict[str, Any]:
     """``server.address`` / ``server.port`` of an endpoint URL (nothing else of it)."""
-    if not base_url:
-        return {}
+    return dict(_server(base_url)) if base_url else {}
+
+
+@functools.lru_cache(maxsize=256)
+def _server(base_url: str) -> tuple[tuple[str, Any], ...]:
     try:
         parts = urlsplit(base_url)
         host, port = parts.hostname, parts.port or _PORTS.get(parts.scheme)
     except ValueError:
-        return {}
+        return ()
     if not host:
-        return {}
-    attrs: dict[str, Any] = {"server.address": host}
-    if port:
-        attrs["server.port"] = port
-    return attrs
+        return ()
+    return (("server.address", host),) + ((("server.port", port),) if port else ())
 
 
 def openai_host_provider(host: str | None) -> str:
