@@ -40,6 +40,7 @@ __all__ = [
     "RetryConfig",
     "ScopeConfig",
     "ScopeLimits",
+    "TelemetryConfig",
     "default_state_path",
     "load_config",
 ]
@@ -238,6 +239,10 @@ class PriceOverride(BaseModel):
     input: NonNegativeMoney | None = None
     output: NonNegativeMoney | None = None
     cached_input: NonNegativeMoney | None = None
+    cache_write: NonNegativeMoney | None = Field(
+        None, description="5-minute prompt-cache writes (default: 1.25x input)")
+    cache_write_1h: NonNegativeMoney | None = Field(
+        None, description="1-hour prompt-cache writes (default: 2x input)")
     per_audio_minute: NonNegativeMoney | None = None
     per_request: NonNegativeMoney | None = None
     max_output_tokens: int | None = Field(None, ge=1)
@@ -311,6 +316,23 @@ class RetryConfig(BaseModel):
         description="the longest a provider's retry-after or reset may block a limit scope")
 
 
+class TelemetryConfig(BaseModel):
+    """What llm-governor emits besides its own ``llm_governor.*`` data.
+
+    ``genai``: the OpenTelemetry GenAI client spans and ``gen_ai.client.*``
+    metrics of governed SDK calls. ``auto`` emits them for an SDK unless another
+    GenAI instrumentation already covers it in this process (opentelemetry-
+    instrumentation-openai-v2 and its siblings, OpenLLMetry, OpenLIT…);
+    ``on`` always; ``off`` never. ``cost_attributes`` adds the proposed
+    ``gen_ai.usage.cost.*`` attributes to the GenAI span.
+    """
+
+    model_config = _STRICT
+
+    genai: Literal["auto", "on", "off"] = "auto"
+    cost_attributes: bool = False
+
+
 def default_state_path() -> Path:
     """Where the SQLite file lives by default: the user's state directory."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
@@ -371,6 +393,7 @@ class GovernorConfig(BaseModel):
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
+    telemetry: TelemetryConfig = Field(default_factory=lambda: TelemetryConfig())
     # Raw per-service overrides as the user gave them, kept to build services
     # that appear later (e.g. a decorator's custom name) from the same preset.
     service_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)

@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
@@ -95,6 +95,12 @@ class CallSpec:
     max_retries: int | None = None  # the client's own setting, when known
     key: str | None = None  # the limit scope (provider account); None: the service itself
     endpoint: str | None = None  # the provider's host, for status
+    sdk: str | None = None  # the instrumented SDK making the call; None: a governed function
+    service_tier: str | None = None  # the tier the request asks for (priced per tier)
+    cache_ttl: str | None = None  # "5m" / "1h": the request may write a prompt cache
+    sdk_spans: bool = False  # the SDK client emits GenAI spans of its own for this call
+    #: the request's GenAI semantic-convention attributes, for the GenAI span and metrics
+    genai: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 class Ticket:
@@ -103,14 +109,16 @@ class Ticket:
     ``state`` says where the latest attempt got to as far as the provider's
     bill is concerned (see :data:`~llm_governor.policies.budget.AttemptState`);
     ``sunk`` is what lost attempts were already charged before a retry.
+    ``sent_at`` (first send), ``held`` (time the governor held the call between
+    attempts) and the chunk times of a stream time the provider's work.
     """
 
-    __slots__ = ("attempt_started", "attempts", "cfg", "emergency", "failure", "holding", "job",
-                 "key", "labels", "lease_id", "limits", "llm_tokens", "model", "observe", "pid",
-                 "priority", "provider", "queue_wait", "requeues", "reservation", "reserved",
-                 "scopes",
-                 "service", "settled", "span", "spec", "started", "state", "sunk", "usage_hint",
-                 "would")
+    __slots__ = ("attempt_started", "attempts", "cfg", "chunk_gaps", "client_span", "emergency",
+                 "failure", "first_chunk", "genai_metrics", "held", "holding", "job", "key",
+                 "labels", "last_chunk", "lease_id", "limits", "llm_tokens", "model", "observe",
+                 "paused_at", "pid", "priority", "provider", "queue_wait", "requeues",
+                 "reservation", "reserved", "scopes", "sent_at", "service", "settled", "span",
+                 "spec", "started", "state", "sunk", "usage_hint", "would")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
                  reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None,
@@ -140,7 +148,15 @@ class Ticket:
         self.emergency = False
         self.provider: ProviderLimits | None = None
         self.failure: AttemptFailure | None = None
-        self.span: Any = None
+        self.span: Any = None  # the governor's own INTERNAL span
+        self.client_span: Any = None  # the GenAI CLIENT span, from the first send
+        self.genai_metrics = False  # the gen_ai.client.* metrics are recorded for this call
+        self.sent_at = 0.0  # monotonic time of the first send (0: never sent)
+        self.held = 0.0  # seconds the governor held the call between attempts
+        self.paused_at = 0.0  # monotonic time a retry pause began (0: none)
+        self.first_chunk = 0.0  # streams: monotonic time of the first chunk
+        self.last_chunk = 0.0  # streams: monotonic time of the latest chunk
+        self.chunk_gaps: list[float] = []  # streams: seconds between consecutive chunks
         self.usage_hint: Usage | None = None
         self.labels: Mapping[str, str] = labels or {}
         self.scopes = scopes or CallScopes()
@@ -290,7 +306,8 @@ class Governor:
             config.backend, self.budget_limits, namespace=config.namespace,
             on_error=config.on_backend_error, degraded_budget_share=config.degraded_budget_share,
         )
-        self.pricer = Pricer(config.prices)
+        self.pricer = Pricer(config.prices, {name: cfg.base_url for name, cfg in
+                                             config.services.items() if cfg.base_url})
         self.learner = OutputLearner(config.learned)
         self.lease_ttl = float(config.lease_ttl)
         self._queues: dict[str, AdmissionQueue] = {}
@@ -445,6 +462,7 @@ class Governor:
             media_unbounded=spec.media_unbounded, max_output_tokens=out_cap,
             audio_bytes=spec.audio_bytes,
             audio_seconds=spec.audio_seconds, embedding=spec.embedding,
+            service_tier=spec.service_tier, cache_ttl=spec.cache_ttl,
         ) if stated is None else (stated, spec.prompt_bytes + spec.media_tokens
                                   + spec.audio_tokens + (spec.max_output_tokens or 0))
         prio = spec.priority if spec.priority is not None else current_priority()
@@ -705,7 +723,7 @@ class Governor:
         try:
             self._run(self._admission(t, reserve=True))
         except BaseException as exc:
-            self._emit(self.telemetry.end_call, t, "error", type(exc).__name__, None, _ZERO)
+            self._emit(self.telemetry.end_call, t, exc, None, _ZERO)
             raise
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
@@ -724,7 +742,7 @@ class Governor:
         try:
             await self._arun(self._admission(t, reserve=True))
         except BaseException as exc:
-            self._emit(self.telemetry.end_call, t, "error", type(exc).__name__, None, _ZERO)
+            self._emit(self.telemetry.end_call, t, exc, None, _ZERO)
             raise
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
@@ -828,10 +846,17 @@ class Governor:
     # ---------------------------------------------------------------- attempts
     def attempt_started(self, t: Ticket) -> None:
         """An attempt is about to leave the process: from here it may be billed."""
+        now = time.monotonic()
         t.attempts += 1
         t.state = "sending"
         t.failure = None
-        t.attempt_started = time.monotonic()
+        t.attempt_started = now
+        if t.paused_at:
+            t.held += now - t.paused_at
+            t.paused_at = 0.0
+        if not t.sent_at:
+            t.sent_at = now
+            self._emit(self.telemetry.sent, t)
 
     def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
         """The provider answered with success; its rate-limit headers are folded in at settle."""
@@ -887,6 +912,7 @@ class Governor:
         queue. Returns the refusal that vetoes the retry, or ``None``.
         """
         failure = t.failure
+        t.paused_at = time.monotonic()
         if t.observe:  # the SDK's own pacing, counted through admission, never vetoed
             wait = (sdk_wait or 0.0) - already_waited
             if wait > 0:
@@ -955,6 +981,7 @@ class Governor:
         if retries is None or t.attempts - t.requeues > retries:
             return False  # the SDK itself would not retry it: it is the SDK's error to raise
         t.requeues += 1
+        t.paused_at = time.monotonic()
         wait = self._wait(failure, t.requeues)
         deadline = t.started + t.cfg.request_timeout
         if time.monotonic() + wait >= deadline:
@@ -1024,7 +1051,7 @@ class Governor:
             outcome = "success"
         obs = Observation(outcome, t.provider) if outcome is not None else None
         status = "ok" if error is None else "error"
-        error_type = None if error is None else type(error).__name__
+        error_type = None if error is None else type(error).__name__  # the JSON export's
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
                             cost, status, error_type, max(1, t.attempts), overrun=overrun,
                             settle_id=t.lease_id, key=t.key, scopes=t.scopes.charges)
@@ -1035,7 +1062,7 @@ class Governor:
         except Exception:
             logger.exception("RATE_LIMIT settling a %s call failed", t.service)
         total = t.sunk + cost
-        self._emit(self.telemetry.end_call, t, status, error_type, usage, total)
+        self._emit(self.telemetry.end_call, t, error, usage, total)
         self._maybe_publish()
         return total
 

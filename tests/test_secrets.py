@@ -3,10 +3,11 @@
 API keys and auth headers: real openai and anthropic SDK calls (successes,
 retried 5xx and 429s, an exhausted retry, governor refusals) through the fake
 provider with everything captured: spans, metrics, every log line at DEBUG,
-the JSON export, health, and the errors raised. Backend passwords: a Redis URL
-with a password that points nowhere, through the CLI (status, export,
-emergency, validate), in-process health/export/errors and the logs; plus the
-redaction function itself.
+the JSON export, health, the status server's responses and the errors raised.
+Backend passwords: a Redis URL with a password that points nowhere, through the
+CLI (status, export, emergency, validate), in-process health/export/errors, the
+status server and the logs; plus the redaction function itself. The status
+server's bearer token appears in none of them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-test-Zq7SECRETkey0123456789abcdefXYZ"
 KEY_FRAGMENTS = (API_KEY, API_KEY[8:24], "Zq7SECRET", f"Bearer {API_KEY}")
 REDIS_PASSWORD = "hunter2-Redis-Pa55word"
+SERVER_TOKEN = "serve-TOKEN-8c1f0e2d4b6a"
 HAVE_INSTRUMENTATION = (ROOT / "llm_governor" / "instrumentation" / "openai.py").exists()
 
 
@@ -146,10 +148,13 @@ def test_no_api_key_in_spans_metrics_logs_exports_or_errors(
                             f"{getattr(e, 'response', None) and e.response.request.url!r}"
                             for e in errors),
     }
+    texts["status server"] = served(llm_governor.get_governor())
+    texts["log lines"] += "\n".join(f"{r.getMessage()} {r.exc_text or ''}"
+                                    for r in caplog.records)
     assert caplog.records, "nothing was logged at DEBUG"
     for where, text in texts.items():
         assert text, where
-        assert_clean(text, KEY_FRAGMENTS, where)
+        assert_clean(text, (*KEY_FRAGMENTS, SERVER_TOKEN), where)
         assert "authorization" not in text.lower() or where == "log lines", where
         assert "x-api-key" not in text.lower() or where == "log lines", where
 
@@ -192,6 +197,27 @@ def test_redact_url(url: str, redacted: str) -> None:
     assert "1secret" not in redact_url(url)
 
 
+def served(gov: Governor | dict[str, Any]) -> str:
+    """Every response of a status server over ``gov``, with a token and without one."""
+    import http.client
+
+    from llm_governor.exporters.server import StatusServer
+
+    out = []
+    with StatusServer(gov, port=0, token=SERVER_TOKEN) as server:
+        host, port = server.address
+        for path in ("/healthz", "/status", "/metrics", "/alerts", "/nowhere"):
+            for headers in ({}, {"Authorization": f"Bearer {SERVER_TOKEN}"},
+                            {"Authorization": "Bearer guess"}):
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+                conn.request("GET", path, headers=headers)
+                reply = conn.getresponse()
+                out.append(f"{reply.status} {reply.getheaders()!r} {reply.read().decode()}")
+                conn.close()
+    assert any(line.startswith("200 ") and "llm_governor_" in line for line in out)
+    return "\n".join(out)
+
+
 def redis_url(on_error: str = "local") -> str:
     return f"redis://app:{REDIS_PASSWORD}@127.0.0.1:{closed_port()}/0"
 
@@ -220,6 +246,7 @@ def test_no_redis_password_in_process_output(caplog: pytest.LogCaptureFixture) -
                 llm_governor.rate_limited("svc")(lambda: None)()
             except llm_governor.GovernorError as exc:
                 outputs.append(f"{exc!s} {exc!r}")
+            outputs.append(served(gov))
             gov.close()
         try:
             llm_governor.load_config({"backend": url.replace("redis", "postgres")})

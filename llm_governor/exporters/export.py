@@ -13,7 +13,7 @@ from .monitor import health, scope_summary
 if TYPE_CHECKING:
     from ..governor import Governor
 
-__all__ = ["export_document", "export_json"]
+__all__ = ["export_document", "export_json", "status_document"]
 
 
 def _plain(value: Any) -> Any:
@@ -58,6 +58,15 @@ def export_document(gov: Governor) -> Any:
         "alerts": counters.get("alerts", {}),
         "processes": gov.backend.processes(),
     })
+
+
+def status_document(gov: Governor) -> dict[str, Any]:
+    """The export document plus the health headline at the top level: what
+    ``llm-governor status --json`` prints and the status server's ``/status`` serves."""
+    doc: dict[str, Any] = export_document(gov)
+    doc["overall_status"] = doc["health"]["overall_status"]
+    doc["health_score"] = doc["health"]["health_score"]
+    return doc
 
 
 def export_json(gov: Governor) -> str:

@@ -1,4 +1,6 @@
-"""OpenTelemetry metrics and spans, by the names of the public contract.
+"""OpenTelemetry metrics and spans: the contract's ``llm_governor.*`` names and the
+GenAI semantic conventions v1.41.1 (``schema_url`` 1.41.0, the schema file of that
+release line).
 
 Instruments come from the ``meter_provider`` / ``tracer_provider`` passed to
 ``instrument()`` or the global ones. With only ``opentelemetry-api``
@@ -8,15 +10,34 @@ a scope value (``scope_<kind>``) only for kinds configured with
 ``metric_label = true``; never prompt text, never job ids (those are in the
 JSON export and on spans), never keys or headers.
 
+Spans of one governed SDK call (see docs/operations.md, "Spans")::
+
+    llm_governor {service}        INTERNAL  admission → settlement: queue wait,
+    │                                       throttling and refusal events, retries,
+    │                                       llm_governor.* attributes
+    └── {operation} {model}       CLIENT    first send → last byte: the GenAI span,
+                                            the SDK's attempts inside it
+
+A call refused at admission has only the INTERNAL span (an error there, never
+a GenAI error); ``@rate_limited`` functions have only the INTERNAL span and
+``llm_governor.*`` metrics. ``gen_ai.client.operation.duration`` is the
+provider's work: the CLIENT span's time less what the governor held the call
+between attempts (retry pacing, re-admission).
+``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` switches to the
+names of the unreleased conventions where they differ (:data:`LATEST`).
+
 The gauges are observable: their callbacks read the backend when a reader
 collects, so they show every process's shared state, not a local cache.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import logging
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -25,23 +46,79 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ..accounts import scopes, service_of
+from ..errors import GovernorError
 from ..policies import admission, breaker
+from .coexist import Coverage
 
 if TYPE_CHECKING:
     from ..governor import Governor, Ticket
     from ..pricing import Usage
 
-__all__ = ["Telemetry"]
+__all__ = ["LATEST", "SCHEMA_URL", "SEMCONV_VERSION", "Telemetry", "error_type"]
 
 logger = logging.getLogger("llm_governor")
 _SCOPE = "llm_governor"
-_VERSION = "0.1.0"
-# GenAI semconv provider names of our services.
+SEMCONV_VERSION = "1.41.1"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.41.0"
+#: released name → its name in the unreleased GenAI conventions (gen_ai_latest_experimental)
+LATEST = {
+    "gen_ai.usage.cache_creation.input_tokens": "gen_ai.usage.cache_write.input_tokens",
+    "gen_ai.client.token.usage": ("gen_ai.client.inference.operation.input_tokens",
+                                  "gen_ai.client.inference.operation.output_tokens"),
+}
+# GenAI semconv provider names of our services when the adapter did not say.
 PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "anthropic": "anthropic",
                   "gemini": "gcp.gemini", "deepgram": "deepgram"}
 _DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                      40.96, 81.92)
-_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                  16777216, 67108864)
+# Request attributes that also go on the GenAI metrics (the rest are span-only).
+_METRIC_KEYS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
+                "server.address", "server.port")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llm-governor")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
+        return "0.0.0"
+
+
+def _latest_experimental() -> bool:
+    opted = os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "")
+    return "gen_ai_latest_experimental" in (part.strip() for part in opted.split(","))
+
+
+def error_type(exc: BaseException) -> str:
+    """A low-cardinality ``error.type`` of ``exc`` (documented in docs/operations.md).
+
+    The HTTP status of a provider's error answer (``"429"``, ``"500"``);
+    ``"timeout"`` for every kind of timeout; ``"cancelled"``; else the
+    exception's class by its public path (``"openai.APIConnectionError"``,
+    ``"llm_governor.BudgetExceededError"``, ``"ValueError"`` for built-ins).
+    """
+    if not isinstance(exc, GovernorError):
+        status = getattr(exc, "status_code", None)
+        if not isinstance(status, int) or isinstance(status, bool):
+            status = getattr(exc, "code", None)  # google.genai errors.APIError
+        if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+            return str(status)
+    if isinstance(exc, TimeoutError) or any("Timeout" in c.__name__ for c in type(exc).__mro__
+                                           if c.__module__ != "builtins"):
+        return "timeout"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    public: list[str] = []
+    for part in cls.__module__.split("."):
+        if part.startswith("_"):
+            break
+        public.append(part)
+    return f"{'.'.join(public[:1] if isinstance(exc, GovernorError) else public)}." \
+           f"{cls.__qualname__}"
 
 
 def _where(key: str) -> dict[str, str]:
@@ -50,15 +127,28 @@ def _where(key: str) -> dict[str, str]:
     return {"service": service} if key == service else {"service": service, "account": key}
 
 
+def _epoch_ns(monotonic: float) -> int:
+    """A past ``time.monotonic()`` value as an epoch timestamp in ns (span end times)."""
+    return time.time_ns() - int(max(0.0, time.monotonic() - monotonic) * 1e9)
+
+
 class Telemetry:
-    """Emits the contract's metrics and one CLIENT span per governed call."""
+    """Emits the contract's metrics, the governor's span and the GenAI client span."""
 
     def __init__(self, governor: Governor, meter_provider: Any = None,
                  tracer_provider: Any = None) -> None:
         self._gov = governor
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter(_SCOPE, _VERSION)
-        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(_SCOPE,
-                                                                                  _VERSION)
+        version = _version()
+        self.latest = _latest_experimental()
+        schema = None if self.latest else SCHEMA_URL
+        tcfg = governor.config.telemetry
+        self.genai_mode = tcfg.genai
+        self.cost_attributes = tcfg.cost_attributes
+        self.coverage = Coverage()
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(
+            _SCOPE, version, schema_url=schema)
+        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
+            _SCOPE, version, schema_url=schema)
         self.requests = meter.create_counter(
             "llm_governor.requests", description="Admission decisions by outcome")
         self.calls = meter.create_counter(
@@ -80,10 +170,37 @@ class Telemetry:
             "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration", explicit_bucket_boundaries_advisory=list(
                 _DURATION_BUCKETS))
-        self.token_usage = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}",
-            description="Measures number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
+        self.ttfc = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time to receive the first chunk, measured from when the client "
+                        "issues the generation request to when the first chunk is received "
+                        "in the response stream.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS))
+        self.tpoc = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk", unit="s",
+            description="Time per output chunk, recorded for each chunk received after the "
+                        "first one, measured as the time elapsed from the end of the previous "
+                        "chunk to the end of the current chunk.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS))
+        self.token_usage: Any = None
+        self.input_tokens: Any = None
+        self.output_tokens: Any = None
+        if self.latest:
+            names = LATEST["gen_ai.client.token.usage"]
+            self.input_tokens = meter.create_histogram(
+                names[0], unit="{token}",
+                description="The number of input (prompt) tokens used per inference operation.",
+                explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
+            self.output_tokens = meter.create_histogram(
+                names[1], unit="{token}",
+                description="The number of output (completion) tokens used per inference "
+                            "operation.",
+                explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
+        else:
+            self.token_usage = meter.create_histogram(
+                "gen_ai.client.token.usage", unit="{token}",
+                description="Number of input and output tokens used.",
+                explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
         g = meter.create_observable_gauge
         g("llm_governor.budget.remaining", [self._budget("remaining")], unit="USD",
           description="Budget left per window after reservations")
@@ -137,27 +254,60 @@ class Telemetry:
         self.thresholds.add(1, attrs)
 
     # ------------------------------------------------------------ per call
-    def start_call(self, t: Ticket) -> None:
-        op = t.spec.operation
+    def _governor_attributes(self, t: Ticket) -> dict[str, Any]:
         attrs: dict[str, Any] = {
-            "gen_ai.operation.name": op,
-            "gen_ai.provider.name": PROVIDER_NAMES.get(t.service, t.service),
             "llm_governor.service": t.service,
             "llm_governor.priority": t.priority.name.lower(),
             "llm_governor.reserved_usd": float(t.reserved),
         }
-        if t.spec.model:
-            attrs["gen_ai.request.model"] = t.spec.model
-        if t.spec.max_output_tokens is not None:
-            attrs["gen_ai.request.max_tokens"] = t.spec.max_output_tokens
         if t.job:
             attrs["llm_governor.job"] = t.job
         for kind, value in t.labels.items():
             attrs[f"llm_governor.scope.{kind}"] = value
         if t.observe:
             attrs["llm_governor.mode"] = "observe"
-        name = f"{op} {t.spec.model}" if t.spec.model else op
-        t.span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        return attrs
+
+    def start_call(self, t: Ticket) -> None:
+        """The governor's INTERNAL span, from admission to settlement."""
+        attrs = self._governor_attributes(t)
+        attrs["llm_governor.operation"] = t.spec.operation
+        if t.spec.model:
+            attrs["llm_governor.model"] = t.spec.model
+        t.span = self._tracer.start_span(f"llm_governor {t.service}", kind=SpanKind.INTERNAL,
+                                         attributes=attrs)
+
+    def genai_for(self, t: Ticket) -> tuple[bool, bool]:
+        """Whether this call gets ``(the GenAI span, the gen_ai.client.* metrics)``.
+
+        In ``auto``: neither when another instrumentation covers the call; no span
+        when the SDK client emits GenAI spans itself (it records no metrics).
+        """
+        spec = t.spec
+        if spec.sdk is None or spec.genai is None or self.genai_mode == "off":
+            return False, False
+        if self.genai_mode == "on":
+            return True, True
+        if self.coverage.covered(spec.sdk, spec.operation) is not None:
+            return False, False
+        return not spec.sdk_spans, True
+
+    def sent(self, t: Ticket) -> None:
+        """The first attempt leaves the process: the GenAI CLIENT span starts."""
+        span, t.genai_metrics = self.genai_for(t)
+        if not span:
+            return
+        genai = t.spec.genai or {}
+        attrs: dict[str, Any] = dict(genai)
+        model = t.spec.model  # after a policy's substitution, the model asked for
+        if model:
+            attrs["gen_ai.request.model"] = model
+        attrs.update(self._governor_attributes(t))
+        op = genai.get("gen_ai.operation.name", t.spec.operation)
+        parent = trace.set_span_in_context(t.span) if t.span is not None else None
+        t.client_span = self._tracer.start_span(
+            f"{op} {model}" if model else str(op), context=parent, kind=SpanKind.CLIENT,
+            attributes=attrs)
 
     def decision(self, t: Ticket, outcome: str, retry_after: float) -> None:
         prio = t.priority.name.lower()
@@ -168,20 +318,22 @@ class Telemetry:
         if outcome == "admitted":
             self._waited[t.lease_id] = t.queue_wait
             self.queue_wait.record(waited, {"service": t.service, "priority": prio})
-        span = t.span
-        if span is not None and (outcome != "admitted" or waited > 0):
-            span.add_event("llm_governor.throttle", {
-                "llm_governor.decision": outcome, "llm_governor.retry_after_s": retry_after,
-                "llm_governor.queue_wait_s": waited})
+        if outcome != "admitted" or waited > 0:
+            event = {"llm_governor.decision": outcome, "llm_governor.retry_after_s": retry_after,
+                     "llm_governor.queue_wait_s": waited}
+            for span in (t.span, t.client_span):
+                if span is not None:
+                    span.add_event("llm_governor.throttle", event)
         if outcome == "circuit_open":
             logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
 
     def retry(self, t: Ticket, reason: str, wait: float | None) -> None:
         self.retries.add(1, {"service": t.service, "reason": reason})
-        if t.span is not None:
-            t.span.add_event("llm_governor.retry", {
-                "llm_governor.attempt": t.attempts, "llm_governor.reason": reason,
-                "llm_governor.wait_s": wait if wait is not None else -1.0})
+        event = {"llm_governor.attempt": t.attempts, "llm_governor.reason": reason,
+                 "llm_governor.wait_s": wait if wait is not None else -1.0}
+        for span in (t.span, t.client_span):
+            if span is not None:
+                span.add_event("llm_governor.retry", event)
         logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
                     t.attempts)
 
@@ -191,53 +343,112 @@ class Telemetry:
     def provider_remaining(self, service: str, resource: str, value: float) -> None:
         self._provider[(service, resource)] = value
 
-    def end_call(self, t: Ticket, status: str, error_type: str | None, usage: Usage | None,
+    def end_call(self, t: Ticket, error: BaseException | None, usage: Usage | None,
                  cost: Decimal) -> None:
-        duration = time.monotonic() - t.started
         self._waited.pop(t.lease_id, None)
+        kind = None if error is None else error_type(error)
         # Only calls that were admitted and ran count in llm_governor.calls (settle()
         # marks the ticket first); a refusal at admission is already counted by its
         # decision in llm_governor.requests and must not look like a provider failure.
         if t.settled:
             call_attrs: dict[str, Any] = {"service": t.service, "model": t.model,
-                                          "status": status, **t.scopes.metric_attributes}
-            if error_type:
-                call_attrs["error.type"] = error_type
+                                          "status": "ok" if error is None else "error",
+                                          **t.scopes.metric_attributes}
+            if kind:
+                call_attrs["error.type"] = kind
             self.calls.add(1, call_attrs)
         if cost:
             self.cost.add(float(cost), {"service": t.service, "model": t.model,
                                         **t.scopes.metric_attributes})
-        genai: dict[str, Any] = {"gen_ai.operation.name": t.spec.operation,
-                                 "gen_ai.provider.name": PROVIDER_NAMES.get(t.service, t.service)}
-        if t.spec.model:
-            genai["gen_ai.request.model"] = t.spec.model
-        if error_type:
-            genai["error.type"] = error_type
-        self.op_duration.record(duration, genai)
-        if usage is not None:
-            if usage.input_tokens:
-                self.token_usage.record(usage.input_tokens, {**genai, "gen_ai.token.type": "input"})
-            if usage.output_tokens:
-                self.token_usage.record(usage.output_tokens,
-                                        {**genai, "gen_ai.token.type": "output"})
+        final: dict[str, Any] = {
+            "llm_governor.queue_wait_s": t.queue_wait, "llm_governor.cost_usd": float(cost),
+            "llm_governor.attempts": t.attempts, "llm_governor.emergency": t.emergency,
+        }
+        if t.held:
+            final["llm_governor.held_s"] = t.held
+        if t.would:
+            final["llm_governor.would"] = t.would
+        if t.genai_metrics:
+            self._end_client(t, kind, usage, cost, final)
         span = t.span
         if span is None:
             return
         t.span = None
-        attrs: dict[str, Any] = {
-            "llm_governor.queue_wait_s": t.queue_wait, "llm_governor.cost_usd": float(cost),
-            "llm_governor.attempts": t.attempts, "llm_governor.emergency": t.emergency,
-        }
-        if t.would:
-            attrs["llm_governor.would"] = t.would
-        if usage is not None:
-            attrs["gen_ai.usage.input_tokens"] = usage.input_tokens
-            attrs["gen_ai.usage.output_tokens"] = usage.output_tokens
-        if error_type:
-            attrs["error.type"] = error_type
-            span.set_status(Status(StatusCode.ERROR, error_type))
-        span.set_attributes(attrs)
+        if kind:
+            final["error.type"] = kind
+            span.set_status(Status(StatusCode.ERROR, kind))
+        span.set_attributes(final)
         span.end()
+
+    def _end_client(self, t: Ticket, kind: str | None, usage: Usage | None, cost: Decimal,
+                    final: dict[str, Any]) -> None:
+        """Record the ``gen_ai.client.*`` metrics of a sent call and end its GenAI span."""
+        span, t.client_span = t.client_span, None
+        t.genai_metrics = False
+        spec = t.spec
+        genai = spec.genai or {}
+        end = t.last_chunk if spec.stream and t.last_chunk else time.monotonic()
+        attrs = {k: genai[k] for k in _METRIC_KEYS if k in genai}
+        if spec.model:
+            attrs["gen_ai.request.model"] = spec.model
+        info = usage.response if usage is not None else None
+        out: dict[str, Any] = dict(final)
+        if info is not None:
+            if info.model:
+                attrs["gen_ai.response.model"] = out["gen_ai.response.model"] = info.model
+            if info.id:
+                out["gen_ai.response.id"] = info.id
+            if info.finish_reasons:
+                out["gen_ai.response.finish_reasons"] = list(info.finish_reasons)
+        if spec.sdk == "openai" and usage is not None:
+            if usage.service_tier:
+                attrs["openai.response.service_tier"] = usage.service_tier
+            if info is not None and info.system_fingerprint:
+                attrs["openai.response.system_fingerprint"] = info.system_fingerprint
+            out.update((k, v) for k, v in attrs.items() if k.startswith("openai."))
+        duration = max(0.0, end - t.sent_at - t.held)
+        self.op_duration.record(duration, {**attrs, "error.type": kind} if kind else attrs)
+        if usage is not None:
+            self._usage(usage, attrs, out)
+        if spec.stream and t.first_chunk:
+            first = max(0.0, t.first_chunk - t.sent_at - t.held)
+            out["gen_ai.response.time_to_first_chunk"] = first
+            self.ttfc.record(first, attrs)
+            for gap in t.chunk_gaps:
+                self.tpoc.record(gap, attrs)
+        if self.cost_attributes and (cost or usage is not None):
+            out["gen_ai.usage.cost.amount"] = float(cost)
+            out["gen_ai.usage.cost.currency"] = "USD"
+            out["gen_ai.usage.cost.source"] = "local"
+        if span is None:
+            return
+        if kind:
+            out["error.type"] = kind
+            span.set_status(Status(StatusCode.ERROR, kind))
+        span.set_attributes(out)
+        span.end(end_time=_epoch_ns(end))
+
+    def _usage(self, usage: Usage, attrs: Mapping[str, Any], out: dict[str, Any]) -> None:
+        out["gen_ai.usage.input_tokens"] = usage.input_tokens
+        out["gen_ai.usage.output_tokens"] = usage.output_tokens
+        if usage.cache_read_tokens:
+            out["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read_tokens
+        if usage.cache_write_tokens:
+            name = "gen_ai.usage.cache_creation.input_tokens"
+            out[str(LATEST[name]) if self.latest else name] = usage.cache_write_tokens
+        if usage.reasoning_tokens:
+            out["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning_tokens
+        if usage.audio_seconds:
+            out["llm_governor.audio_seconds"] = usage.audio_seconds
+        for count, direction in ((usage.input_tokens, "input"),
+                                 (usage.output_tokens, "output")):
+            if not count:
+                continue  # embeddings and audio: no such tokens
+            if self.latest:
+                (self.input_tokens if direction == "input" else self.output_tokens).record(
+                    count, attrs)
+            else:
+                self.token_usage.record(count, {**attrs, "gen_ai.token.type": direction})
 
     # ----------------------------------------------------------- gauges
     def _services(self) -> list[str]:

@@ -27,12 +27,13 @@ import abc
 import contextvars
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import GovernorError
 from ..governor import CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
+from ._genai import server_attributes
 from .streams import UsageTracker
 
 if TYPE_CHECKING:
@@ -140,6 +141,30 @@ class Adapter(abc.ABC):
         """
         return None, None
 
+    def annotate(self, instance: Any, call: Call, base_url: str | None) -> CallSpec:
+        """``call.spec`` with what telemetry reports of it: the SDK, and the request's
+        GenAI attributes (operation and provider names, ``server.*``, the request's own
+        settings from :meth:`request_attributes`)."""
+        spec = call.spec
+        server = server_attributes(base_url)
+        attrs: dict[str, Any] = {"gen_ai.operation.name": spec.operation}
+        attrs.update(self.request_attributes(instance, call))
+        attrs["gen_ai.provider.name"] = self.provider_name(instance, server.get("server.address"))
+        attrs.update(server)
+        return replace(spec, sdk=self.module, genai=attrs, sdk_spans=self.own_spans(instance))
+
+    def own_spans(self, instance: Any) -> bool:
+        """Whether the SDK client itself emits a GenAI span for each call (default: no)."""
+        return False
+
+    def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
+        """The request's GenAI attributes beyond operation, provider, model and server."""
+        return {}
+
+    def provider_name(self, instance: Any, host: str | None) -> str:
+        """``gen_ai.provider.name`` of a call made with client ``instance`` to ``host``."""
+        return self.module
+
     def limit_retries(self, call: Call, retries: int) -> Call:
         """``call`` with the SDK's own retries set to ``retries`` (configured ``max_retries``).
 
@@ -185,13 +210,19 @@ def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
 
 
 def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
-    """``call`` with its spec scoped to the provider account it goes to."""
+    """``call`` with its spec scoped to the provider account it goes to, and annotated
+    for telemetry (:meth:`Adapter.annotate`)."""
+    base_url: str | None = None
     try:
         base_url, credential = adapter.endpoint(instance, call)
     except Exception:  # an SDK shape we cannot read: the service is the scope
         logger.debug("reading the endpoint of a %s call failed", adapter.module, exc_info=True)
-        return call
-    call.spec = gov.account(call.spec, base_url, credential)
+    else:
+        call.spec = gov.account(call.spec, base_url, credential)
+    try:
+        call.spec = adapter.annotate(instance, call, base_url)
+    except Exception:  # telemetry never breaks a call: it goes unannotated
+        logger.debug("annotating a %s call failed", adapter.module, exc_info=True)
     return call
 
 

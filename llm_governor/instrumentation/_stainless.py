@@ -367,6 +367,22 @@ class StainlessAdapter(Adapter):
         return Call(replace(call.spec, max_retries=retries), (cast_to, options), call.kwargs,
                     call.context)
 
+    # ------------------------------------------------------------- telemetry
+    def annotate(self, instance: Any, call: Call, base_url: str | None) -> CallSpec:
+        spec = super().annotate(instance, call, base_url)
+        return replace(spec, **self.pricing_facts(_request_body(call)))
+
+    def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
+        return self.genai_request(call.spec.operation, _request_body(call))
+
+    def genai_request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The GenAI attributes of a request body (the vendor's field names)."""
+        return {}
+
+    def pricing_facts(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``CallSpec`` fields that price the request (service tier, cache writes)."""
+        return {}
+
     # ------------------------------------------------------------- failures
     def classify(self, exc: BaseException) -> AttemptFailure:
         sdk = self.sdk
@@ -481,6 +497,15 @@ class StainlessAdapter(Adapter):
             _hook_bytes(response, s, body.extend, parse_body, asynchronous)
         _hook_close(response, s, asynchronous)
         s.watch(response)
+
+
+def _request_body(call: Call) -> Mapping[str, Any]:
+    """The JSON body a governed call sends (``extra_json`` merged in)."""
+    options = call.context.get("options")
+    body = getattr(options, "json_data", None)
+    body = body if isinstance(body, Mapping) else {}
+    extra = getattr(options, "extra_json", None)
+    return {**body, **extra} if isinstance(extra, Mapping) and extra else body
 
 
 def _hook_close(response: Any, s: Settlement, asynchronous: bool) -> None:

@@ -243,6 +243,9 @@ class DeepgramAdapter(Adapter):
     def tracker(self, call: Call) -> DeepgramTracker:
         return DeepgramTracker()
 
+    def provider_name(self, instance: Any, host: str | None) -> str:
+        return "deepgram"
+
     def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
         base = call.kwargs.get("base_url") or instance.get_base_url(None)
         headers = instance.base_headers() if callable(getattr(instance, "base_headers", None)) \

@@ -57,6 +57,7 @@ from ._base import (
     unobserved,
 )
 from ._errors import sdk_rejection, transport_failure
+from ._genai import gemini_info, gemini_request
 from ._media import gemini_media
 from .streams import Settlement, UsageTracker, count, field, watch_aiter, watch_iter
 
@@ -95,9 +96,10 @@ def gemini_usage(u: Any) -> Usage | None:
     """
     if not isinstance(u, Mapping):
         return None
+    thoughts = count(u.get("thoughtsTokenCount"))
     return Usage(count(u.get("promptTokenCount")) + count(u.get("toolUsePromptTokenCount")),
-                 count(u.get("candidatesTokenCount")) + count(u.get("thoughtsTokenCount")),
-                 count(u.get("cachedContentTokenCount")))
+                 count(u.get("candidatesTokenCount")) + thoughts,
+                 count(u.get("cachedContentTokenCount")), reasoning_tokens=thoughts)
 
 
 def _usage_metadata(body: str) -> Any:
@@ -182,18 +184,21 @@ def _quota_exhausted(exc: Any, delay: float | None) -> bool:
 class GeminiTracker(UsageTracker):
     """Usage of a response body, or of stream chunks (cumulative: the last one counts)."""
 
-    __slots__ = ("_latest", "embedding_predict")
+    __slots__ = ("_finish", "_latest", "embedding_predict")
 
     def __init__(self, embedding_predict: bool = False) -> None:
         super().__init__()
         self._latest: Usage | None = None
+        self._finish: tuple[str, ...] = ()
         self.embedding_predict = embedding_predict
 
     def see(self, event: Any) -> bool:
         body = field(event, "body")
         if isinstance(body, str):
+            about, self._finish = gemini_info(body, self._finish)
             u = gemini_usage(_usage_metadata(body))
             if u is not None:
+                u = replace(u, response=about)
                 self._latest = u
                 if '"finishReason"' in body:  # the chunk that ends the candidate
                     self.usage = u
@@ -210,7 +215,8 @@ class GeminiTracker(UsageTracker):
             return None
         if self.embedding_predict:
             return _predict_usage(body)
-        return gemini_usage(_usage_metadata(body))
+        u = gemini_usage(_usage_metadata(body))
+        return None if u is None else replace(u, response=gemini_info(body)[0])
 
 
 def _through(head: Iterable[Any], source: Iterator[Any], tracker: GeminiTracker) -> Iterator[Any]:
@@ -294,6 +300,17 @@ class GeminiAdapter(Adapter):
 
     def tracker(self, call: Call) -> GeminiTracker:
         return GeminiTracker(bool(call.context.get("predict")))
+
+    def provider_name(self, instance: Any, host: str | None) -> str:
+        return "gcp.vertex_ai" if getattr(instance, "vertexai", False) else "gcp.gemini"
+
+    def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
+        names = ("http_method", "path", "request_dict", "http_options")
+        bound = dict(zip(names, call.args, strict=False))
+        bound.update((k, v) for k, v in call.kwargs.items() if k in names)
+        body = bound.get("request_dict")
+        return gemini_request(call.spec.operation, body if isinstance(body, Mapping) else {},
+                              call.spec.stream)
 
     def endpoint(self, instance: Any, call: Call) -> tuple[str | None, str | None]:
         base = getattr(getattr(instance, "_http_options", None), "base_url", None)

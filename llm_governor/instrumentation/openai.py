@@ -25,6 +25,7 @@ from ..policies.adaptive import ProviderLimits
 from ..pricing import Usage
 from ._base import Call
 from ._errors import out_of_credit
+from ._genai import finish_reasons, info, openai_host_provider, openai_request
 from ._headers import openai_limits
 from ._stainless import StainlessAdapter
 from .streams import UsageTracker, count, field
@@ -46,18 +47,32 @@ OPERATIONS = {
 _INJECTABLE = frozenset({"chat", "text_completion"})
 
 
-def openai_usage(u: Any) -> Usage | None:
-    """Chat/completions (``prompt_tokens``…) and Responses/images (``input_tokens``…) usage."""
+def openai_usage(u: Any, source: Any = None,
+                 finish: tuple[str, ...] | None = None) -> Usage | None:
+    """Chat/completions (``prompt_tokens``…) and Responses/images (``input_tokens``…) usage;
+    ``source``: the response (or chunk) it came with, for its tier and :class:`ResponseInfo`.
+
+    Reasoning tokens are part of the completion (output) tokens, and billed as such.
+    """
     if u is None:
         return None
+    tier = field(source, "service_tier")
+    facts: dict[str, Any] = {
+        "service_tier": tier if isinstance(tier, str) and tier else None,
+        "response": info(source, finish),
+    }
     prompt = field(u, "prompt_tokens")
     if prompt is not None:
         details = field(u, "prompt_tokens_details")
+        done = field(u, "completion_tokens_details")
         return Usage(count(prompt), count(field(u, "completion_tokens")),
-                     count(field(details, "cached_tokens")))
+                     count(field(details, "cached_tokens")),
+                     reasoning_tokens=count(field(done, "reasoning_tokens")), **facts)
     details = field(u, "input_tokens_details")
+    done = field(u, "output_tokens_details")
     return Usage(count(field(u, "input_tokens")), count(field(u, "output_tokens")),
-                 count(field(details, "cached_tokens")))
+                 count(field(details, "cached_tokens")),
+                 reasoning_tokens=count(field(done, "reasoning_tokens")), **facts)
 
 
 class OpenAITracker(UsageTracker):
@@ -70,19 +85,26 @@ class OpenAITracker(UsageTracker):
     its chunk reaches the user as it would bare.
     """
 
-    __slots__ = ("honoured", "injected")
+    __slots__ = ("finish", "honoured", "injected")
 
     def __init__(self, injected: bool) -> None:
         super().__init__()
         self.injected = injected
         self.honoured = False  # an earlier chunk carried an explicit "usage": null
+        self.finish: list[str] = []  # finish reasons of the chunks so far
 
     def see(self, event: Any) -> bool:
         u = field(event, "usage")
-        if u is None:
-            u = field(field(event, "response"), "usage")
+        source = event
+        if u is None:  # Responses events carry theirs in the response
+            response = field(event, "response")
+            u = field(response, "usage")
+            source = event if u is None else response
+        if source is event:
+            self.finish += finish_reasons(event)
         if u is not None:
-            self.usage = openai_usage(u)
+            self.usage = openai_usage(u, source, tuple(self.finish) if source is event
+                                      else None)
         if not self.injected:
             return True
         choices = field(event, "choices")
@@ -97,7 +119,7 @@ class OpenAITracker(UsageTracker):
         return True
 
     def final(self, response: Any) -> Usage | None:
-        return openai_usage(field(response, "usage"))
+        return openai_usage(field(response, "usage"), response)
 
 
 class OpenAIAdapter(StainlessAdapter):
@@ -124,6 +146,18 @@ class OpenAIAdapter(StainlessAdapter):
 
     def provider_limits(self, headers: Mapping[str, str]) -> ProviderLimits | None:
         return openai_limits(headers)
+
+    def provider_name(self, instance: Any, host: str | None) -> str:
+        if self.service(instance) == "azure_openai":
+            return "azure.ai.openai"
+        return openai_host_provider(host)
+
+    def genai_request(self, operation: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return openai_request(operation, body)
+
+    def pricing_facts(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        tier = body.get("service_tier")
+        return {"service_tier": tier} if isinstance(tier, str) and tier else {}
 
     def max_output_tokens(self, operation: str, body: Mapping[str, Any]) -> int | None:
         per_choice = super().max_output_tokens(operation, body)

@@ -32,6 +32,7 @@ import os
 import queue
 import re
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from ..governor import Governor, Ticket
     from ..pricing import Usage
 
-__all__ = ["SSEFilter", "SSEScanner", "Settlement", "UsageTracker", "field", "watch_aiter",
-           "watch_iter"]
+__all__ = ["SSEFilter", "SSEScanner", "Settlement", "UsageTracker", "chunk_arrived", "field",
+           "watch_aiter", "watch_iter"]
 
 logger = logging.getLogger("llm_governor")
 T = TypeVar("T")
@@ -223,6 +224,16 @@ class Settlement:
             await self.afinish()
 
 
+def chunk_arrived(t: Ticket) -> None:
+    """Time a stream's chunk: the first one's arrival, then the gap since the previous."""
+    now = time.monotonic()
+    if t.last_chunk:
+        t.chunk_gaps.append(now - t.last_chunk)
+    else:
+        t.first_chunk = now
+    t.last_chunk = now
+
+
 def watch_iter(source: Iterator[T], s: Settlement,
                failed: Callable[[BaseException], bool]) -> Iterator[T]:
     """Yield ``source``'s items the tracker lets through; settle when it ends."""
@@ -235,6 +246,7 @@ def watch_iter(source: Iterator[T], s: Settlement,
                 break
             finally:
                 s.iterating = False
+            chunk_arrived(s.ticket)
             if s.tracker.see(item):
                 yield item
     except GeneratorExit:  # closed unfinished; finish() below knows if the collector did it
@@ -258,6 +270,7 @@ async def watch_aiter(source: AsyncIterator[T], s: Settlement,
                 break
             finally:
                 s.iterating = False
+            chunk_arrived(s.ticket)
             if s.tracker.see(item):
                 yield item
     except GeneratorExit:  # finalized unfinished: never await here

@@ -89,6 +89,8 @@ class Settings:
     page_tokens: int = 1500  # per PDF page (OpenAI files, Anthropic documents)
     url_file_pages: int = 10  # pages of a document given by file id or URL
     usage_always: bool = False  # OpenAI chat/completions streams always end with usage
+    reasoning_tokens: int = 0  # billed output tokens an OpenAI/Gemini call spends reasoning
+    cached_content_tokens: int = 1024  # tokens of a Gemini request's cachedContent
 
 
 @dataclass
@@ -114,6 +116,14 @@ class Call:
     audio_seconds: float = 0.0
     audio_sha256: str = ""
     batch: bool = False  # gemini batchEmbedContents vs embedContent
+    reasoning_tokens: int = 0  # the part of output_tokens spent reasoning (billed as output)
+    service_tier: str | None = None  # OpenAI: the tier the response reports (and bills)
+    cache_key: str = ""  # Anthropic: digest of the cacheable prompt prefix
+    cache_tokens: int = 0  # Anthropic: tokens of that prefix
+    cache_ttl: str = "5m"  # Anthropic: the prefix's cache TTL ("5m" / "1h")
+    cache_read: int = 0  # input tokens read from a prompt cache (part of input_tokens)
+    cache_write: int = 0  # input tokens written to a prompt cache (part of input_tokens)
+    cache_write_1h: int = 0  # of which with the 1-hour TTL
 
 
 @dataclass(frozen=True)
@@ -315,6 +325,8 @@ def _parse_json_call(call: Call, req: JsonObj, settings: Settings) -> None:
         call.input_tokens = count_prompt_tokens(
             provider, call.model, settings, req.get("messages"), req.get("system")
         )
+        if endpoint == "messages":
+            _cache_prefix(call, req, settings)
         call.stream = bool(req.get("stream"))
         if endpoint == "messages":
             call.output_tokens, call.truncated = _output_count(req.get("max_tokens"), conf)
@@ -325,8 +337,39 @@ def _parse_json_call(call: Call, req: JsonObj, settings: Settings) -> None:
         _parse_gemini(call, req, conf, settings)
 
 
+_TIERS = frozenset({"default", "flex", "priority", "scale"})
+
+
+def _cache_prefix(call: Call, req: JsonObj, settings: Settings) -> None:
+    """Anthropic prompt caching: the prompt up to its last ``cache_control`` block is
+    the cacheable prefix (system blocks, then message content blocks, in order); the
+    server resolves a read or a write against what it cached (see FakeProvider)."""
+    parts: list[object] = []
+    last, ttl = -1, "5m"
+    system = req.get("system")
+    blocks: list[object] = list(system) if isinstance(system, list) else [system]
+    for message in req.get("messages") or []:
+        content = _dig(message, "content")
+        blocks += content if isinstance(content, list) else [content]
+    for block in blocks:
+        parts.append(block)
+        control = _dig(block, "cache_control")
+        if isinstance(control, dict):
+            last, ttl = len(parts), "1h" if control.get("ttl") == "1h" else "5m"
+    if last < 0:
+        return
+    prefix = parts[:last]
+    call.cache_tokens = min(call.input_tokens,
+                            count_prompt_tokens("anthropic", call.model, settings, prefix))
+    call.cache_ttl = ttl
+    call.cache_key = hashlib.sha256(_dumps([call.model, prefix])).hexdigest()
+
+
 def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> None:
     call.stream = bool(req.get("stream"))
+    if call.endpoint in ("chat", "responses", "completions"):
+        tier = req.get("service_tier")
+        call.service_tier = tier if tier in _TIERS else "default"
     asked = bool(_dig(req, "stream_options", "include_usage"))
     # A server that always sends usage ignores stream_options: it never marks the
     # other chunks with "usage": null, as api.openai.com does when asked.
@@ -367,6 +410,8 @@ def _parse_openai(call: Call, req: JsonObj, conf: int, settings: Settings) -> No
     call.choices = n if isinstance(n, int) and n > 0 else 1
     per_choice, call.truncated = _output_count(requested, conf)
     call.output_tokens = per_choice * call.choices
+    if call.endpoint != "completions":  # within the output cap, as max_completion_tokens
+        call.reasoning_tokens = min(settings.reasoning_tokens, call.output_tokens)
     _text(call, per_choice, schema)
 
 
@@ -390,9 +435,13 @@ def _parse_gemini(call: Call, req: JsonObj, conf: int, settings: Settings) -> No
     )
     if call.endpoint == "count_tokens":
         return
+    if isinstance(req.get("cachedContent"), str):  # a context cache: its tokens are read
+        call.cache_read = settings.cached_content_tokens
+        call.input_tokens += call.cache_read
     call.stream = call.path.endswith(":streamGenerateContent")
     gen = req.get("generationConfig")
     call.output_tokens, call.truncated = _output_count(_dig(gen, "maxOutputTokens"), conf)
+    call.reasoning_tokens = min(settings.reasoning_tokens, call.output_tokens)
     schema = _dig(gen, "responseJsonSchema") or _dig(gen, "responseSchema")
     if schema is None and _dig(gen, "responseMimeType") == "application/json":
         schema = {"type": "object"}
@@ -485,11 +534,11 @@ def _finish(call: Call, stop: str, length: str) -> str:
 def _openai_usage(call: Call) -> JsonObj:
     return {
         "prompt_tokens": call.input_tokens,
-        "completion_tokens": call.output_tokens,
+        "completion_tokens": call.output_tokens,  # reasoning included
         "total_tokens": call.input_tokens + call.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": call.cache_read, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": call.reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -499,7 +548,8 @@ def _openai_usage(call: Call) -> JsonObj:
 
 def _openai_chat(call: Call) -> Reply:
     ident, created = new_id("chatcmpl-"), int(time.time())
-    base = {"id": ident, "created": created, "model": call.model, "system_fingerprint": "fp_fake"}
+    base = {"id": ident, "created": created, "model": call.model, "system_fingerprint": "fp_fake",
+            "service_tier": call.service_tier or "default"}
     finish = _finish(call, "stop", "length")
     if not call.stream:
         message: JsonObj = {
@@ -515,7 +565,7 @@ def _openai_chat(call: Call) -> Reply:
         return _json(
             {**base, "object": "chat.completion", "choices": choices, "usage": _openai_usage(call)}
         )
-    chunk = {**base, "object": "chat.completion.chunk", "service_tier": "default"}
+    chunk = {**base, "object": "chat.completion.chunk"}
     if call.usage_null:
         chunk["usage"] = None  # the real API sends null usage on every chunk but the last
 
@@ -628,9 +678,9 @@ def _openai_responses(call: Call) -> Reply:
     }
     usage = {
         "input_tokens": call.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": call.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "input_tokens_details": {"cached_tokens": call.cache_read},
+        "output_tokens": call.output_tokens,  # reasoning included
+        "output_tokens_details": {"reasoning_tokens": call.reasoning_tokens},
         "total_tokens": call.input_tokens + call.output_tokens,
     }
     response: JsonObj = {
@@ -646,6 +696,7 @@ def _openai_responses(call: Call) -> Reply:
         "tool_choice": "auto",
         "tools": [],
         "text": {"format": {"type": "text"}},
+        "service_tier": call.service_tier or "default",
         "usage": usage,
     }
     if not call.stream:
@@ -687,11 +738,16 @@ def _openai_responses(call: Call) -> Reply:
 
 def _anthropic_messages(call: Call) -> Reply:
     stop = _finish(call, "end_turn", "max_tokens")
-    usage = {
-        "input_tokens": call.input_tokens,
+    usage = {  # input_tokens exclude the cache reads and writes, as Anthropic counts them
+        "input_tokens": call.input_tokens - call.cache_read - call.cache_write,
         "output_tokens": call.output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": call.cache_write,
+        "cache_read_input_tokens": call.cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": call.cache_write - call.cache_write_1h,
+            "ephemeral_1h_input_tokens": call.cache_write_1h,
+        },
+        "service_tier": "standard",
     }
     message: JsonObj = {
         "id": new_id("msg_"),
@@ -735,11 +791,17 @@ def _anthropic_count(call: Call) -> Reply:
 
 
 def _gemini_usage(call: Call, output_tokens: int) -> JsonObj:
-    return {
-        "promptTokenCount": call.input_tokens,
-        "candidatesTokenCount": output_tokens,
+    thoughts = min(call.reasoning_tokens, output_tokens)
+    usage: JsonObj = {
+        "promptTokenCount": call.input_tokens,  # cached content included, as Gemini counts
+        "candidatesTokenCount": output_tokens - thoughts,  # thoughts counted apart
         "totalTokenCount": call.input_tokens + output_tokens,
     }
+    if call.cache_read:
+        usage["cachedContentTokenCount"] = call.cache_read
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    return usage
 
 
 def _gemini_generate(call: Call) -> Reply:

@@ -151,6 +151,16 @@ class FakeProvider:
     ``usage_always`` makes OpenAI chat/completions streams end with a usage
     chunk whatever ``stream_options`` asked, as some compatible servers do
     (such a server never sends ``"usage": null`` on the other chunks).
+
+    Billing follows the providers' price rules: OpenAI answers in the
+    ``service_tier`` asked for (``auto`` is ``default``) and bills that tier;
+    ``reasoning_tokens`` of a chat/Responses/Gemini call's output are reported
+    as reasoning (and billed as output); Anthropic prompt caching: the prompt up
+    to its last ``cache_control`` block is written to a cache (billed 1.25x the
+    input price, 2x with ``"ttl": "1h"``) and read by later requests with the
+    same prefix while it lives (billed at the cache-read price); a Gemini
+    request naming ``cachedContent`` reads ``cached_content_tokens`` more input
+    tokens from that cache (billed at the cache-read price).
     """
 
     def __init__(
@@ -170,6 +180,8 @@ class FakeProvider:
         url_image_size: tuple[int, int] = (2048, 2048),
         page_tokens: int = 1500,
         url_file_pages: int = 10,
+        reasoning_tokens: int = 0,
+        cached_content_tokens: int = 1024,
     ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
@@ -186,8 +198,11 @@ class FakeProvider:
             page_tokens=page_tokens,
             url_file_pages=url_file_pages,
             usage_always=usage_always,
+            reasoning_tokens=reasoning_tokens,
+            cached_content_tokens=cached_content_tokens,
         )
         self._pricer = Pricer(prices)
+        self._prompt_cache: dict[str, float] = {}  # Anthropic prefix digest → expiry
         self._ledger = Ledger()
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
@@ -421,13 +436,15 @@ class FakeProvider:
             self._header_rules.append(_HeaderRule(pairs, provider, codes))
 
     def reset(self) -> None:
-        """Clear the ledger, limiter history, faults and header overrides (limits stay)."""
+        """Clear the ledger, limiter history, faults, header overrides and prompt caches
+        (limits stay)."""
         with self._lock:
             self._limiter.reset()
             self._faults.clear()
             self._sticky_fault = None
             self._header_rules.clear()
             self._ledger.clear()
+            self._prompt_cache.clear()
 
     def max_in_window(
         self, window: float | None = None, provider: ProviderName | None = None
@@ -614,6 +631,22 @@ class FakeProvider:
             return
         self._serve_admitted(handler, call, decision, headers, record)
 
+    def _resolve_cache(self, call: _wire.Call) -> None:
+        """An Anthropic prompt prefix marked for caching: read if cached and alive (its
+        TTL refreshed), else written; 5 minutes or 1 hour, as its ``cache_control`` says."""
+        if not call.cache_key or not call.cache_tokens:
+            return
+        now = time.monotonic()
+        ttl = 3600.0 if call.cache_ttl == "1h" else 300.0
+        with self._lock:
+            alive = self._prompt_cache.get(call.cache_key, 0.0) > now
+            self._prompt_cache[call.cache_key] = now + ttl
+        if alive:
+            call.cache_read = call.cache_tokens
+        else:
+            call.cache_write = call.cache_tokens
+            call.cache_write_1h = call.cache_tokens if call.cache_ttl == "1h" else 0
+
     def _serve_admitted(
         self,
         handler: Handler,
@@ -628,8 +661,11 @@ class FakeProvider:
         outcome: Outcome = "broken" if kind in BROKEN_FAULTS else "served"
         cost = (Decimal(0), True)
         if call.metered:
+            self._resolve_cache(call)
             cost = self._pricer.price(
-                call.provider, call.model, call.input_tokens, call.output_tokens, call.audio_seconds
+                call.provider, call.model, call.input_tokens, call.output_tokens,
+                call.audio_seconds, service_tier=call.service_tier,
+                cache=(call.cache_read, call.cache_write, call.cache_write_1h),
             )
         if kind == "hang":
             entry = record(status=200, cost=cost, outcome=outcome)  # billed at admission

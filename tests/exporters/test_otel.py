@@ -1,26 +1,24 @@
 """OpenTelemetry metrics and spans by the names of the contract (design §4,
 "Telemetry names"), read back through the SDK's in-memory reader and exporter:
-each instrument's name, kind, unit and attributes, the CLIENT span of a
-governed call with its GenAI and ``llm_governor.*`` attributes, and the retry
-and throttle events. First driven by ``@rate_limited`` and the governor's own
-call API, then by real openai/anthropic SDK calls through the fake provider
-(skipped only while ``llm_governor/instrumentation/openai.py`` does not exist).
+each instrument's name, kind, unit and attributes, the governor's INTERNAL span
+and the GenAI CLIENT span of a governed call with their GenAI and
+``llm_governor.*`` attributes, and the retry and throttle events. First driven
+by ``@rate_limited`` and the governor's own call API (SDK-like calls carry the
+``sdk`` and ``genai`` an adapter gives them), then by real openai/anthropic SDK
+calls through the fake provider. The GenAI conventions per SDK and operation
+are in test_genai.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import Gauge, Histogram, InMemoryMetricReader, Metric, Sum
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.metrics.export import Gauge, Histogram, Metric, Sum
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 import llm_governor
@@ -29,6 +27,8 @@ from llm_governor.governor import CallSpec, Governor
 from llm_governor.policies.queue import Waiter
 from llm_governor.policies.retry import AttemptFailure
 from llm_governor.pricing import Usage
+
+from ._otel import Otel
 
 GovFactory = Callable[..., Governor]
 FAST = {"max_tokens": 100, "refill_rate": 100.0, "burst_capacity": 0, "min_interval": 0.001,
@@ -59,52 +59,6 @@ CONTRACT: dict[str, tuple[str, str, set[str]]] = {
 }
 
 
-@dataclass
-class Otel:
-    reader: InMemoryMetricReader
-    spans: InMemorySpanExporter
-    meter_provider: MeterProvider
-    tracer_provider: TracerProvider
-
-    def metrics(self) -> dict[str, Metric]:
-        data = self.reader.get_metrics_data()
-        out: dict[str, Metric] = {}
-        if data is None:
-            return out
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    out[m.name] = m
-        return out
-
-    def points(self, name: str) -> list[Any]:
-        m = self.metrics().get(name)
-        return list(m.data.data_points) if m is not None else []
-
-    def value(self, name: str, **attrs: Any) -> float:
-        """Sum of the matching points' values (counts for histograms)."""
-        total = 0.0
-        for p in self.points(name):
-            if all(p.attributes.get(k) == v for k, v in attrs.items()):
-                total += p.count if hasattr(p, "bucket_counts") else p.value
-        return total
-
-    def finished(self) -> list[ReadableSpan]:
-        return list(self.spans.get_finished_spans())
-
-
-@pytest.fixture
-def otel() -> Iterator[Otel]:
-    reader = InMemoryMetricReader()
-    mp = MeterProvider(metric_readers=[reader])
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider()
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    yield Otel(reader, exporter, mp, tp)
-    mp.shutdown()
-    tp.shutdown()
-
-
 @pytest.fixture
 def gov(governor_factory: GovFactory, otel: Otel) -> Governor:
     return governor_factory(
@@ -121,6 +75,24 @@ def kind_of(m: Metric) -> str:
     if isinstance(m.data, Histogram):
         return "histogram"
     return type(m.data).__name__
+
+
+def sdk_spec(service: str, operation: str, model: str | None = None,
+             **kw: Any) -> CallSpec:
+    """A CallSpec as an SDK adapter makes it: the SDK and the request's GenAI attributes."""
+    genai: dict[str, Any] = {"gen_ai.operation.name": operation,
+                             "gen_ai.provider.name": service}
+    if kw.get("max_output_tokens") is not None:
+        genai["gen_ai.request.max_tokens"] = kw["max_output_tokens"]
+    return CallSpec(service, operation, model, sdk=service, genai=genai, **kw)
+
+
+def spans_of(otel: Otel) -> tuple[ReadableSpan, ReadableSpan]:
+    """The governor's INTERNAL span and the GenAI CLIENT span of the only call."""
+    spans = otel.finished()
+    (internal,) = [s for s in spans if s.kind is SpanKind.INTERNAL]
+    (client,) = [s for s in spans if s.kind is SpanKind.CLIENT]
+    return internal, client
 
 
 def failing(reason: str, kind: str = "failure", retry_after: float | None = 0.0) -> AttemptFailure:
@@ -164,7 +136,7 @@ def test_every_contract_instrument_has_its_kind_unit_and_attributes(
     assert ok() == "ok"
     with pytest.raises(ValueError):
         broken()
-    sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_output_tokens=50,
+    sdk_like_call(gov, sdk_spec("openai", "chat", "gpt-4o-mini", max_output_tokens=50,
                                 cost=Decimal("0.01")),
                   [failing("server_error")], Usage(input_tokens=12, output_tokens=7))
 
@@ -194,9 +166,10 @@ def test_every_contract_instrument_has_its_kind_unit_and_attributes(
     usage = {p.attributes["gen_ai.token.type"]: p.sum
              for p in otel.points("gen_ai.client.token.usage")}
     assert usage == {"input": 12, "output": 7}
+    # @rate_limited functions are not GenAI calls: only llm_governor.* data of theirs
     duration = otel.points("gen_ai.client.operation.duration")
-    assert {p.attributes["gen_ai.provider.name"] for p in duration} == {"svc", "openai"}
-    assert any(p.attributes.get("error.type") == "ValueError" for p in duration)
+    assert {p.attributes["gen_ai.provider.name"] for p in duration} == {"openai"}
+    assert not any("error.type" in p.attributes for p in duration)  # retried, then succeeded
 
 
 def test_gauges_read_the_shared_state(gov: Governor, otel: Otel) -> None:
@@ -388,10 +361,16 @@ def test_budget_thresholds_fire_once_per_window_threshold_and_scope(
 # ------------------------------------------------------------------ spans
 def test_span_of_a_governed_call(gov: Governor, otel: Otel) -> None:
     with llm_governor.priority(Priority.HIGH):
-        sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_output_tokens=64,
+        sdk_like_call(gov, sdk_spec("openai", "chat", "gpt-4o-mini", max_output_tokens=64,
                                     cost=Decimal("0.003")),
                       [], Usage(input_tokens=30, output_tokens=12))
-    (span,) = otel.finished()
+    internal, span = spans_of(otel)
+    assert internal.name == "llm_governor openai"
+    assert span.parent is not None and span.parent.span_id == internal.context.span_id
+    assert internal.start_time <= span.start_time <= span.end_time <= internal.end_time
+    assert not any(k.startswith("gen_ai.") for k in internal.attributes)
+    assert internal.attributes["llm_governor.cost_usd"] == span.attributes[
+        "llm_governor.cost_usd"]
     assert span.name == "chat gpt-4o-mini"
     assert span.kind is SpanKind.CLIENT
     assert span.status.status_code is not StatusCode.ERROR
@@ -417,18 +396,27 @@ def test_span_without_model_is_named_by_operation(gov: Governor, otel: Otel) -> 
         return None
 
     transcribe_batch()
-    (span,) = otel.finished()
-    assert span.name == "transcribe_batch"
-    assert "gen_ai.request.model" not in span.attributes
+    (span,) = otel.finished()  # only the governor's span: a function is no GenAI call
+    assert span.name == "llm_governor svc"
+    assert span.kind is SpanKind.INTERNAL
+    assert span.attributes["llm_governor.operation"] == "transcribe_batch"
+    assert not any(k.startswith("gen_ai.") for k in span.attributes)
 
 
 def test_retry_events_and_attempts(gov: Governor, otel: Otel) -> None:
-    sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o-mini", max_retries=3,
+    sdk_like_call(gov, sdk_spec("openai", "chat", "gpt-4o-mini", max_retries=3,
                                 cost=Decimal("0.001")),
                   [failing("server_error"), failing("rate_limited", "throttled", 0.01)],
                   Usage(input_tokens=5, output_tokens=5))
-    (span,) = otel.finished()
+    internal, span = spans_of(otel)  # the retries are inside the one GenAI span
+    assert [e.name for e in internal.events] == [e.name for e in span.events]
     assert span.attributes["llm_governor.attempts"] == 3
+    # the time the governor held the call between attempts is not provider latency
+    held = span.attributes["llm_governor.held_s"]
+    assert held >= 0.01
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.sum == pytest.approx((span.end_time - span.start_time) / 1e9 - held,
+                                         abs=0.005)
     retries = [e for e in span.events if e.name == "llm_governor.retry"]
     assert [e.attributes["llm_governor.reason"] for e in retries] == ["server_error",
                                                                        "rate_limited"]
@@ -441,12 +429,15 @@ def test_retry_events_and_attempts(gov: Governor, otel: Otel) -> None:
 
 def test_failed_call_span_has_error_status(gov: Governor, otel: Otel) -> None:
     with pytest.raises(RuntimeError):
-        sdk_like_call(gov, CallSpec("openai", "chat", "gpt-4o", max_retries=1,
+        sdk_like_call(gov, sdk_spec("openai", "chat", "gpt-4o", max_retries=1,
                                     cost=Decimal("0.001")),
                       [failing("server_error"), failing("server_error")], None)
-    (span,) = otel.finished()
+    internal, span = spans_of(otel)
+    assert internal.status.status_code is StatusCode.ERROR
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "RuntimeError"
+    (duration,) = otel.points("gen_ai.client.operation.duration")
+    assert duration.attributes["error.type"] == "RuntimeError"
     assert span.attributes["llm_governor.attempts"] == 2
     assert span.attributes["llm_governor.cost_usd"] == 0.0
     # the last failure is not followed by a retry: one retry, not two
@@ -614,9 +605,14 @@ def test_sdk_rejection_is_a_throttle_event(governor_factory: GovFactory, otel: O
         llm_governor.uninstrument()
         set_governor(previous)
         gov.close()
-    (span,) = [s for s in otel.finished() if s.name == "chat gpt-4o"]
+    # never sent: no GenAI span, no GenAI sample; the refusal is the governor's span's error
+    (span,) = otel.finished()
+    assert span.name == "llm_governor openai" and span.kind is SpanKind.INTERNAL
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "llm_governor.BudgetExceededError"
     (event,) = [e for e in span.events if e.name == "llm_governor.throttle"]
     assert event.attributes["llm_governor.decision"] == "budget_exceeded"
     assert otel.value("llm_governor.requests", decision="budget_exceeded") == 1
     assert otel.value("llm_governor.calls", service="openai") == 0
+    assert not otel.points("gen_ai.client.operation.duration")
 

@@ -364,7 +364,7 @@ def test_usage_bills_thoughts_as_output_and_reads_the_cache() -> None:
     u = gemini_usage({"promptTokenCount": 100, "candidatesTokenCount": 20,
                       "thoughtsTokenCount": 30, "cachedContentTokenCount": 60,
                       "toolUsePromptTokenCount": 5, "totalTokenCount": 155})
-    assert u == Usage(105, 50, 60)
+    assert u == Usage(105, 50, 60, reasoning_tokens=30)  # thoughts are output, counted apart
     assert gemini_usage(None) is None
 
 
