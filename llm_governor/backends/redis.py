@@ -130,7 +130,8 @@ def _script_source(name: str) -> str:
     pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
     prelude = (pkg / "common.lua").read_text("utf-8")
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
-                       ("$LEARNED_TTL", adaptive.LEARNED_TTL)):
+                       ("$LEARNED_TTL", adaptive.LEARNED_TTL),
+                       ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):
         prelude = prelude.replace(key, repr(value))
     return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
 

@@ -173,7 +173,7 @@ def decide(
         cost_tat, clamped = now + 60.0, True
     share = rate.share(req.priority)
     ok_r, new_req, w = rate.gcra(req_tat, now, 1.0, req_rate, cap,
-                                 rate.headroom(cap - 1.0, 0.0, share))
+                                 rate.headroom(cap, 1.0, share))
     if not ok_r and w > longest:
         longest, bound = w, "requests"
     new_tok = tok_tat

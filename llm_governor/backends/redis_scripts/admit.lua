@@ -70,7 +70,7 @@ if req_tat > horizon then req_tat, dirty = horizon, true end
 if cost_tat > now + 60.0 then cost_tat, dirty = now + 60.0, true end
 local ok, w
 local new_req, new_tok, new_cost
-ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap - 1.0, 0.0, share))
+ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap, 1.0, share))
 if not ok and w > longest then longest, bound = w, 'requests' end
 new_tok = tok_tat
 if tok_rate > 0 and llm_tokens > 0 and tok_cap > 0 then

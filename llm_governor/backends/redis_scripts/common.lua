@@ -13,6 +13,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local EPS = $EPS
 local SUCCESS_RUN = $SUCCESS_RUN
 local LEARNED_TTL = $LEARNED_TTL
+local HEADROOM_CALLS = $HEADROOM_CALLS
 local MAX_LIMIT = 1e12
 
 local function fmt(x) return string.format('%.17g', x) end
@@ -196,7 +197,8 @@ end
 
 -- rate.py -----------------------------------------------------------------
 local function headroom(capacity, cost, share)
-  return math.max(0.0, math.min(capacity * share, capacity - cost))
+  if share == 0 then return 0.0 end
+  return math.max(0.0, math.min(share * math.min(capacity, HEADROOM_CALLS * cost), capacity - cost))
 end
 
 local function gcra(tat, now, cost, rate, capacity, reserve)
