@@ -110,3 +110,15 @@ def test_a_budget_window_forgets_nothing_when_the_clock_steps_back() -> None:
     spends = budget.settle({}, limits, Decimal("0.90"), NOW)
     ok, left, _, reset = budget.check(spends, limits, Decimal(0), Decimal("0.20"), NOW - 86400 * 3)
     assert not ok and left == Decimal("0.10") and reset <= 86400
+
+
+def test_a_block_empties_the_bucket_until_it_ends() -> None:
+    """A 429 asking for 1 s: nothing refills before then, and at its end one call passes,
+    not the burst the bucket would otherwise have refilled during the block."""
+    p = ProviderLimits(limit_requests=8, remaining_requests=0, reset_requests=1.0,
+                       retry_after=1.0)
+    s = admission.observe(ServiceState(), LIM, Observation("throttled", p, 0.01), NOW)
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW + 0.5)
+    assert not d.admitted and abs(d.retry_after - 0.5) < 1e-6
+    assert admitted_in_a_burst(s, NOW + 1.0) == 1
+    assert admitted_in_a_burst(s, NOW + 1.25) == 3  # then the provider's 8/s

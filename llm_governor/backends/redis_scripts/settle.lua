@@ -6,7 +6,7 @@
 -- ARGV: now override, lease id ('' = none), service, model, job ('' = none),
 --       status, attempts, cost (nanos), windows, final (1/0), overrun (nanos),
 --       settle id ('' = not idempotent), limit scope key, then outcome ('' = no
---       observation), provider limits, limits (see observe in common.lua)
+--       observation), provider limits, limits, age (see observe in common.lua)
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
 local settle_id = ARGV[12]
@@ -36,7 +36,7 @@ if ARGV[14] ~= '' then
     reserved, in_flight = scan_leases(K_LEASES, now, key, nil, false)
   end
   local s = observe(load_state(redis.call('HGET', K_SVC, key)), ARGV[14], ARGV[15],
-    ARGV[16], now, in_flight)
+    ARGV[16], now, in_flight, ARGV[17])
   redis.call('HSET', K_SVC, key, dump_state(s))
 end
 if ARGV[10] == '1' then
