@@ -6,10 +6,19 @@ checked together, and state changes only when every one of them admits.
 ``observe`` folds one attempt's outcome (and the provider's rate-limit
 headers, which win over the configuration) back into the service state.
 
-A 429's ``retry-after`` empties the request bucket until it ends (one
-request's worth at its end), so a block is not followed by a burst of
-everything the bucket refilled meanwhile: measured against the fake
-provider's sliding window, that burst drew four more 429s.
+Following the provider's ``remaining`` (``observe``): the request bucket's
+level is brought down to ``remaining + refill - in_flight``. ``remaining``
+is what the provider counted when the attempt arrived, ``age`` seconds ago;
+``in_flight`` are this scope's other calls, sent since and not counted in it;
+``refill`` is what the provider gave back meanwhile at its own drain rate,
+``(limit - remaining) / reset`` (exact for a token bucket, the coming expiries
+for a busy window, little for a window just filled from cold). Without that
+credit the level lags the provider by the refill of one response time: against
+a sliding window that left ``rate × latency`` of every window unused (8 % at
+100 ms per 1.5 s window, measured: 92 % goodput). A 429's ``retry-after``
+empties the bucket until it ends (one request's worth at its end), so a block
+is not followed by a burst of everything the bucket refilled meanwhile: in
+the same measurement that burst drew four more 429s.
 
 Both are immune to wall-clock steps: a stored instant further in the future
 than it could legitimately be (a clock stepped back, a VM restored) is read
@@ -260,7 +269,10 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     cap, tok_cap = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
     if tok_rate > 0 and tok_cap > 0:
         tok_rate = max(tok_rate, tok_cap / lim.max_block)
-    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight)
+    age = _age(obs.age, lim.max_block)
+    credit = _refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age) \
+        if age > 0 else 0.0
+    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight, credit)
     if a.blocked_until > now:  # a block empties the bucket: nothing refills before its end
         req_tat = max(req_tat, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
@@ -273,12 +285,22 @@ def _age(age: float, max_block: float) -> float:
     return min(age, max_block) if 0 < age < math.inf else 0.0
 
 
+def _refilled(limit: float | None, remaining: float | None, reset: float | None,
+              age: float) -> float:
+    """What the provider refilled in the ``age`` seconds since it counted the attempt:
+    its own drain rate, ``(limit - remaining) / reset`` (0 without sane headers)."""
+    if limit is None or remaining is None or reset is None \
+            or not 0 <= remaining <= limit <= adaptive.MAX_LIMIT or not 0 < reset < math.inf:
+        return 0.0
+    return age * (limit - remaining) / reset
+
+
 def _level(tat: float, now: float, capacity: float, rate_: float, remaining: float | None,
-           in_flight: int) -> float:
-    """A GCRA ``tat`` holding at most ``remaining - in_flight`` of ``capacity``."""
+           in_flight: int, credit: float = 0.0) -> float:
+    """A GCRA ``tat`` holding at most ``remaining + credit - in_flight`` of ``capacity``."""
     if remaining is None or not 0 <= remaining <= capacity:  # NaN fails too
         return tat
-    available = max(0.0, remaining - in_flight)
+    available = max(0.0, min(capacity, remaining + credit) - in_flight)
     return max(tat, now + (capacity - available) / rate_)
 
 

@@ -368,10 +368,20 @@ local function breaker_record(s, success, now, lim)
   end
 end
 
--- admission._level: a tat holding at most remaining - in_flight of capacity.
-local function level(tat, now, capacity, rate, remaining, in_flight)
+-- admission._refilled: what the provider refilled in age seconds, at its own drain rate.
+local function refilled(limit, remaining, reset, age)
+  if limit == nil or remaining == nil or reset == nil
+      or not (remaining >= 0 and remaining <= limit and limit <= MAX_LIMIT)
+      or not (reset > 0 and reset < math.huge) then
+    return 0.0
+  end
+  return age * (limit - remaining) / reset
+end
+
+-- admission._level: a tat holding at most remaining + credit - in_flight of capacity.
+local function level(tat, now, capacity, rate, remaining, in_flight, credit)
   if remaining == nil or not (remaining >= 0 and remaining <= capacity) then return tat end
-  local available = math.max(0.0, remaining - in_flight)
+  local available = math.max(0.0, math.min(capacity, remaining + credit) - in_flight)
   return math.max(tat, now + (capacity - available) / rate)
 end
 
@@ -418,12 +428,16 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg)
   local req_rate, tok_rate = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
   local cap, tok_cap = capacities(s, now, lim.capacity, lim.tpm)
   if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
-  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0)
+  local credit = 0.0
+  if age > 0 then
+    credit = refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
+  end
+  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0, credit)
   if s.blocked_until > now then -- a block empties the bucket: nothing refills before its end
     s.req_tat = math.max(s.req_tat, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
   end
   if tok_rate > 0 and tok_cap > 0 then
-    s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0)
+    s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0, 0.0)
   end
   return s
 end
