@@ -168,6 +168,7 @@ class Calls:
     unfinished: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # wall clock, per latency
 
     def merge(self, other: Calls) -> None:
         self.ok += other.ok
@@ -175,6 +176,7 @@ class Calls:
         for k, v in other.errors.items():
             self.errors[k] = self.errors.get(k, 0) + v
         self.latencies += other.latencies
+        self.started += other.started
 
 
 def _tenacity(sc: Scenario, fn: Callable[[], Any], is_async: bool) -> Callable[[], Any]:
@@ -222,7 +224,7 @@ def run_callers(sc: Scenario, variant: str, client: Client, base_url: str, worke
 
         def worker() -> None:
             while time.time() < end_wall:
-                t0 = time.monotonic()
+                started, t0 = time.time(), time.monotonic()
                 try:
                     call()
                 except Exception as exc:
@@ -233,6 +235,7 @@ def run_callers(sc: Scenario, variant: str, client: Client, base_url: str, worke
                 with lock:
                     out.ok += 1
                     out.latencies.append(took)
+                    out.started.append(started)
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
         for t in threads:
@@ -256,7 +259,7 @@ def run_callers(sc: Scenario, variant: str, client: Client, base_url: str, worke
 
         async def worker() -> None:
             while time.time() < end_wall:
-                t0 = time.monotonic()
+                started, t0 = time.time(), time.monotonic()
                 try:
                     await call()
                 except asyncio.CancelledError:
@@ -267,6 +270,7 @@ def run_callers(sc: Scenario, variant: str, client: Client, base_url: str, worke
                     continue
                 out.ok += 1
                 out.latencies.append(time.monotonic() - t0)
+                out.started.append(started)
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, end_wall - time.time()) + grace)
@@ -418,8 +422,16 @@ class Result:
     def errors(self) -> int:
         return sum(self.calls.errors.values())
 
-    def percentile(self, q: float) -> float:
+    window: float = 0.0
+
+    def percentile(self, q: float, steady: bool = False) -> float:
+        """The ``q``-th percentile of the successful calls' latency; ``steady``: of those
+        started a window or more after the first (the cold start's pause left out)."""
         values = sorted(self.calls.latencies)
+        if steady and self.calls.started:
+            after = min(self.calls.started) + self.window
+            values = sorted(lat for lat, at in zip(self.calls.latencies, self.calls.started,
+                                                    strict=True) if at >= after)
         if not values:
             return float("nan")
         k = (len(values) - 1) * q / 100.0
@@ -436,7 +448,8 @@ class Result:
                 "error_types": dict(self.calls.errors), "ok": self.calls.ok,
                 "unfinished": self.calls.unfinished, "foreign_served": self.foreign_served,
                 "foreign_429": self.foreign_429, "peak_in_window": self.peak_in_window,
-                "p50_s": self.percentile(50), "p95_s": self.percentile(95)}
+                "p50_s": self.percentile(50), "p95_s": self.percentile(95),
+                "p95_steady_s": self.percentile(95, steady=True)}
 
 
 def run(sc: Scenario, variant: str = GOVERNOR, client: Client = "async", processes: int = 1,
@@ -503,4 +516,4 @@ def run(sc: Scenario, variant: str = GOVERNOR, client: Client = "async", process
         provider_200=sum(1 for e in ours if e.status == 200),
         foreign_served=foreign_in_run,
         foreign_429=sum(1 for e in theirs if e.status == 429),
-        peak_in_window=peak, calls=calls)
+        peak_in_window=peak, calls=calls, window=sc.window)
