@@ -197,6 +197,11 @@ def never_sent(exc: BaseException) -> bool:
     return False
 
 
+def _age(t: Ticket) -> float:
+    """Seconds since the call's latest attempt was sent (0: no attempt was reported)."""
+    return time.monotonic() - t.attempt_started if t.attempt_started else 0.0
+
+
 def _clean(part: str) -> str:
     return part.replace("|", "/")
 
@@ -895,7 +900,7 @@ class Governor:
         if failure.kind == "throttled" and failure.retry_after is not None:
             provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
         try:
-            self.backend.observe(t.key, t.limits, Observation(outcome, provider))
+            self.backend.observe(t.key, t.limits, Observation(outcome, provider, _age(t)))
         except Exception:  # never fail the SDK's own error path for a lost observation
             logger.debug("observing a failed attempt failed", exc_info=True)
 
@@ -1049,7 +1054,7 @@ class Governor:
             self._emit(self.telemetry.overrun, t, overrun)
         if outcome is None and error is None:
             outcome = "success"
-        obs = Observation(outcome, t.provider) if outcome is not None else None
+        obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
         status = "ok" if error is None else "error"
         error_type = None if error is None else type(error).__name__  # the JSON export's
         record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,

@@ -91,13 +91,13 @@ def _limits_arg(lim: Limits) -> str:
 _NO_PROVIDER = " ".join("-" * 7)
 
 
-def _observation_args(obs: Observation, lim: Limits) -> tuple[str, str, str]:
+def _observation_args(obs: Observation, lim: Limits) -> tuple[str, str, str, str]:
     p = obs.provider
     provider = _NO_PROVIDER if p is None else " ".join((
         _opt(p.limit_requests), _opt(p.remaining_requests), _opt(p.reset_requests),
         _opt(p.limit_tokens), _opt(p.remaining_tokens), _opt(p.reset_tokens),
         _opt(p.retry_after)))
-    return obs.outcome, provider, _limits_arg(lim)
+    return obs.outcome, provider, _limits_arg(lim), repr(float(obs.age))
 
 
 def _load_state(raw: str | None) -> ServiceState:
@@ -105,13 +105,14 @@ def _load_state(raw: str | None) -> ServiceState:
     if not raw:
         return ServiceState()
     v = raw.split(" ")
-    v += ["0"] * (23 - len(v))  # records written before fields were appended
+    v += ["0"] * (25 - len(v))  # records written before fields were appended
     return ServiceState(
         float(v[0]), float(v[1]), float(v[2]),
         BreakerState(cast(BreakerName, v[3]), int(v[4]), int(v[5]), float(v[6]), int(v[18]),
                      float(v[19])),
         AdaptiveState(float(v[7]), int(v[8]), float(v[9]), float(v[10]), float(v[11]),
-                      float(v[12]), float(v[20]), float(v[21]), float(v[22])),
+                      float(v[12]), float(v[20]), float(v[21]), float(v[22]), float(v[23]),
+                      float(v[24])),
         float(v[13]), int(v[14]), int(v[15]), int(v[16]), int(v[17]),
     )
 
@@ -158,7 +159,8 @@ def _script_source(name: str) -> str:
     pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
     prelude = (pkg / "common.lua").read_text("utf-8")
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
-                       ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE)):
+                       ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
+                       ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):
         prelude = prelude.replace(key, repr(value))
     return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
 

@@ -6,6 +6,20 @@ checked together, and state changes only when every one of them admits.
 ``observe`` folds one attempt's outcome (and the provider's rate-limit
 headers, which win over the configuration) back into the service state.
 
+Following the provider's ``remaining`` (``observe``): the request bucket's
+level is brought down to ``remaining + refill - in_flight``. ``remaining``
+is what the provider counted when the attempt arrived, ``age`` seconds ago;
+``in_flight`` are this scope's other calls, sent since and not counted in it;
+``refill`` is what the provider gave back meanwhile at its own drain rate,
+``(limit - remaining) / reset`` (exact for a token bucket, the coming expiries
+for a busy window, little for a window just filled from cold). Without that
+credit the level lags the provider by the refill of one response time: against
+a sliding window that left ``rate × latency`` of every window unused (8 % at
+100 ms per 1.5 s window, measured: 92 % goodput). A 429's ``retry-after``
+empties the bucket until it ends (one request's worth at its end), so a block
+is not followed by a burst of everything the bucket refilled meanwhile: in
+the same measurement that burst drew four more 429s.
+
 Both are immune to wall-clock steps: a stored instant further in the future
 than it could legitimately be (a clock stepped back, a VM restored) is read
 as its horizon (a bucket's drain time, a block's ``max_block``), so no step
@@ -14,6 +28,7 @@ ever blocks longer than that; a step forward only refills buckets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
@@ -113,6 +128,7 @@ class Observation:
 
     outcome: Literal["success", "failure", "throttled", "neutral"]
     provider: ProviderLimits | None = None
+    age: float = 0.0  # seconds since the attempt was sent (0: unknown or just now)
 
 
 _ADMITTED = (Decision(True, "admitted"), Decision(True, "admitted", emergency=True))
@@ -172,7 +188,8 @@ def decide(
     # A stored instant beyond its horizon (a clock stepped back) is brought back to it,
     # and that correction is kept even if the call is refused (else it never drains).
     req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
-    horizon = now + cap / req_rate
+    # the furthest a tat can legitimately be: an empty bucket now, or one token at a block's end
+    horizon = max(now + cap / req_rate, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     clamped = a is not s.adaptive
     if req_tat > horizon:
         req_tat, clamped = horizon, True
@@ -180,7 +197,7 @@ def decide(
         cost_tat, clamped = now + 60.0, True
     share = rate.share(req.priority)
     ok_r, new_req, w = rate.gcra(req_tat, now, 1.0, req_rate, cap,
-                                 rate.headroom(cap - 1.0, 0.0, share))
+                                 rate.headroom(cap, 1.0, share))
     if not ok_r and w > longest:
         longest, bound = w, "requests"
     new_tok = tok_tat
@@ -235,14 +252,19 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         s = ServiceState(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
                          s.failed, s.prev_ok, s.prev_failed)
         if a.rate > 0 or a.successes:
-            a = adaptive.on_success(a, lim.rate_floor, lim.rate_ceiling)
+            a = adaptive.on_success(a, lim.rate_floor, adaptive.ceiling_in_force(
+                a, now, lim.rate_floor, lim.rate_ceiling))
     elif obs.outcome == "failure":
         s = replace(s, failed=s.failed + 1, breaker=breaker.record(
             s.breaker, False, now, lim.failure_threshold, lim.success_threshold))
     elif obs.outcome == "throttled":
-        retry_after = obs.provider.retry_after if obs.provider else None
-        a = adaptive.on_throttled(a, now, lim.rate_floor, lim.rate_ceiling,
-                                  lim.backoff_multiplier, retry_after, lim.max_block)
+        p = obs.provider
+        a = adaptive.sane(a, now, lim.max_block)
+        a = adaptive.on_throttled(
+            a, now, lim.rate_floor, adaptive.ceiling_in_force(a, now, lim.rate_floor,
+                                                              lim.rate_ceiling),
+            lim.backoff_multiplier, p.retry_after if p else None, lim.max_block,
+            now - _age(obs.age, lim.max_block), p.reset_requests if p else None)
     p = obs.provider
     if p is None:
         return s if a is s.adaptive else replace(s, adaptive=a)
@@ -254,18 +276,38 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     cap, tok_cap = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
     if tok_rate > 0 and tok_cap > 0:
         tok_rate = max(tok_rate, tok_cap / lim.max_block)
-    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight)
+    age = _age(obs.age, lim.max_block)
+    credit = _refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age) \
+        if age > 0 else 0.0
+    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight, credit)
+    if a.blocked_until > now:  # a block empties the bucket: nothing refills before its end
+        req_tat = max(req_tat, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
         if tok_rate > 0 and tok_cap > 0 else s.tok_tat
     return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat)
 
 
+def _age(age: float, max_block: float) -> float:
+    """An observation's age, sane: 0 unless positive and finite, at most ``max_block``."""
+    return min(age, max_block) if 0 < age < math.inf else 0.0
+
+
+def _refilled(limit: float | None, remaining: float | None, reset: float | None,
+              age: float) -> float:
+    """What the provider refilled in the ``age`` seconds since it counted the attempt:
+    its own drain rate, ``(limit - remaining) / reset`` (0 without sane headers)."""
+    if limit is None or remaining is None or reset is None \
+            or not 0 <= remaining <= limit <= adaptive.MAX_LIMIT or not 0 < reset < math.inf:
+        return 0.0
+    return age * (limit - remaining) / reset
+
+
 def _level(tat: float, now: float, capacity: float, rate_: float, remaining: float | None,
-           in_flight: int) -> float:
-    """A GCRA ``tat`` holding at most ``remaining - in_flight`` of ``capacity``."""
+           in_flight: int, credit: float = 0.0) -> float:
+    """A GCRA ``tat`` holding at most ``remaining + credit - in_flight`` of ``capacity``."""
     if remaining is None or not 0 <= remaining <= capacity:  # NaN fails too
         return tat
-    available = max(0.0, remaining - in_flight)
+    available = max(0.0, min(capacity, remaining + credit) - in_flight)
     return max(tat, now + (capacity - available) / rate_)
 
 

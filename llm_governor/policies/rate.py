@@ -10,13 +10,19 @@ Guarantee: in any interval of length ``d`` the admitted cost never exceeds
 
 from __future__ import annotations
 
-__all__ = ["PRIORITY_HEADROOM", "available", "gcra", "headroom", "share"]
+__all__ = ["HEADROOM_CALLS", "PRIORITY_HEADROOM", "available", "gcra", "headroom", "share"]
 
 _EPS = 1e-9
 
 # Share of a bucket each priority must leave untouched, so lower priorities
 # cannot take the last slice that a higher one may need. Indexed by Priority.
 PRIORITY_HEADROOM: tuple[float, ...] = (0.0, 0.1, 0.2, 0.35)
+# ... but never more than that share of HEADROOM_CALLS calls of the caller's own size.
+# Distinct thresholds are what order priorities across processes (each admits only
+# above its own), and against a provider that counts by window, whose remaining the
+# request bucket mirrors, every unit held back is a unit of its window lost: 20 % of
+# the capacity cost NORMAL calls 15 % of a sliding-window provider's throughput.
+HEADROOM_CALLS = 2.0
 
 
 def share(priority: int) -> float:
@@ -25,11 +31,13 @@ def share(priority: int) -> float:
 
 
 def headroom(capacity: float, cost: float, share: float) -> float:
-    """Units to leave in a bucket of ``capacity`` when taking ``cost`` at this ``share``.
+    """Units to leave in a bucket of ``capacity`` when taking ``cost`` at this ``share``:
+    ``share`` of the capacity, at most ``share × HEADROOM_CALLS`` calls of ``cost``.
 
     Never so much that the call could not be admitted into a full bucket.
     """
-    return max(0.0, min(capacity * share, capacity - cost)) if share else 0.0
+    return max(0.0, min(share * min(capacity, HEADROOM_CALLS * cost), capacity - cost)) \
+        if share else 0.0
 
 
 def gcra(

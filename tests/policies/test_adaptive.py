@@ -91,3 +91,64 @@ def test_nonsense_header_values_are_ignored() -> None:
 def test_bounds_respect_configured_rate() -> None:
     assert adaptive.bounds(0.33, 0.1, 5.0) == (0.2, 0.33)
     assert adaptive.bounds(0.1, 0.1, 5.0) == (0.1, 0.1)
+
+
+T0 = 1_800_000_000.0
+
+
+def test_one_429_within_a_window_is_timing_two_are_the_rate() -> None:
+    """With the provider's window (its reset) known, a lone 429 blocks but keeps the rate;
+    a second one in the window, for an attempt sent after the first block ended, divides
+    the rate, once per window however many follow."""
+    s = adaptive.on_throttled(AdaptiveState(), T0, FLOOR, CEIL, 2.0, retry_after=0.1,
+                              sent_at=T0 - 0.01, window=1.5)
+    assert s.rate == 0.0 and s.blocked_until == T0 + 0.1 and s.throttled_at == T0
+    # sent before that block ended: the same burst
+    s = adaptive.on_throttled(s, T0 + 0.05, FLOOR, CEIL, 2.0, retry_after=0.05,
+                              sent_at=T0 + 0.04, window=1.5)
+    assert s.rate == 0.0
+    s = adaptive.on_throttled(s, T0 + 0.3, FLOOR, CEIL, 2.0, retry_after=0.05,
+                              sent_at=T0 + 0.29, window=1.5)
+    assert s.rate == 1.0 and s.slowed_at == T0 + 0.3
+    for k in range(1, 6):  # the rest of that window: the same congestion
+        s = adaptive.on_throttled(s, T0 + 0.3 + 0.2 * k, FLOOR, CEIL, 2.0, retry_after=0.01,
+                                  sent_at=T0 + 0.29 + 0.2 * k, window=1.5)
+    assert s.rate == 1.0
+    s = adaptive.on_throttled(s, T0 + 2.0, FLOOR, CEIL, 2.0, retry_after=0.01,
+                              sent_at=T0 + 1.99, window=1.5)
+    assert s.rate == 0.5  # still refused a window later: divide again
+    # a 429 of an attempt sent before the last decrease, however late it arrives
+    late = adaptive.on_throttled(s, T0 + 9.0, FLOOR, CEIL, 2.0, sent_at=T0 + 1.9, window=0.5)
+    assert late.rate == 0.5
+
+
+def test_without_a_window_every_429_divides_but_those_sent_before() -> None:
+    s = adaptive.on_throttled(AdaptiveState(), T0, FLOOR, CEIL, 2.0, sent_at=T0 - 0.1)
+    assert s.rate == 1.0
+    s = adaptive.on_throttled(s, T0 + 0.1, FLOOR, CEIL, 2.0, sent_at=T0 - 0.05)
+    assert s.rate == 1.0  # sent before the decrease: already answered
+    s = adaptive.on_throttled(s, T0 + 0.2, FLOOR, CEIL, 2.0, sent_at=T0 + 0.15)
+    assert s.rate == 0.5
+
+
+def test_a_decrease_starts_from_the_rate_in_force() -> None:
+    """Configured 1000/s, the provider says 40/s: a decrease goes to 40/1.5, not 1000/1.5
+    (which would change nothing), and the additive increase adds a tenth of 40."""
+    p = ProviderLimits(limit_requests=60, remaining_requests=10, reset_requests=1.5)
+    s = adaptive.on_provider_limits(AdaptiveState(), p, T0, FLOOR, 1000.0, 1.5)
+    ceiling = adaptive.ceiling_in_force(s, T0, FLOOR, 1000.0)
+    assert ceiling == 40.0
+    s = adaptive.on_throttled(s, T0, FLOOR, ceiling, 1.5)
+    assert abs(s.rate - 40.0 / 1.5) < 1e-9
+    for _ in range(adaptive.SUCCESS_RUN):
+        s = adaptive.on_success(s, FLOOR, ceiling)
+    assert abs(s.rate - (40.0 / 1.5 + 4.0)) < 1e-9
+    assert adaptive.ceiling_in_force(s, T0 + 2.0, FLOOR, 1000.0) == 1000.0  # past the reset
+
+
+def test_a_clock_stepped_back_does_not_freeze_the_decrease() -> None:
+    s = AdaptiveState(slowed_at=T0 + 86400, throttled_at=T0 + 86400)
+    s = adaptive.sane(s, T0, 300.0)
+    assert s.slowed_at == T0 and s.throttled_at == T0
+    s = adaptive.on_throttled(s, T0 + 10.0, FLOOR, CEIL, 2.0, sent_at=T0 + 9.0, window=1.0)
+    assert s.rate == 0.0  # a lone 429 in its window

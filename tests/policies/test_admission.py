@@ -110,3 +110,32 @@ def test_a_budget_window_forgets_nothing_when_the_clock_steps_back() -> None:
     spends = budget.settle({}, limits, Decimal("0.90"), NOW)
     ok, left, _, reset = budget.check(spends, limits, Decimal(0), Decimal("0.20"), NOW - 86400 * 3)
     assert not ok and left == Decimal("0.10") and reset <= 86400
+
+
+def test_a_block_empties_the_bucket_until_it_ends() -> None:
+    """A 429 asking for 1 s: nothing refills before then, and at its end one call passes,
+    not the burst the bucket would otherwise have refilled during the block."""
+    p = ProviderLimits(limit_requests=8, remaining_requests=0, reset_requests=1.0,
+                       retry_after=1.0)
+    s = admission.observe(ServiceState(), LIM, Observation("throttled", p, 0.01), NOW)
+    d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW + 0.5)
+    assert not d.admitted and abs(d.retry_after - 0.5) < 1e-6
+    assert admitted_in_a_burst(s, NOW + 1.0) == 1
+    assert admitted_in_a_burst(s, NOW + 1.25) == 3  # then the provider's 8/s
+
+
+def test_remaining_is_what_the_provider_had_when_the_attempt_arrived() -> None:
+    """Remaining 2 of 8 counted 0.5 s ago, reset 1.5 s: the provider drains 4/s, so it
+    gave back 2 since; with one call of ours in flight, 3 may go now (not 1)."""
+    p = ProviderLimits(limit_requests=8, remaining_requests=2, reset_requests=1.5)
+    fresh = admission.observe(ServiceState(), LIM, Observation("success", p), NOW, in_flight=1)
+    aged = admission.observe(ServiceState(), LIM, Observation("success", p, 0.5), NOW,
+                             in_flight=1)
+    assert admitted_in_a_burst(fresh, NOW) == 1
+    assert admitted_in_a_burst(aged, NOW) == 3
+    # the credit never lifts the level above the bucket's own state, whatever the age
+    start = replace(ServiceState(), req_tat=NOW + 0.5)
+    ancient = admission.observe(start, LIM, Observation("success", p, 1e9), NOW)
+    unsynced = admission.observe(start, LIM, Observation(
+        "success", replace(p, remaining_requests=None)), NOW)
+    assert ancient.req_tat == unsynced.req_tat

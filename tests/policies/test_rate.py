@@ -31,13 +31,24 @@ def test_reserve_keeps_headroom_for_higher_priorities() -> None:
     tat = 0.0
     admitted_low = 0
     for _ in range(20):
-        low = rate.headroom(cap - 1, 0, rate.share(3))
+        low = rate.headroom(cap, 1.0, rate.share(3))
         ok, tat, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=low)
         admitted_low += ok
-    top = rate.headroom(cap - 1, 0, rate.share(0))
+    top = rate.headroom(cap, 1.0, rate.share(0))
     ok_critical, _, _ = rate.gcra(tat, 0.0, 1.0, r, cap, reserve=top)
     assert admitted_low < cap
     assert ok_critical
+
+
+def test_headroom_is_a_few_calls_not_a_share_of_a_large_bucket() -> None:
+    """Against a provider's window (a bucket synced to its remaining) every unit held back
+    is a unit of its window lost: a priority holds back at most HEADROOM_CALLS × its share
+    calls of its own size, however large the bucket, and the thresholds stay ordered."""
+    for cap, cost in ((10_000.0, 1.0), (200_000.0, 1_500.0), (3.0, 1.0)):
+        held = [rate.headroom(cap, cost, rate.share(p)) for p in range(4)]
+        assert held == sorted(held) and held[0] == 0.0
+        assert held[-1] <= rate.HEADROOM_CALLS * rate.share(3) * cost + 1e-9
+        assert held[1] > 0.0
 
 
 def test_headroom_never_blocks_a_full_bucket() -> None:
@@ -70,7 +81,7 @@ def test_admitted_in_any_interval_never_exceed_capacity_plus_rate_times_length(
     admitted: list[float] = []
     for i, gap in enumerate(gaps):
         now += gap
-        reserve = rate.headroom(capacity - 1.0, 0.0, rate.share(priorities[i]))
+        reserve = rate.headroom(float(capacity), 1.0, rate.share(priorities[i]))
         ok, tat, _ = rate.gcra(tat, now, 1.0, per_second, float(capacity), reserve)
         if ok:
             admitted.append(now)

@@ -100,9 +100,13 @@ if s.a_rate == 0 and s.cap_until <= now and s.blocked_until <= now
     and s.learned_until <= now then
   req_rate, tok_rate = lim.ceiling, tok_cap / 60.0
 else
-  local bu, cu, lu = s.blocked_until, s.cap_until, s.learned_until
+  local bu, cu, lu, sa, ta = s.blocked_until, s.cap_until, s.learned_until, s.slowed_at,
+    s.throttled_at
   sane_adaptive(s, now, lim.max_block)
-  if s.blocked_until ~= bu or s.cap_until ~= cu or s.learned_until ~= lu then dirty = true end
+  if s.blocked_until ~= bu or s.cap_until ~= cu or s.learned_until ~= lu or s.slowed_at ~= sa
+      or s.throttled_at ~= ta then
+    dirty = true
+  end
   local blocked
   req_rate, tok_rate, blocked = effective_rates(s, now, lim.floor, lim.ceiling, tok_cap / 60.0)
   cap, tok_cap = capacities(s, now, cap, tok_cap)
@@ -110,12 +114,13 @@ else
   if blocked > 0 and blocked > longest then longest, bound = blocked, 'provider' end
 end
 local req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
-local horizon = now + cap / req_rate
+-- the furthest a tat can legitimately be: an empty bucket now, or one token at a block's end
+local horizon = math.max(now + cap / req_rate, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
 if req_tat > horizon then req_tat, dirty = horizon, true end
 if cost_tat > now + 60.0 then cost_tat, dirty = now + 60.0, true end
 local ok, w
 local new_req, new_tok, new_cost
-ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap - 1.0, 0.0, share))
+ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap, 1.0, share))
 if not ok and w > longest then longest, bound = w, 'requests' end
 new_tok = tok_tat
 if tok_rate > 0 and llm_tokens > 0 and tok_cap > 0 then

@@ -13,6 +13,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local EPS = $EPS
 local SUCCESS_RUN = $SUCCESS_RUN
 local LEARNED_TTL = $LEARNED_TTL
+local HEADROOM_CALLS = $HEADROOM_CALLS
 local MAX_LIMIT = 1e12
 local SCOPE_IDLE = $SCOPE_IDLE
 
@@ -105,7 +106,7 @@ end
 local FIELDS = {'req_tat', 'tok_tat', 'cost_tat', 'b_state', 'b_fail', 'b_succ', 'opened_at',
   'a_rate', 'a_succ', 'req_cap', 'tok_cap', 'cap_until', 'blocked_until', 'minute', 'ok',
   'failed', 'prev_ok', 'prev_failed', 'b_probes', 'b_probe_at', 'req_limit', 'tok_limit',
-  'learned_until'}
+  'learned_until', 'slowed_at', 'throttled_at'}
 
 local function load_state(raw)
   local s = {}
@@ -122,13 +123,13 @@ local function load_state(raw)
   return s
 end
 
-local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 19)
+local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 21)
 
 local function dump_state(s)
   return string.format(STATE_FORMAT, s.req_tat, s.tok_tat, s.cost_tat, s.b_state, s.b_fail,
     s.b_succ, s.opened_at, s.a_rate, s.a_succ, s.req_cap, s.tok_cap, s.cap_until,
     s.blocked_until, s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed, s.b_probes,
-    s.b_probe_at, s.req_limit, s.tok_limit, s.learned_until)
+    s.b_probe_at, s.req_limit, s.tok_limit, s.learned_until, s.slowed_at, s.throttled_at)
 end
 
 -- budget.py ---------------------------------------------------------------
@@ -196,7 +197,8 @@ end
 
 -- rate.py -----------------------------------------------------------------
 local function headroom(capacity, cost, share)
-  return math.max(0.0, math.min(capacity * share, capacity - cost))
+  if share == 0 then return 0.0 end
+  return math.max(0.0, math.min(share * math.min(capacity, HEADROOM_CALLS * cost), capacity - cost))
 end
 
 local function gcra(tat, now, cost, rate, capacity, reserve)
@@ -405,6 +407,8 @@ local function sane_adaptive(s, now, max_block)
   s.blocked_until = math.min(s.blocked_until, now + max_block)
   s.cap_until = math.min(s.cap_until, now + max_block)
   s.learned_until = math.min(s.learned_until, now + LEARNED_TTL)
+  s.slowed_at = math.min(s.slowed_at, now)
+  s.throttled_at = math.min(s.throttled_at, now)
 end
 
 local function effective_rates(s, now, floor, ceiling, token_rate)
@@ -435,23 +439,42 @@ local function capacities(s, now, capacity, tok_capacity)
   return capacity, tok_capacity
 end
 
-local function on_throttled(s, now, lim, retry_after)
-  local current = lim.ceiling
-  if s.a_rate > 0 then current = s.a_rate end
-  if finite_positive(retry_after) then
-    s.blocked_until = math.max(s.blocked_until, now + math.min(retry_after, lim.max_block))
-  end
-  s.a_rate = math.max(lim.floor, current / lim.multiplier)
-  s.a_succ = 0
+-- adaptive.ceiling_in_force: the configured ceiling, or the provider's rate while in force.
+local function ceiling_in_force(s, now, floor, ceiling)
+  if now < s.cap_until and s.req_cap > 0 then return math.min(ceiling, math.max(s.req_cap, floor)) end
+  return ceiling
 end
 
-local function on_success(s, lim)
-  if s.a_rate <= 0 or s.a_rate >= lim.ceiling then
+-- adaptive.on_throttled: ceiling is the rate in force, sent the attempt's send time,
+-- window the provider's reset (nil: none).
+local function on_throttled(s, now, lim, retry_after, ceiling, sent, window)
+  local blocked = s.blocked_until
+  if finite_positive(retry_after) then
+    blocked = math.max(blocked, now + math.min(retry_after, lim.max_block))
+  end
+  local span = 0.0
+  if finite_positive(window) then span = math.min(window, lim.max_block) end
+  local answered = s.slowed_at > 0 and (sent < s.slowed_at or now < s.slowed_at + span)
+  local repeated = span == 0 or (s.throttled_at > 0 and now < s.throttled_at + span
+    and sent >= s.blocked_until)
+  if not answered and repeated then
+    local current = ceiling
+    if s.a_rate > 0 then current = math.min(s.a_rate, ceiling) end
+    s.a_rate = math.max(lim.floor, current / lim.multiplier)
+    s.slowed_at = now
+  end
+  s.a_succ = 0
+  s.blocked_until = blocked
+  s.throttled_at = now
+end
+
+local function on_success(s, ceiling)
+  if s.a_rate <= 0 or s.a_rate >= ceiling then
     s.a_succ = 0
   elseif s.a_succ + 1 < SUCCESS_RUN then
     s.a_succ = s.a_succ + 1
   else
-    s.a_rate = math.min(lim.ceiling, s.a_rate + lim.ceiling / 10)
+    s.a_rate = math.min(ceiling, s.a_rate + ceiling / 10)
     s.a_succ = 0
   end
 end
@@ -532,16 +555,27 @@ local function breaker_record(s, success, now, lim)
   end
 end
 
--- admission._level: a tat holding at most remaining - in_flight of capacity.
-local function level(tat, now, capacity, rate, remaining, in_flight)
+-- admission._refilled: what the provider refilled in age seconds, at its own drain rate.
+local function refilled(limit, remaining, reset, age)
+  if limit == nil or remaining == nil or reset == nil
+      or not (remaining >= 0 and remaining <= limit and limit <= MAX_LIMIT)
+      or not (reset > 0 and reset < math.huge) then
+    return 0.0
+  end
+  return age * (limit - remaining) / reset
+end
+
+-- admission._level: a tat holding at most remaining + credit - in_flight of capacity.
+local function level(tat, now, capacity, rate, remaining, in_flight, credit)
   if remaining == nil or not (remaining >= 0 and remaining <= capacity) then return tat end
-  local available = math.max(0.0, remaining - in_flight)
+  local available = math.max(0.0, math.min(capacity, remaining + credit) - in_flight)
   return math.max(tat, now + (capacity - available) / rate)
 end
 
--- admission.observe: outcome, provider limits (7 numbers, '-' for none) and
--- limits, one argument each. Changes the state in place and returns it.
-local function observe(s, outcome, provider, limits, now, in_flight)
+-- admission.observe: outcome, provider limits (7 numbers, '-' for none), limits
+-- and the observation's age, one argument each. Changes the state in place and
+-- returns it.
+local function observe(s, outcome, provider, limits, now, in_flight, age_arg)
   local v = {}
   local k = 0
   for tok in string.gmatch(provider, '%S+') do k = k + 1; v[k] = tonumber(tok) end
@@ -550,6 +584,9 @@ local function observe(s, outcome, provider, limits, now, in_flight)
     limit_tokens = v[4], remaining_tokens = v[5], reset_tokens = v[6], retry_after = v[7],
   }
   local lim = read_limits(limits)
+  -- admission._age: 0 unless positive and finite, at most max_block
+  local age = tonumber(age_arg) or 0.0
+  if age > 0 and age < math.huge then age = math.min(age, lim.max_block) else age = 0.0 end
   local minute = window_start(60, now)
   if minute ~= s.minute then
     if minute - s.minute == 60.0 then
@@ -562,12 +599,15 @@ local function observe(s, outcome, provider, limits, now, in_flight)
   if outcome == 'success' then
     s.ok = s.ok + 1
     breaker_record(s, true, now, lim)
-    on_success(s, lim)
+    on_success(s, ceiling_in_force(s, now, lim.floor, lim.ceiling))
   elseif outcome == 'failure' then
     s.failed = s.failed + 1
     breaker_record(s, false, now, lim)
   elseif outcome == 'throttled' then
-    on_throttled(s, now, lim, p.retry_after)
+    sane_adaptive(s, now, lim.max_block)
+    local sent = now - age
+    on_throttled(s, now, lim, p.retry_after, ceiling_in_force(s, now, lim.floor, lim.ceiling),
+      sent, p.reset_requests)
   end
   if k == 0 or provider == '- - - - - - -' then return s end
   sane_adaptive(s, now, lim.max_block)
@@ -575,9 +615,16 @@ local function observe(s, outcome, provider, limits, now, in_flight)
   local req_rate, tok_rate = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
   local cap, tok_cap = capacities(s, now, lim.capacity, lim.tpm)
   if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
-  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0)
+  local credit = 0.0
+  if age > 0 then
+    credit = refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
+  end
+  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0, credit)
+  if s.blocked_until > now then -- a block empties the bucket: nothing refills before its end
+    s.req_tat = math.max(s.req_tat, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
+  end
   if tok_rate > 0 and tok_cap > 0 then
-    s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0)
+    s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0, 0.0)
   end
   return s
 end

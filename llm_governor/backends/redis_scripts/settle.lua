@@ -9,7 +9,7 @@
 --       status, attempts, cost (nanos), windows, final (1/0), overrun (nanos),
 --       settle id ('' = not idempotent), limit scope key, the scope values'
 --       windows (names, comma-separated, one group per scope key, ';' between),
---       then outcome ('' = no observation), provider limits, limits (see
+--       then outcome ('' = no observation), provider limits, limits, age (see
 --       observe in common.lua)
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
@@ -58,7 +58,7 @@ if ARGV[15] ~= '' then
     reserved, in_flight = scan_leases(K_LEASES, now, key, nil, false)
   end
   local s = observe(load_state(redis.call('HGET', K_SVC, key)), ARGV[15], ARGV[16],
-    ARGV[17], now, in_flight)
+    ARGV[17], now, in_flight, ARGV[18])
   redis.call('HSET', K_SVC, key, dump_state(s))
 end
 if ARGV[10] == '1' then
