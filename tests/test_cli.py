@@ -239,7 +239,7 @@ def test_rules_and_dashboard_print_parseable_documents(env: dict[str, str]) -> N
 
 
 def test_demo_delegates_or_reports_missing(env: dict[str, str]) -> None:
-    if not (ROOT / "llm_governor" / "demo.py").exists():
+    if not (ROOT / "llm_governor" / "cli" / "demo.py").exists():
         helped, ran = run_many([["demo", "--help"], ["demo"]], env)
         assert helped.returncode == 0 and "usage" in helped.stdout.lower()
         assert ran.returncode == 3 and "demo is not available" in ran.stderr
@@ -251,7 +251,7 @@ def test_demo_delegates_or_reports_missing(env: dict[str, str]) -> None:
 
 def test_demo_gets_its_options_and_the_global_choices(
         monkeypatch: pytest.MonkeyPatch, db: str) -> None:
-    """Everything after ``demo`` goes to ``llm_governor.demo.main``; the global backend
+    """Everything after ``demo`` goes to ``llm_governor.cli.demo.main``; the global backend
     reaches it through the environment (it builds its own governor)."""
     import types
 
@@ -262,8 +262,9 @@ def test_demo_gets_its_options_and_the_global_choices(
         seen["backend"] = os.environ.get("LLM_GOVERNOR_BACKEND")
         return 7
 
-    monkeypatch.setitem(sys.modules, "llm_governor.demo", types.SimpleNamespace(main=fake_main))
-    monkeypatch.setattr(llm_governor, "demo", sys.modules["llm_governor.demo"], raising=False)
+    fake = types.SimpleNamespace(main=fake_main)
+    monkeypatch.setitem(sys.modules, "llm_governor.cli.demo", fake)
+    monkeypatch.setattr(cli, "demo", fake, raising=False)
     # recorded, so the value main() sets is undone after the test
     monkeypatch.setenv("LLM_GOVERNOR_BACKEND", "memory")
     assert cli.main(["--backend", db, "demo", "--calls", "3", "--workers", "1"]) == 7

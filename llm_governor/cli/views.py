@@ -1,0 +1,129 @@
+"""What ``status`` and ``monitor`` show: the status document and its tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from .render import Block, Table, counts, money
+
+if TYPE_CHECKING:
+    from ..exporters.monitor import RateLimitAlert
+    from ..governor import Governor
+
+__all__ = ["alerts_view", "status_document", "status_view"]
+
+_STATUS_STYLE = {"healthy": "bold green", "degraded": "bold yellow", "critical": "bold red"}
+_CIRCUIT_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
+_DECISIONS = ("admitted", "rate_limited", "queue_full", "budget_exceeded", "circuit_open",
+              "emergency")
+
+
+def status_document(gov: Governor) -> dict[str, Any]:
+    """The export document plus the health headline at the top level (``status --json``)."""
+    from ..exporters.export import export_document
+
+    doc: dict[str, Any] = export_document(gov)
+    doc["overall_status"] = doc["health"]["overall_status"]
+    doc["health_score"] = doc["health"]["health_score"]
+    return doc
+
+
+def status_view(doc: dict[str, Any]) -> list[Block]:
+    """The tables of ``status`` (and of each ``monitor`` frame)."""
+    status = str(doc["overall_status"])
+    blocks: list[Block] = [
+        (f"llm-governor: {status.upper()} (health score {doc['health_score']})",
+         _STATUS_STYLE.get(status, "bold")),
+        f"environment {doc['environment']} | backend {doc['backend']} | "
+        f"namespace {doc['namespace']} | emergency mode {'ON' if doc['emergency_mode'] else 'off'}",
+    ]
+    if doc["emergency_mode"]:
+        blocks.append(("EMERGENCY MODE: every process runs at the emergency limits",
+                       "bold red"))
+    if doc.get("backend_degraded"):
+        blocks.append(("BACKEND UNREACHABLE: what follows is this process's local fallback, "
+                       "not the shared state", "bold red"))
+    by_service = doc["costs"]["by_service"]
+    services = Table("Services", ["SERVICE", "SCORE", "CIRCUIT", "TOKENS", "RATE/S",
+                                  "SUCCESS", "RECENT", "QUEUED", "IN FLIGHT", "ADMITTED",
+                                  "REFUSED", "COST"])
+    for name, s in sorted(doc["services"].items()):
+        requests = s.get("requests") or {}
+        refused = sum(int(v) for k, v in requests.items() if k != "admitted")
+        circuit = str(s["circuit_state"])
+        services.rows.append([
+            name, f"{s['health_score']:.1f}", (circuit, _CIRCUIT_STYLE.get(circuit, "")),
+            f"{float(s['tokens_available']):.1f}/{float(s['tokens_capacity']):g}",
+            f"{float(s['rate']):.3g}", f"{float(s['success_rate']):.0%}",
+            str(s["recent_calls"]), str(s["queue_size"]), str(s["in_flight"]),
+            str(requests.get("admitted", 0)), str(refused),
+            money(by_service.get(name, "0")),
+        ])
+    blocks.append(services)
+
+    decisions = Table("Admission decisions", ["SERVICE", *(d.upper() for d in _DECISIONS)])
+    for name, s in sorted(doc["services"].items()):
+        req = s.get("requests") or {}
+        if req:
+            decisions.rows.append([name, *(str(req.get(d, 0)) for d in _DECISIONS)])
+    decisions.empty = "no calls yet"
+    blocks.append(decisions)
+
+    budgets = Table("Budgets (UTC calendar windows)",
+                    ["WINDOW", "LIMIT", "SPENT", "RESERVED", "REMAINING", "LEFT"],
+                    empty="none configured")
+    for window, b in doc["budgets"].items():
+        limit = Decimal(b["limit"])
+        left = Decimal(b["remaining"]) / limit if limit else Decimal(1)
+        style = "red" if left < Decimal("0.1") else ("yellow" if left < Decimal("0.5") else "")
+        budgets.rows.append([window, money(b["limit"]), money(b["spent"]),
+                             money(b["reserved"]), money(b["remaining"]),
+                             (f"{float(left):.0%}", style)])
+    blocks.append(budgets)
+
+    costs = Table(f"Costs (total {money(doc['costs']['total'])})",
+                  ["SERVICE", "MODEL", "CALLS OK", "CALLS FAILED", "COST"], empty="no calls yet")
+    seen: set[tuple[str, str]] = set()
+    by_model = doc["costs"]["by_service_model"]
+    for name, s in sorted(doc["services"].items()):
+        for model, statuses in sorted((s.get("calls") or {}).items()):
+            seen.add((name, model))
+            failed = sum(int(v) for k, v in statuses.items() if k != "ok")
+            costs.rows.append([name, model, str(statuses.get("ok", 0)), str(failed),
+                               money(by_model.get(name, {}).get(model, "0"))])
+    for name, models in sorted(by_model.items()):
+        for model, cost in sorted(models.items()):
+            if (name, model) not in seen:
+                costs.rows.append([name, model, "0", "0", money(cost)])
+    blocks.append(costs)
+
+    jobs = doc["costs"].get("by_job") or {}
+    if jobs:
+        top = sorted(jobs.items(), key=lambda kv: Decimal(str(kv[1])), reverse=True)
+        job_table = Table(f"Jobs by cost (top {min(len(top), 10)} of {len(top)})",
+                          ["JOB", "COST"])
+        job_table.rows = [[j, money(c)] for j, c in top[:10]]
+        blocks.append(job_table)
+
+    procs = Table("Live processes on this backend",
+                  ["PROCESS", "HOST", "PID", "QUEUED", "IN FLIGHT"],
+                  empty="none published in the last 10 s")
+    for pid, p in sorted(doc["processes"].items()):
+        procs.rows.append([pid, str(p.get("host", "?")), str(p.get("pid", "?")),
+                           counts(p.get("queues")), counts(p.get("in_flight"))])
+    blocks.append(procs)
+    return blocks
+
+
+def alerts_view(alerts: Sequence[RateLimitAlert]) -> Table:
+    severity_style = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+    table = Table("Recent alerts", ["TIME", "SEVERITY", "TYPE", "SERVICE", "MESSAGE"],
+                  empty="none")
+    for a in list(alerts)[-10:]:
+        table.rows.append([time.strftime("%H:%M:%S", time.localtime(a.timestamp)),
+                           (a.severity, severity_style.get(a.severity, "")), a.alert_type,
+                           a.service, a.message])
+    return table
