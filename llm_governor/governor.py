@@ -196,7 +196,15 @@ class _Charge:
     record: CallRecord
 
 
-_Step = _Admit | _NewWaiter | _Wait | _Sleep | _Charge
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """Count a decision the backend's admission step did not count itself."""
+
+    service: str
+    decision: str
+
+
+_Step = _Admit | _NewWaiter | _Wait | _Sleep | _Charge | _Count
 Steps = Generator[_Step, Any, T]
 
 # Governors alive in this process, re-armed in a forked child.
@@ -457,8 +465,8 @@ class Governor:
                     f"({source('max_concurrency')}: services.{svc}.max_concurrency)")
         logger.warning("RATE_LIMIT %s calls (%s) wait for %s", svc, t.key, text)
 
-    def _shed(self, t: Ticket) -> QueueFullError:
-        self.backend.count_decision(t.service, "queue_full")
+    def _shed(self, t: Ticket) -> Steps[QueueFullError]:
+        yield _Count(t.service, "queue_full")
         self._emit(self.telemetry.decision, t, "queue_full", 0.0)
         return QueueFullError(
             f"RATE_LIMIT {t.service} queue is full (max_queue_size={t.cfg.max_queue_size}); "
@@ -471,6 +479,12 @@ class Governor:
 
         ``reserve`` False re-admits a retry through the rate buckets only (its
         budget hold and slot are still held).
+
+        Counting: the backend counts each admission and each refusal it decides
+        (budget, circuit, emergency); a wait it asks for is not a refusal, so an
+        admission that has to wait is counted here once, as ``queued``, and
+        ``rate_limited`` only when the call is refused after all (its wait would
+        pass ``request_timeout``): what the caller saw as an error.
         """
         req = self._request(t, reserve)
         lease = t.lease_id if reserve else None
@@ -489,11 +503,12 @@ class Governor:
         deadline = start + t.cfg.request_timeout
         w: Waiter = yield _NewWaiter(int(t.priority))
         if not q.enter(w):
-            raise self._shed(t)
+            raise (yield from self._shed(t))
+        waited = False
         try:
             while True:
                 if w.shed:
-                    raise self._shed(t)
+                    raise (yield from self._shed(t))
                 remaining = deadline - time.monotonic()
                 if q.is_head(w):
                     d = yield _Admit(t, req, lease, ttl)
@@ -504,14 +519,22 @@ class Governor:
                     self._explain(t, d)
                     if d.outcome != "rate_limited" or d.retry_after > remaining:
                         self._after_decision(t, d, reserve)
+                        if d.outcome == "rate_limited":
+                            yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    yield _Wait(w, d.retry_after)
+                    wait = d.retry_after
                 else:
                     if remaining <= 0:
                         d = Decision(False, "rate_limited", 0.0)
                         self._after_decision(t, d, reserve)
+                        yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    yield _Wait(w, remaining)
+                    wait = remaining
+                if not waited:
+                    waited = True
+                    yield _Count(t.service, "queued")
+                    self._emit(self.telemetry.decision, t, "queued", wait)
+                yield _Wait(w, wait)
         finally:
             q.leave(w)
 
@@ -570,6 +593,8 @@ class Governor:
             return Waiter(step.priority)
         elif isinstance(step, _Sleep):
             time.sleep(step.seconds)
+        elif isinstance(step, _Count):
+            self.backend.count_decision(step.service, step.decision)
         else:
             self.backend.settle(step.lease, step.limits, None, step.record)
         return None
@@ -608,6 +633,8 @@ class Governor:
             return Waiter(step.priority, loop=asyncio.get_running_loop())
         elif isinstance(step, _Sleep):
             await asyncio.sleep(step.seconds)
+        elif isinstance(step, _Count):
+            await self._ablocking(self.backend.count_decision, step.service, step.decision)
         else:
             await self._ablocking(self.backend.settle, step.lease, step.limits, None, step.record)
         return None

@@ -108,7 +108,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def count_decision(self, service: str, decision: str) -> None:
-        """Count a refusal that never reached ``admit`` (e.g. a shed queue entry)."""
+        """Count a decision ``admit`` does not count itself.
+
+        ``admit`` counts admissions and the refusals it decides (budget, circuit,
+        emergency) but not a ``rate_limited`` outcome, which only asks the caller
+        to wait: the governor counts ``queued`` once per admission that waits, and
+        ``rate_limited`` or ``queue_full`` when it refuses the call.
+        """
 
     @abc.abstractmethod
     def emergency(self) -> bool: ...
@@ -244,11 +250,12 @@ class TransactionalBackend(Backend):
                 tx.put_service(req.key, new_state)
             if decision.admitted and lease_id is not None:
                 tx.add_lease(Lease(lease_id, req.key, req.cost, now + ttl))
-            key = self._decision_keys.get((req.service, decision.outcome))
-            if key is None:
-                key = self._decision_keys[(req.service, decision.outcome)] = \
-                    f"requests|{req.service}|{decision.outcome}"
-            tx.incr(key, 1)
+            if decision.outcome != "rate_limited":  # a wait, not a refusal: see count_decision
+                key = self._decision_keys.get((req.service, decision.outcome))
+                if key is None:
+                    key = self._decision_keys[(req.service, decision.outcome)] = \
+                        f"requests|{req.service}|{decision.outcome}"
+                tx.incr(key, 1)
             return decision
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:

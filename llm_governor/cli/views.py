@@ -17,7 +17,9 @@ __all__ = ["alerts_view", "status_document", "status_view"]
 
 _STATUS_STYLE = {"healthy": "bold green", "degraded": "bold yellow", "critical": "bold red"}
 _CIRCUIT_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
-_DECISIONS = ("admitted", "rate_limited", "queue_full", "budget_exceeded", "circuit_open",
+# admissions, waits (counted once per admission that had to wait), then refusals
+_NOT_REFUSALS = ("admitted", "queued")
+_DECISIONS = (*_NOT_REFUSALS, "rate_limited", "queue_full", "budget_exceeded", "circuit_open",
               "emergency")
 
 
@@ -48,29 +50,35 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
                        "not the shared state", "bold red"))
     by_service = doc["costs"]["by_service"]
     services = Table("Services", ["SERVICE", "SCORE", "CIRCUIT", "TOKENS", "RATE/S",
-                                  "SUCCESS", "RECENT", "QUEUED", "IN FLIGHT", "ADMITTED",
-                                  "REFUSED", "COST"])
+                                  "SUCCESS", "RECENT", "WAITING", "IN FLIGHT", "ADMITTED",
+                                  "QUEUED", "REFUSED", "COST"])
     for name, s in sorted(doc["services"].items()):
         requests = s.get("requests") or {}
-        refused = sum(int(v) for k, v in requests.items() if k != "admitted")
+        refused = sum(int(v) for k, v in requests.items() if k not in _NOT_REFUSALS)
         circuit = str(s["circuit_state"])
         services.rows.append([
             name, f"{s['health_score']:.1f}", (circuit, _CIRCUIT_STYLE.get(circuit, "")),
             f"{float(s['tokens_available']):.1f}/{float(s['tokens_capacity']):g}",
             f"{float(s['rate']):.3g}", f"{float(s['success_rate']):.0%}",
             str(s["recent_calls"]), str(s["queue_size"]), str(s["in_flight"]),
-            str(requests.get("admitted", 0)), str(refused),
+            str(requests.get("admitted", 0)), str(requests.get("queued", 0)), str(refused),
             money(by_service.get(name, "0")),
         ])
     blocks.append(services)
 
-    decisions = Table("Admission decisions", ["SERVICE", *(d.upper() for d in _DECISIONS)])
+    recorded = {d for s in doc["services"].values() for d in (s.get("requests") or {})}
+    kinds = [*_DECISIONS, *sorted(recorded.difference(_DECISIONS))]
+    decisions = Table("Admission decisions", ["SERVICE", *(d.upper() for d in kinds)],
+                      empty="no calls yet")
     for name, s in sorted(doc["services"].items()):
         req = s.get("requests") or {}
         if req:
-            decisions.rows.append([name, *(str(req.get(d, 0)) for d in _DECISIONS)])
-    decisions.empty = "no calls yet"
+            decisions.rows.append([name, *(str(req.get(d, 0)) for d in kinds)])
     blocks.append(decisions)
+    if decisions.rows:
+        blocks.append("  QUEUED: admissions that had to wait for a limit first (each also counts "
+                      "as how it ended); the columns after it are refusals, each an error the "
+                      "caller saw.")
 
     budgets = Table("Budgets (UTC calendar windows)",
                     ["WINDOW", "LIMIT", "SPENT", "RESERVED", "REMAINING", "LEFT"],
@@ -109,7 +117,7 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
         blocks.append(job_table)
 
     procs = Table("Live processes on this backend",
-                  ["PROCESS", "HOST", "PID", "QUEUED", "IN FLIGHT"],
+                  ["PROCESS", "HOST", "PID", "WAITING", "IN FLIGHT"],
                   empty="none published in the last 10 s")
     for pid, p in sorted(doc["processes"].items()):
         procs.rows.append([pid, str(p.get("host", "?")), str(p.get("pid", "?")),

@@ -129,6 +129,8 @@ class Telemetry:
         prio = t.priority.name.lower()
         self.requests.add(1, {"service": t.service, "model": t.model, "priority": prio,
                               "decision": outcome})
+        if outcome == "queued":  # a wait began; the admission or refusal ending it is the event
+            return
         # t.queue_wait is cumulative over the call's admissions (first one and retries).
         waited = t.queue_wait - self._waited.get(t.lease_id, 0.0)
         if outcome == "admitted":

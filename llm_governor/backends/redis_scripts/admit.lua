@@ -17,7 +17,9 @@ local ws = read_windows(ARGV[11])
 local emergency = redis.call('GET', K_EMERGENCY) == '1'
 
 local function finish(admitted, outcome, wait, left, window, bound)
-  redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
+  if outcome ~= 'rate_limited' then -- a wait, not a refusal: the governor counts it
+    redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
+  end
   local left_s = ''
   if left ~= nil then left_s = string.format('%.0f', left) end
   return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0,
