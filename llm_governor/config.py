@@ -37,6 +37,7 @@ __all__ = [
     "RetryConfig",
     "default_state_path",
     "load_config",
+    "sqlite_path",
 ]
 
 Environment = Literal["development", "testing", "staging", "production"]
@@ -232,6 +233,15 @@ def default_state_path() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
                                                             "state")
     return Path(base) / "llm-governor" / "governor.db"
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite`` / ``sqlite:///path`` backend URL names."""
+    if url == "sqlite":
+        return default_state_path()
+    path = url.removeprefix("sqlite://")
+    # sqlite:////abs/path leaves //abs/path: the same file, shown with one slash
+    return Path("/" + path.lstrip("/") if path.startswith("//") else path)
 
 
 _BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -100,6 +100,18 @@ class Backend(abc.ABC):
         """Reset the state of these limit scopes (buckets, breaker, learned limits, blocks).
 
         Budgets, leases and counters are untouched.
+        """
+
+    @abc.abstractmethod
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        """Forget the spend of ``windows`` (every window when None), in one atomic step.
+
+        Returns the spend forgotten, per window that had any record. ``scope``
+        (kind, value) names a scoped budget instead of the global one; a backend
+        that stores none returns ``{}`` for it. Reservations of calls in flight,
+        counters and costs are untouched: only what the budget check reads
+        starts from zero.
         """
 
     @abc.abstractmethod
@@ -325,6 +337,19 @@ class TransactionalBackend(Backend):
         with self.transaction() as tx:
             for key in keys:
                 tx.put_service(key, ServiceState())
+
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        if scope is not None:
+            return {}
+        with self.transaction() as tx:
+            now = self._clock()
+            spends = dict(tx.spends())
+            gone = {w: budget.roll(spends.pop(w), w, now).spent for w in list(spends)
+                    if windows is None or w in windows}
+            if gone:
+                tx.put_spends(spends)
+            return gone
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         if not lease_ids:

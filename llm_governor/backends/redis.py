@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib import resources
 from typing import Any, cast
@@ -239,6 +240,33 @@ class RedisStore(SharedStore):
     def forget(self, keys: list[str]) -> None:
         if keys:
             self._client.hdel(self._k_svc, *keys)
+
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        if scope is not None:
+            return {}
+        # WATCH the spend hash: read it, then drop the chosen windows in one MULTI
+        # (retried if a settlement changed it meanwhile), so no spend is lost between.
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._k_spend)
+                    raw = cast(dict[str, str], pipe.hgetall(self._k_spend))  # immediate
+                    now = self.now()
+                    chosen = [w for w in raw if windows is None or w in windows]
+                    pipe.multi()
+                    if chosen:
+                        pipe.hdel(self._k_spend, *chosen)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        gone = {}
+        for w in chosen:
+            start, spent = raw[w].split(" ")
+            gone[w] = budget.roll(budget.WindowSpend(float(start), from_nanos(int(spent))),
+                                  w, now).spent
+        return gone
 
     def sweep(self) -> None:
         self._scripts["sweep"](keys=[self._k_leases, self._k_spend, self._k_ctr, self._k_done],
