@@ -3,6 +3,7 @@ official AI SDKs, with one line: ``llm_governor.instrument()``."""
 
 from __future__ import annotations
 
+from ._version import __version__
 from .api import (
     check_budget,
     disable_emergency_mode,
@@ -34,8 +35,6 @@ from .errors import (
 )
 from .exporters.monitor import RateLimitAlert, log_alert_handler
 from .governor import CallSpec, Governor
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "BudgetExceededError", "CallSpec", "CircuitBreakerOpenError",

@@ -1,4 +1,4 @@
-"""The module-level API of design §4: one active governor per process.
+"""The module-level API: one active governor per process.
 
 ``instrument()`` builds it (and patches the SDKs); every other function uses
 it, creating a default one on first use so the decorator and budget helpers
@@ -67,6 +67,7 @@ def instrument(
                              meter_provider=meter_provider, tracer_provider=tracer_provider)
         if old is not None and old.backend is not _governor.backend:
             old.close()
+        _governor.announce()  # other processes (llm-governor status) see what it enforces
         if _instrumentor is None:
             from .instrumentation import GovernorInstrumentor
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -286,6 +287,8 @@ class GovernorConfig(BaseModel):
     # Raw per-service overrides as the user gave them, kept to build services
     # that appear later (e.g. a decorator's custom name) from the same preset.
     service_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    # Where it came from, in words (a TOML path, code, the presets); load_config sets it.
+    _source: str = PrivateAttr("in code")
 
     @model_validator(mode="before")
     @classmethod
@@ -360,6 +363,45 @@ class GovernorConfig(BaseModel):
         """The backend URL with any password replaced by ``***``."""
         return redact_url(self.backend)
 
+    @property
+    def source(self) -> str:
+        """Where this configuration came from: a TOML path, code, or the presets alone."""
+        return self._source
+
+    def summary(self, services: Iterable[str] = ()) -> dict[str, Any]:
+        """What a process with this configuration enforces, as plain JSON values.
+
+        Environment, preset, mode, the configuration's source, budgets per
+        window, scopes when configured, and the limits of every configured
+        service plus ``services`` (names met at run time). Each process publishes
+        it with its heartbeat, so ``llm-governor status`` shows what the apps
+        enforce without their configuration.
+        """
+        from ._version import __version__
+
+        out: dict[str, Any] = {
+            "version": __version__, "environment": self.environment, "preset": self.preset,
+            "mode": str(getattr(self, "mode", "enforce")), "config": self.source,
+            "emergency_action": self.emergency_action,
+            "budgets": {w: str(v) for w, v in self.budget.windows().items()},
+            "services": {name: _service_summary(self.service(name))
+                         for name in sorted({*self.services, *services})},
+        }
+        scopes = getattr(self, "scopes", None)  # scoped budgets, where this version has them
+        if scopes:
+            out["scopes"] = {kind: v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+                             for kind, v in dict(scopes).items()}
+        return out
+
+
+def _service_summary(cfg: RateLimitConfig) -> dict[str, Any]:
+    data: dict[str, Any] = cfg.model_dump(mode="json", exclude_none=True)
+    if not data.get("models"):
+        data.pop("models", None)
+    if "base_url" in data:
+        data["base_url"] = redact_url(data["base_url"])
+    return data
+
 
 def redact_url(url: str) -> str:
     """``redis://user:secret@host`` → ``redis://user:***@host``; other URLs unchanged."""
@@ -426,15 +468,19 @@ def load_config(
         raw["services"] = source.service_overrides
         if environment is not None:  # an environment chosen now brings its preset
             raw.pop("defaults", None)
+        origin = source.source
     elif source is None:
         path = os.environ.get("LLM_GOVERNOR_CONFIG")
         raw = _read_toml(path) if path else {}
         where = f" in {path}" if path else ""
+        origin = f"{os.path.abspath(path)} ($LLM_GOVERNOR_CONFIG)" if path else "presets"
     elif isinstance(source, (str, os.PathLike)):
         raw = _read_toml(source)
         where = f" in {os.fspath(source)}"
+        origin = os.path.abspath(source)
     elif isinstance(source, Mapping):
         raw = dict(source)
+        origin = "in code"
     else:
         raise ConfigError(
             f"config must be None, a TOML file path, a mapping or a GovernorConfig, "
@@ -452,6 +498,8 @@ def load_config(
     if chosen_backend:
         raw["backend"] = chosen_backend
     try:
-        return GovernorConfig.model_validate(raw)
+        cfg = GovernorConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, where)) from None
+    cfg._source = origin
+    return cfg

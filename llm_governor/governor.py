@@ -229,10 +229,14 @@ class Governor:
         backend: Backend | None = None,
         meter_provider: Any = None,
         tracer_provider: Any = None,
+        publish: bool = True,
     ) -> None:
+        """``publish`` False makes an observer (the CLI): it never announces itself or
+        what it enforces on the backend."""
         from .exporters.otel import Telemetry
 
         self.config = config
+        self.publishes = publish
         self.budget_limits = config.budget.windows()
         self.backend = backend or create_backend(
             config.backend, self.budget_limits, namespace=config.namespace,
@@ -264,6 +268,8 @@ class Governor:
         self._live: dict[str, Ticket] = {}  # lease id → ticket whose hold is renewed
         self._heart: threading.Thread | None = None
         self._last_publish = 0.0
+        self._learned: dict[str, tuple[ProviderLimits, float]] = {}  # scope → headers, when
+        self._summary: tuple[frozenset[str], dict[str, Any]] | None = None
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's calls, waiters and threads are not ours."""
@@ -681,6 +687,10 @@ class Governor:
         self._latency[t.key] = took if typical is None else 0.8 * typical + 0.2 * took
         if provider is not None:
             t.provider = provider
+            if provider.limit_requests is not None or provider.limit_tokens is not None:
+                if len(self._learned) >= 256 and t.key not in self._learned:
+                    self._learned.clear()
+                self._learned[t.key] = (provider, time.time())
             if provider.remaining_requests is not None:
                 self._emit(self.telemetry.provider_remaining, t.service, "requests",
                            provider.remaining_requests)
@@ -944,14 +954,17 @@ class Governor:
         self.backend.set_emergency(enabled)
         logger.warning("RATE_LIMIT emergency mode %s", "ENABLED" if enabled else "disabled")
 
-    def budget_report(self) -> dict[str, dict[str, Decimal]]:
-        """Per window: limit, spent, reserved, remaining."""
-        if not self.budget_limits:
+    def budget_report(self, limits: dict[str, Decimal] | None = None
+                      ) -> dict[str, dict[str, Decimal]]:
+        """Per window: limit, spent, reserved, remaining (of ``limits``, default this
+        governor's budgets)."""
+        limits = self.budget_limits if limits is None else limits
+        if not limits:
             return {}
         spends, reserved, _ = self.backend.budget_status()
         now = self.backend.now()
         out = {}
-        for window, limit in self.budget_limits.items():
+        for window, limit in limits.items():
             spent = budget.roll(spends.get(window, budget.WindowSpend()), window, now).spent
             out[window] = {"limit": limit, "spent": spent, "reserved": reserved,
                            "remaining": limit - spent - reserved}
@@ -965,17 +978,47 @@ class Governor:
         remaining = min(w["remaining"] for w in report.values())
         return Decimal(estimated_cost) <= remaining, remaining
 
+    def enforcement(self) -> dict[str, Any]:
+        """What this process enforces (:meth:`GovernorConfig.summary` of its
+        configuration and the services it met), plus the provider limits its
+        calls learned from response headers, per limit scope."""
+        names = frozenset(service_of(key) for key, _ in list(self._limits))
+        cached = self._summary
+        if cached is None or cached[0] != names:
+            cached = self._summary = (names, self.config.summary(names))
+        if not self._learned:
+            return cached[1]
+        learned = {}
+        for key, (p, at) in list(self._learned.items()):
+            seen: dict[str, float] = {"at": round(at, 3)}
+            if p.limit_requests is not None:
+                seen["requests"] = p.limit_requests
+            if p.limit_tokens is not None:
+                seen["tokens"] = p.limit_tokens
+            learned[key] = seen
+        return {**cached[1], "learned": learned}
+
     def local_status(self) -> dict[str, Any]:
-        """What this process is doing: queue lengths and calls in flight per service."""
+        """What this process is doing (queue lengths and calls in flight per service) and
+        what it enforces (:meth:`enforcement`)."""
         with self._lock:
             in_flight = dict(self._in_flight)
         return {
             "pid": os.getpid(), "host": socket.gethostname(),
             "queues": {s: len(q) for s, q in self._queues.items()},
             "in_flight": in_flight,
+            "enforces": self.enforcement(),
         }
 
+    def announce(self) -> None:
+        """Publish this process's status now and keep it published by the heartbeat while
+        the governor lives, calls or not (``instrument()`` does it)."""
+        self._maybe_publish(force=True)
+        self._start_heartbeat()
+
     def _maybe_publish(self, force: bool = False) -> None:
+        if not self.publishes:
+            return
         now = time.monotonic()
         if not force and now - self._last_publish < 1.0:
             return

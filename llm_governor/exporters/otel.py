@@ -22,6 +22,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .._version import __version__ as _VERSION
 from ..accounts import scopes, service_of
 from ..policies import admission, breaker
 
@@ -33,7 +34,6 @@ __all__ = ["Telemetry"]
 
 logger = logging.getLogger("llm_governor")
 _SCOPE = "llm_governor"
-_VERSION = "0.1.0"
 # GenAI semconv provider names of our services.
 PROVIDER_NAMES = {"openai": "openai", "azure_openai": "azure.ai.openai", "anthropic": "anthropic",
                   "gemini": "gcp.gemini", "deepgram": "deepgram"}
