@@ -1,9 +1,10 @@
 """The ``llm-governor`` command line (also ``python -m llm_governor``).
 
-Every command reads and writes the configured backend, so it sees and steers
-every process that shares it: ``status`` and ``monitor`` show the shared
-limiter state plus the live processes published on the backend, ``emergency``
-flips the flag every process reads inside each admission.
+Every command reads (or writes) the configured backend, so it sees and steers
+every process that shares it: ``status``, ``monitor`` and ``export`` show the
+shared limiter state, the live processes and the budgets and limits they
+publish, and create nothing; ``emergency`` flips the flag every process reads
+inside each admission; ``reset`` clears limiter state or, confirmed, spend.
 
 Output: rich tables on a terminal, plain text when piped (or with ``--plain``,
 or when rich is not installed), JSON with ``--json``. Backend URLs are always
@@ -12,9 +13,10 @@ shown redacted and error messages are scrubbed of passwords.
 Exit codes (``status`` follows the Nagios plugin convention)::
 
     0  success; status: healthy
-    1  status: degraded
+    1  status: degraded; reset: not confirmed
     2  status: critical; any command: usage error or invalid configuration
-    3  runtime failure: backend unusable, file not writable, demo missing or failed
+    3  runtime failure: state file missing, backend unusable, file not writable, demo
+       missing or failed
 
 The package's modules follow its seams: :mod:`.scrub` (passwords out of every
 output), :mod:`.render` (tables as rich or plain text), :mod:`.views` (what

@@ -6,23 +6,28 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import GovernorConfig, default_state_path, load_config
-from .errors import EXIT_CRITICAL, EXIT_OK, STATUS_EXIT, CLIError
+from ..config import GovernorConfig, load_config, redact_url, sqlite_path
+from ..exporters.fleet import Fleet
+from .errors import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK, EXIT_USAGE, STATUS_EXIT, CLIError
 from .render import Block, Output, Table, money, render_rich
 from .scrub import remember_url
 from .views import alerts_view, status_document, status_view
 
 if TYPE_CHECKING:
+    from ..backends import Backend
     from ..exporters.monitor import RateLimitAlert
     from ..governor import Governor
 
-__all__ = ["COMMANDS", "cmd_demo"]
+__all__ = ["COMMANDS", "Session", "cmd_demo", "scope_arg"]
 
 
 def _config(args: argparse.Namespace, path: str | None = None) -> GovernorConfig:
@@ -30,39 +35,106 @@ def _config(args: argparse.Namespace, path: str | None = None) -> GovernorConfig
     remember_url(os.environ.get("LLM_GOVERNOR_BACKEND"))
     cfg = load_config(path or args.config, environment=args.environment, backend=args.backend)
     remember_url(cfg.backend)
+    namespace = getattr(args, "namespace", None)
+    if namespace:
+        cfg = cfg.model_copy(update={"namespace": namespace})
     return cfg
 
 
-def _governor(args: argparse.Namespace) -> Governor:
-    """A governor on the configured backend (no SDK patched, nothing exported)."""
-    from ..governor import Governor
+def _location(cfg: GovernorConfig) -> str:
+    """Where the configured backend's state lives (the SQLite file's path, or the URL)."""
+    if cfg.backend.startswith("sqlite"):
+        return str(sqlite_path(cfg.backend))
+    return cfg.redacted_backend()
+
+
+@dataclass
+class Session:
+    """What a command works on: the backend, and a governor that observes it with the
+    budgets and limits the live processes publish (:class:`~llm_governor.exporters.
+    fleet.Fleet`), never announcing itself."""
+
+    base: GovernorConfig
+    backend: Backend
+    explicit: bool  # --config or $LLM_GOVERNOR_CONFIG named a file: it joins the union
+    gov: Governor = field(init=False)
+    fleet: Fleet = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fleet = Fleet()
+        self.refresh()
+
+    @property
+    def where(self) -> str:
+        return f"{redact_url(self.backend.url or self.base.backend)} " \
+               f"(namespace {self.base.namespace})"
+
+    def refresh(self) -> None:
+        """Read the live processes again; adopt their budgets and limits if they changed."""
+        from ..exporters.fleet import published, union
+        from ..governor import Governor
+
+        try:
+            processes = self.backend.processes()
+        except Exception:  # best effort, as in health()
+            processes = {}
+        members, silent = published(processes)
+        if self.explicit:
+            members[f"--config {self.base.source}"] = self.base.summary()
+        fleet = union(members, silent)
+        first = not hasattr(self, "gov")
+        if first or (fleet.budgets, fleet.services) != (self.fleet.budgets,
+                                                          self.fleet.services):
+            self.gov = Governor(fleet.adopt(self.base), backend=self.backend, publish=False)
+        self.fleet = fleet
+
+    def close(self) -> None:
+        self.gov.close()
+
+
+def _session(args: argparse.Namespace, *, readonly: bool) -> Session:
+    """Open the configured backend; ``readonly`` (status, monitor, export) creates nothing
+    and wants an existing SQLite file."""
+    import sqlite3
+
+    from ..backends import create_backend
 
     cfg = _config(args)
-    gov = Governor(cfg)
-    _check_reachable(gov)
-    if cfg.backend.startswith("sqlite") and gov.backend.name != "sqlite":
-        gov.close()
-        path = default_state_path() if cfg.backend == "sqlite" else \
-            cfg.backend.removeprefix("sqlite://")
+    path = _location(cfg)
+    try:
+        backend = create_backend(cfg.backend, {}, namespace=cfg.namespace,
+                                 on_error=cfg.on_backend_error,
+                                 degraded_budget_share=cfg.degraded_budget_share,
+                                 readonly=readonly)
+    except FileNotFoundError:
+        raise CLIError(f"no llm-governor state file at {path}: nothing has run with this "
+                       "backend yet, or your applications use another one (--backend, "
+                       "$LLM_GOVERNOR_BACKEND, the config's backend)") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise CLIError(f"cannot read the SQLite state file {path}: {exc}") from None
+    if cfg.backend.startswith("sqlite") and backend.name != "sqlite":
+        backend.close()
         raise CLIError(f"cannot open the SQLite state file {path} (it cannot be created or "
-                       "written); "
-                       "nothing to show or steer (use --backend to choose another)")
-    return gov
+                       "written); nothing to show or steer (use --backend to choose another)")
+    explicit = bool(args.config or os.environ.get("LLM_GOVERNOR_CONFIG"))
+    session = Session(cfg, backend, explicit)
+    _check_reachable(session)
+    return session
 
 
-def _check_reachable(gov: Governor, what: str = "nothing to show or steer") -> None:
+def _check_reachable(session: Session, what: str = "nothing to show or steer") -> None:
     """A shared backend that cannot be reached would show (or steer) only a local fallback."""
-    if getattr(gov.backend, "degraded", False):
-        gov.close()
-        raise CLIError(f"the backend {gov.config.redacted_backend()} is unreachable: {what}")
+    if getattr(session.backend, "degraded", False):
+        session.close()
+        raise CLIError(f"the backend {session.where} is unreachable: {what}")
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    gov = _governor(args)
+    session = _session(args, readonly=True)
     try:
-        doc = status_document(gov)
+        doc = status_document(session.gov, session.fleet)
     finally:
-        gov.close()
+        session.close()
     if args.json:
         out.text(json.dumps(doc, indent=2, sort_keys=True))
     else:
@@ -73,17 +145,19 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
     from ..exporters.monitor import RateLimitMonitor
 
-    gov = _governor(args)
+    session = _session(args, readonly=True)
     alerts: list[RateLimitAlert] = []
-    monitor = RateLimitMonitor(gov, alerts.append, args.interval, publish=False)
+    monitor = RateLimitMonitor(session.gov, alerts.append, args.interval, publish=False)
     iterations = args.iterations
 
     def frame(i: int) -> list[Block]:
-        monitor.evaluate()
+        session.refresh()
+        monitor.gov = session.gov
+        monitor.evaluate(session.fleet)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         head = f"=== llm-governor monitor {stamp} (refresh {args.interval:g}s"
         head += f", {i}/{iterations})" if iterations else ", Ctrl-C to stop)"
-        view = status_view(status_document(gov))
+        view = status_view(status_document(session.gov, session.fleet))
         # What changes most first, so a short terminal still shows it in the live view.
         lines = [b for b in view if not isinstance(b, Table)]
         tables = [b for b in view if isinstance(b, Table)]
@@ -112,20 +186,21 @@ def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        gov.close()
+        session.close()
     return EXIT_OK
 
 
 def cmd_emergency(args: argparse.Namespace, out: Output) -> int:
-    gov = _governor(args)
+    change = bool(args.enable or args.disable)
+    session = _session(args, readonly=not change)
     try:
-        where = f"{gov.config.redacted_backend()} (namespace {gov.config.namespace})"
-        if args.enable or args.disable:
-            gov.set_emergency(bool(args.enable))
-        on = gov.emergency()
-        _check_reachable(gov, "emergency mode was NOT changed")
+        if change:
+            session.gov.set_emergency(bool(args.enable))
+        on = session.gov.emergency()
+        _check_reachable(session, "emergency mode was NOT changed")
     finally:
-        gov.close()
+        session.close()
+    where = session.where
     if args.enable:
         out.text(f"emergency mode ENABLED on {where}: every process on this backend now runs "
                  "at the emergency limits")
@@ -136,19 +211,96 @@ def cmd_emergency(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_reset(args: argparse.Namespace, out: Output) -> int:
-    gov = _governor(args)
+_SCOPE_LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def scope_arg(text: str) -> tuple[str, str]:
+    """``kind=value`` (``--scope tenant=acme``): both short labels without separators."""
+    kind, sep, value = text.partition("=")
+    if not sep or not _SCOPE_LABEL.match(kind) or not _SCOPE_LABEL.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KIND=VALUE (e.g. tenant=acme; letters, digits, '_', '.', '-', "
+            "at most 64 each)")
+    return kind, value
+
+
+def _confirm(out: Output, question: str, assume_yes: bool) -> bool:
+    """Ask on the terminal (stdin); ``--yes`` answers for the user."""
+    if assume_yes:
+        return True
+    out.stream.write(f"{question} [y/N] ")
+    out.stream.flush()
     try:
-        where = f"{gov.config.redacted_backend()} (namespace {gov.config.namespace})"
-        keys = gov.reset_limits(args.service)
-        _check_reachable(gov, "nothing was reset")
+        answer = sys.stdin.readline()
+        typed = sys.stdin.isatty()
+    except (OSError, ValueError):
+        answer, typed = "", False
+    if not typed:  # the answer came from a pipe: end the prompt's line ourselves
+        out.text(answer.strip())
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_reset(args: argparse.Namespace, out: Output) -> int:
+    service = args.service or args.service_option
+    if args.service and args.service_option and args.service != args.service_option:
+        raise CLIError(f"two services given: {args.service} and --service "
+                       f"{args.service_option}", EXIT_USAGE)
+    limits = args.limits or not args.budgets
+    if args.budgets and service and not args.limits:
+        raise CLIError("budgets are shared by every service, so --budgets takes no SERVICE; "
+                       "add --limits to also reset that service's limits", EXIT_USAGE)
+    if not args.budgets and (args.window or args.scope):
+        raise CLIError("--window and --scope choose which budgets to reset: add --budgets",
+                       EXIT_USAGE)
+    session = _session(args, readonly=False)
+    try:
+        lines: list[str] = []
+        if args.budgets:
+            done = _reset_budgets(session, args, out)
+            if done is None:
+                return EXIT_DEGRADED
+            lines.append(done)
+        if limits:
+            keys = session.gov.reset_limits(service)
+            _check_reachable(session, "nothing was reset")
+            lines.append(f"limits state of {service or 'every service'} reset on "
+                         f"{session.where}: {len(keys)} limit scope(s) "
+                         f"({', '.join(keys) or 'none had state'}); learned provider limits, "
+                         "blocks, circuit and buckets start afresh")
+            if not args.budgets:
+                lines[-1] += "; budgets are untouched"
     finally:
-        gov.close()
-    what = args.service or "every service"
-    out.text(f"limits state of {what} reset on {where}: {len(keys)} limit scope(s) "
-             f"({', '.join(keys) or 'none had state'}); learned provider limits, blocks, "
-             "circuit and buckets start afresh; budgets are untouched")
+        session.close()
+    for line in lines:
+        out.text(line)
     return EXIT_OK
+
+
+def _reset_budgets(session: Session, args: argparse.Namespace, out: Output) -> str | None:
+    """Reset what --budgets [--window W] [--scope K=V] name; None when not confirmed."""
+    windows = [args.window] if args.window else None
+    named = f"the {args.window} budget" if args.window else "every budget window"
+    if args.scope:
+        kind, value = args.scope
+        if kind not in session.fleet.scopes:
+            return (f"no scoped budgets configured for {kind!r} (no live process on "
+                    f"{session.where} declares [scopes.{kind}]): nothing reset")
+        named += f" of {kind}={value}"
+    report = session.gov.budget_report(session.fleet.budgets or None)
+    spends, _, _ = session.backend.budget_status()
+    spent = {w: s.spent for w, s in spends.items() if windows is None or w in windows}
+    lines = [f"  {w}: {money(v)} spent" + (f" of {money(report[w]['limit'])}"
+                                            if w in report else "")
+             for w, v in sorted(spent.items())] or ["  (nothing spent in the chosen windows)"]
+    if not _confirm(out, f"Forget the spend of {named} on {session.where}?\n" + "\n".join(lines)
+                    + "\nEvery process sharing it may spend again at once, up to its limits.",
+                    args.yes):
+        out.text("not confirmed: nothing reset")
+        return None
+    gone = session.backend.reset_budget(windows, args.scope)
+    _check_reachable(session, "nothing was reset")
+    what = ", ".join(f"{w} {money(v)}" for w, v in sorted(gone.items())) or "nothing was spent"
+    return f"spend of {named} reset on {session.where} ({what}); limits untouched"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -168,11 +320,11 @@ def _write_private(path: Path, text: str) -> None:
 def cmd_export(args: argparse.Namespace, out: Output) -> int:
     from ..exporters.export import export_json
 
-    gov = _governor(args)
+    session = _session(args, readonly=True)
     try:
-        text = export_json(gov) + "\n"
+        text = export_json(session.gov, session.fleet) + "\n"
     finally:
-        gov.close()
+        session.close()
     if args.output == "-":
         out.stream.write(text)
         out.stream.flush()

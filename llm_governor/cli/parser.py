@@ -4,9 +4,12 @@ per command, help texts and the exit codes in every epilog."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
+from ..policies.budget import WINDOW_SECONDS
+from .commands import scope_arg
 
 __all__ = ["EPILOG", "build_parser"]
 
@@ -21,8 +24,11 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="TOML configuration (default: $LLM_GOVERNOR_CONFIG, else the presets)")
     g.add_argument("--backend", metavar="URL", default=default,
                    help='state backend: "memory", "sqlite:///path", "redis://host:6379/0" '
-                        "(default: the config's, else $LLM_GOVERNOR_BACKEND, else the "
+                        "(default: $LLM_GOVERNOR_BACKEND, else the config's, else the "
                         "user's SQLite file)")
+    g.add_argument("--namespace", metavar="NAME", default=default, type=_namespace,
+                   help="the applications' namespace on the backend (default: the config's, "
+                        "else default)")
     g.add_argument("--environment", metavar="ENV", default=default,
                    help="development | testing | staging | production (overrides the config)")
     g.add_argument("--plain", action="store_true",
@@ -31,6 +37,13 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("-v", "--verbose", action="count",
                    default=argparse.SUPPRESS if suppress else 0,
                    help="log more to stderr (-v info, -vv debug)")
+
+
+def _namespace(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1-64 letters, digits, '_', '.' or '-'")
+    return text
 
 
 def _positive(text: str) -> float:
@@ -55,9 +68,10 @@ def _count(text: str) -> int:
 
 EPILOG = """exit codes:
   0  success; status: healthy
-  1  status: degraded
+  1  status: degraded; reset: not confirmed
   2  status: critical; any command: usage error or invalid configuration
-  3  runtime failure (backend unusable, file not writable, demo unavailable)
+  3  runtime failure (state file missing, backend unusable, file not writable, demo
+     unavailable or failed)
 """
 
 
@@ -83,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "health, services, budgets, costs and live processes",
                 "Show overall health, per-service limiter state, budgets, costs and every "
-                "live process on the backend. Exit 0 healthy, 1 degraded, 2 critical.")
+                "live process on the backend, with the budgets and limits the live processes "
+                "publish (no --config needed; a --config joins them, and differences are "
+                "shown). Reads only: a missing state file is an error. Exit 0 healthy, "
+                "1 degraded, 2 critical, 3 backend missing or unreachable.")
     p.add_argument("--json", action="store_true", help="print the JSON status document")
 
     p = command("monitor", "live refreshing view of status and alerts",
@@ -103,13 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disable", action="store_true", help="turn emergency mode off")
     g.add_argument("--status", action="store_true", help="only show whether it is on")
 
-    p = command("reset", "forget learned limits, blocks and circuit state (not budgets)",
-                "Reset the limiter state of SERVICE (every service when omitted) for every "
-                "process on the backend: the limits learned from the provider's headers, any "
-                "block a retry-after set, the circuit breaker and the rate buckets start "
-                "afresh. Budgets and spend are untouched.")
+    p = command("reset", "forget learned limits, blocks and circuit state; --budgets: spend",
+                "Without --budgets: reset the limiter state of SERVICE (every service when "
+                "omitted) for every process on the backend: the limits learned from the "
+                "provider's headers, any block a retry-after set, the circuit breaker and the "
+                "rate buckets start afresh; budgets are untouched. With --budgets: forget the "
+                "spend of every budget window (or --window), after a confirmation (--yes "
+                "skips it): budgets persist across restarts on purpose, this is the way to "
+                "start one afresh. Exit 1 when not confirmed.")
     p.add_argument("service", nargs="?", metavar="SERVICE",
-                   help="the service to reset, e.g. openai (default: all)")
+                   help="the service whose limits to reset, e.g. openai (default: all)")
+    p.add_argument("--service", dest="service_option", metavar="SERVICE",
+                   help="the same as SERVICE")
+    p.add_argument("--limits", action="store_true",
+                   help="reset limits state (the default without --budgets)")
+    p.add_argument("--budgets", action="store_true",
+                   help="forget the spend of the budgets instead (add --limits for both)")
+    p.add_argument("--window", choices=tuple(WINDOW_SECONDS),
+                   help="with --budgets: only this window (default: every window)")
+    p.add_argument("--scope", type=scope_arg, metavar="KIND=VALUE",
+                   help="with --budgets: the scoped budget of e.g. tenant=acme instead of "
+                        "the global one")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="do not ask for confirmation")
 
     p = command("export", "write the JSON metrics document",
                 "Write the JSON metrics export (per-service state, counters, costs by "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .render import Block, Table, counts, money
 
 if TYPE_CHECKING:
+    from ..exporters.fleet import Fleet
     from ..exporters.monitor import RateLimitAlert
     from ..governor import Governor
 
@@ -23,11 +24,11 @@ _DECISIONS = (*_NOT_REFUSALS, "rate_limited", "queue_full", "budget_exceeded", "
               "emergency")
 
 
-def status_document(gov: Governor) -> dict[str, Any]:
+def status_document(gov: Governor, fleet: Fleet | None = None) -> dict[str, Any]:
     """The export document plus the health headline at the top level (``status --json``)."""
     from ..exporters.export import export_document
 
-    doc: dict[str, Any] = export_document(gov)
+    doc: dict[str, Any] = export_document(gov, fleet)
     doc["overall_status"] = doc["health"]["overall_status"]
     doc["health_score"] = doc["health"]["health_score"]
     return doc
@@ -48,6 +49,7 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
     if doc.get("backend_degraded"):
         blocks.append(("BACKEND UNREACHABLE: what follows is this process's local fallback, "
                        "not the shared state", "bold red"))
+    blocks.extend(_enforced_lines(doc))
     by_service = doc["costs"]["by_service"]
     services = Table("Services", ["SERVICE", "SCORE", "CIRCUIT", "TOKENS", "RATE/S",
                                   "SUCCESS", "RECENT", "WAITING", "IN FLIGHT", "ADMITTED",
@@ -65,6 +67,7 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
             money(by_service.get(name, "0")),
         ])
     blocks.append(services)
+    blocks.append(_limits_table(doc))
 
     recorded = {d for s in doc["services"].values() for d in (s.get("requests") or {})}
     kinds = [*_DECISIONS, *sorted(recorded.difference(_DECISIONS))]
@@ -80,17 +83,16 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
                       "as how it ended); the columns after it are refusals, each an error the "
                       "caller saw.")
 
-    budgets = Table("Budgets (UTC calendar windows)",
-                    ["WINDOW", "LIMIT", "SPENT", "RESERVED", "REMAINING", "LEFT"],
-                    empty="none configured")
-    for window, b in doc["budgets"].items():
-        limit = Decimal(b["limit"])
-        left = Decimal(b["remaining"]) / limit if limit else Decimal(1)
-        style = "red" if left < Decimal("0.1") else ("yellow" if left < Decimal("0.5") else "")
-        budgets.rows.append([window, money(b["limit"]), money(b["spent"]),
-                             money(b["reserved"]), money(b["remaining"]),
-                             (f"{float(left):.0%}", style)])
-    blocks.append(budgets)
+    blocks.append(_budgets_table(doc))
+    learned = (doc.get("enforced") or {}).get("learned") or {}
+    if learned:
+        table = Table("Provider limits learned from response headers",
+                      ["LIMIT SCOPE", "REQUESTS", "TOKENS", "SEEN"])
+        for key, limit in sorted(learned.items()):
+            table.rows.append([key, f"{limit['requests']:g}" if "requests" in limit else "-",
+                               f"{limit['tokens']:g}" if "tokens" in limit else "-",
+                               time.strftime("%H:%M:%S", time.localtime(float(limit["at"])))])
+        blocks.append(table)
 
     costs = Table(f"Costs (total {money(doc['costs']['total'])})",
                   ["SERVICE", "MODEL", "CALLS OK", "CALLS FAILED", "COST"], empty="no calls yet")
@@ -117,13 +119,84 @@ def status_view(doc: dict[str, Any]) -> list[Block]:
         blocks.append(job_table)
 
     procs = Table("Live processes on this backend",
-                  ["PROCESS", "HOST", "PID", "WAITING", "IN FLIGHT"],
-                  empty="none published in the last 10 s")
+                  ["PROCESS", "PID", "VERSION", "ENVIRONMENT", "MODE", "CONFIG", "BUDGETS",
+                   "WAITING", "IN FLIGHT"],
+                  empty="none (an application appears once it calls instrument() or makes "
+                        "a governed call, and stays listed while it runs)")
     for pid, p in sorted(doc["processes"].items()):
-        procs.rows.append([pid, str(p.get("host", "?")), str(p.get("pid", "?")),
+        e = p.get("enforces") or {}
+        procs.rows.append([pid, str(p.get("pid", "?")), str(e.get("version", "?")),
+                           str(e.get("environment", "?")), str(e.get("mode", "?")),
+                           str(e.get("config", "?")), _budget_text(e.get("budgets")),
                            counts(p.get("queues")), counts(p.get("in_flight"))])
     blocks.append(procs)
     return blocks
+
+
+def _budget_text(budgets: Any) -> str:
+    if not isinstance(budgets, dict):
+        return "?"
+    return ", ".join(f"per_{w} {money(v)}" for w, v in budgets.items()) or "none"
+
+
+def _enforced_lines(doc: dict[str, Any]) -> list[Block]:
+    """Whose budgets and limits the tables show, and where the processes disagree."""
+    enforced = doc.get("enforced") or {}
+    members = enforced.get("members") or {}
+    live = [m for m in members if not m.startswith("--config ")]
+    files = [m.removeprefix("--config ") for m in members if m.startswith("--config ")]
+    if live:
+        whose = f"as published by {len(live)} live process{'es' if len(live) > 1 else ''}"
+        if files:
+            whose += f" and --config {files[0]}"
+    elif files:
+        whose = f"from --config {files[0]} (no live process publishes its own)"
+    else:
+        whose = (f"no live process publishes them; showing {doc.get('config', 'the presets')} "
+                 "(start your application, or pass --config)")
+    out: list[Block] = [f"budgets and limits: {whose}"]
+    silent = enforced.get("silent") or []
+    if silent:
+        out.append((f"{len(silent)} live process(es) publish no limits (an older "
+                    "llm-governor): their budgets and limits are not shown", "yellow"))
+    disagreements = enforced.get("disagreements") or []
+    if disagreements:
+        out.append(("PROCESSES DISAGREE (each enforces its own configuration):", "bold yellow"))
+        out.extend((f"  {line}", "yellow") for line in disagreements)
+    return out
+
+
+def _limits_table(doc: dict[str, Any]) -> Table:
+    table = Table("Limits in force", ["SERVICE", "BURST", "REQUESTS/S", "LLM TOKENS/MIN",
+                                      "$/MIN", "IN FLIGHT MAX", "QUEUE MAX", "WAIT MAX"])
+    for name, s in sorted(doc["services"].items()):
+        if "configured_capacity" not in s:
+            continue
+        table.rows.append([
+            name, f"{float(s['configured_capacity']):g}", f"{float(s['configured_rate']):g}",
+            str(s.get("llm_tokens_per_minute") or "-"), money(s["max_cost_per_minute"]),
+            str(s.get("max_concurrency") or "-"), str(s["max_queue_size"]),
+            f"{float(s['request_timeout']):g}s"])
+    return table
+
+
+def _budgets_table(doc: dict[str, Any]) -> Table:
+    budgets = Table("Budgets (UTC calendar windows, shared by every process; spend persists "
+                    "across restarts)",
+                    ["WINDOW", "LIMIT", "SPENT", "RESERVED", "REMAINING", "LEFT"],
+                    empty="none configured, nothing spent")
+    spend = doc.get("spend") or {}
+    for window, b in doc["budgets"].items():
+        limit = Decimal(b["limit"])
+        left = Decimal(b["remaining"]) / limit if limit else Decimal(1)
+        style = "red" if left < Decimal("0.1") else ("yellow" if left < Decimal("0.5") else "")
+        budgets.rows.append([window, money(b["limit"]), money(b["spent"]),
+                             money(b["reserved"]), money(b["remaining"]),
+                             (f"{float(left):.0%}", style)])
+    for window, spent in spend.items():
+        if window not in doc["budgets"]:
+            budgets.rows.append([window, "not published", money(spent), "-", "-", "-"])
+    return budgets
 
 
 def alerts_view(alerts: Sequence[RateLimitAlert]) -> Table:
