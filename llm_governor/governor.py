@@ -1031,5 +1031,10 @@ class Governor:
 
     def close(self) -> None:
         self._closed.set()
+        if self.publishes and self._last_publish:  # no longer live: leave the list now
+            try:
+                self.backend.publish_process(self.process_id, {"pid": os.getpid()}, ttl=0.0)
+            except Exception:
+                logger.debug("withdrawing the process status failed", exc_info=True)
         self._emit(self.telemetry.close)
         self.backend.close()

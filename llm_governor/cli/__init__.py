@@ -27,6 +27,7 @@ output), :mod:`.render` (tables as rich or plain text), :mod:`.views` (what
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -114,3 +115,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
     finally:
         restore_logging()
+        if argv is None:  # the program ends here: skip collecting the SDKs' module graph at
+            gc.freeze()   # exit (most of a second after the demo), Ctrl-C included

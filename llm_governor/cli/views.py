@@ -152,7 +152,9 @@ def _enforced_lines(doc: dict[str, Any]) -> list[Block]:
     elif files:
         whose = f"from --config {files[0]} (no live process publishes its own)"
     else:
-        whose = (f"no live process publishes them; showing {doc.get('config', 'the presets')} "
+        source = str(doc.get("config") or "presets")
+        whose = (f"no live process publishes them; showing "
+                 f"{'the presets' if source == 'presets' else source} "
                  "(start your application, or pass --config)")
     out: list[Block] = [f"budgets and limits: {whose}"]
     silent = enforced.get("silent") or []
