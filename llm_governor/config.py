@@ -7,13 +7,16 @@ value and what is allowed, instead of misbehaving later on the hot path.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +39,7 @@ __all__ = [
     "PriceOverride",
     "RateLimitConfig",
     "RetryConfig",
+    "config_warnings",
     "default_state_path",
     "load_config",
     "sqlite_path",
@@ -114,24 +118,27 @@ class RateLimitConfig(BaseModel):
 
     @model_validator(mode="after")
     def _intervals_ordered(self) -> RateLimitConfig:
+        problems = []
         if self.max_interval < self.min_interval:
-            raise ValueError(
-                f"max_interval ({self.max_interval}) must be >= min_interval ({self.min_interval})"
-            )
+            problems.append(f"max_interval ({self.max_interval}) must be >= min_interval "
+                            f"({self.min_interval})")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url = {self.base_url!r} must be an http(s):// URL")
+            problems.append(f"base_url = {self.base_url!r} must be an http(s):// URL")
         for model, override in self.models.items():
             if not isinstance(override, dict) or "models" in override or "base_url" in override:
-                raise ValueError(f"models.{model} must be a table of service fields "
-                                 "(other than models and base_url)")
+                problems.append(f"models.{model} must be a table of service fields "
+                                "(other than models and base_url)")
+                continue
             try:
                 self.for_model(model)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                raise ValueError(
-                    f"models.{model}.{key} = {first.get('input')!r}: {first['msg']}"
-                ) from None
+                for err in exc.errors():
+                    key = ".".join(str(p) for p in err["loc"])
+                    msg = unknown_key(key, RateLimitConfig) \
+                        if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append(f"models.{model}.{key} = {err.get('input')!r}: {msg}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -415,14 +422,54 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@{host}"
 
 
+KNOWN_SERVICES = ("openai", "azure_openai", "anthropic", "gemini", "deepgram")
+"""The services the SDK adapters report calls as."""
+
+_INTERNAL_FIELDS = frozenset({"service_overrides"})
+
+
+def unknown_key(key: str, model: type[BaseModel]) -> str:
+    """``unknown key; did you mean 'max_tokens'? allowed: …`` for a key of ``model``."""
+    allowed = [name for name in model.model_fields if name not in _INTERNAL_FIELDS]
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (allowed: {', '.join(allowed)})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose key is the last part of ``loc`` (through tables and models)."""
+    model: type[BaseModel] = GovernorConfig
+    i = 0
+    while i < len(loc) - 1:
+        info = model.model_fields.get(str(loc[i]))
+        if info is None:
+            return None
+        annotation = info.annotation
+        args = get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, i = annotation, i + 1
+        elif get_origin(annotation) is dict and isinstance(args[1], type) \
+                and issubclass(args[1], BaseModel):
+            model, i = args[1], i + 2  # a table of models: the next part is its name
+        else:
+            return None
+    return model if i == len(loc) - 1 else None
+
+
 def _format_error(exc: ValidationError, source: str) -> str:
+    return _format_errors(exc.errors(), source)
+
+
+def _format_errors(errors: list[Any], source: str) -> str:
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    for err in errors:
+        parts = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(str(p) for p in parts)
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            model = _model_at(parts)
+            msg = unknown_key(str(parts[-1]), model) if model is not None else "unknown key"
         elif err["type"] == "literal_error":
             msg = f"allowed: {err.get('ctx', {}).get('expected', msg)}"
         value_text = "{…}" if isinstance(value, Mapping) else repr(value)
@@ -431,6 +478,75 @@ def _format_error(exc: ValidationError, source: str) -> str:
         key = loc or "(top level)"
         lines.append(f"{key} = {value_text}: {msg}")
     return f"invalid llm-governor configuration{source}:\n  " + "\n  ".join(lines)
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """Remove the value at ``loc`` from the raw input (not a whole table); its key."""
+    parts = [p for p in loc if not str(p).startswith("function-")]
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    last = parts[-1] if parts else None
+    if not isinstance(node, dict) or last not in node or isinstance(node[last], Mapping):
+        return None
+    del node[last]
+    return str(last)
+
+
+def _validate(raw: dict[str, Any], where: str) -> GovernorConfig:
+    """Validate, or raise one ConfigError listing every problem at once.
+
+    A rule that relates several fields (``max_interval >= min_interval``, a
+    ``base_url``'s scheme, model overrides) only runs once each field is valid
+    on its own; so the values already reported are left out and the rest
+    validated again, up to three times, to report those rules too (a rule that
+    names a value left out is not reported: it may hold once that is fixed).
+    """
+    try:
+        return GovernorConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors: list[Any] = list(exc.errors())
+    seen = {(tuple(e["loc"]), e["msg"]) for e in errors}
+    latest = errors
+    trimmed = copy.deepcopy(raw)
+    removed: set[str] = set()
+    for _ in range(3):
+        dropped = {key for e in latest if (key := _drop(trimmed, tuple(e["loc"])))}
+        if not dropped:
+            break
+        removed |= dropped
+        try:
+            GovernorConfig.model_validate(trimmed)
+            break
+        except ValidationError as again:
+            latest = [e for e in again.errors() if (tuple(e["loc"]), e["msg"]) not in seen
+                      and not _mentions(e["msg"], removed)]
+        seen |= {(tuple(e["loc"]), e["msg"]) for e in latest}
+        errors += latest
+    raise ConfigError(_format_errors(errors, where))
+
+
+def _mentions(msg: str, keys: set[str]) -> bool:
+    """Whether a rule's message reads one of ``keys`` (lists of allowed keys aside)."""
+    text = re.split(r"; did you mean | \(allowed: ", msg)[0]
+    return any(re.search(rf"\b{re.escape(k)}\b", text) for k in keys)
+
+
+def config_warnings(cfg: GovernorConfig) -> list[str]:
+    """What is valid but probably not meant: a service name that no SDK reports and no
+    ``base_url`` declares (a typo such as ``opneai`` never applies to any SDK call)."""
+    out = []
+    for name in sorted(cfg.service_overrides):
+        if name in KNOWN_SERVICES or cfg.service(name).base_url:
+            continue
+        close = difflib.get_close_matches(name, KNOWN_SERVICES, n=1, cutoff=0.7)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        out.append(f"services.{name}: not a service the SDKs report ({', '.join(KNOWN_SERVICES)})"
+                   f" and no base_url: {hint}it applies only to calls that name it, such as "
+                   f"@rate_limited({name!r})")
+    return out
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -497,9 +613,6 @@ def load_config(
     chosen_backend = backend or os.environ.get("LLM_GOVERNOR_BACKEND") or raw.get("backend")
     if chosen_backend:
         raw["backend"] = chosen_backend
-    try:
-        cfg = GovernorConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, where)) from None
+    cfg = _validate(raw, where)
     cfg._source = origin
     return cfg

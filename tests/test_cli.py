@@ -147,7 +147,8 @@ VALID = textwrap.dedent("""
 
 BAD_CONFIGS = {
     "unknown key": ("[services.openai]\nmax_tokenz = 3\n",
-                    ["services.openai.max_tokenz", "unknown key"]),
+                    ["services.openai.max_tokenz", "unknown key", "did you mean 'max_tokens'?",
+                     "allowed: max_tokens, refill_rate"]),
     "unknown top-level key": ("budgets = 3\n", ["budgets", "unknown key"]),
     "negative rate": ("[services.openai]\nrefill_rate = -1.5\n",
                       ["services.openai.refill_rate", "-1.5", "greater than 0"]),
@@ -208,6 +209,25 @@ def test_validate_rejects_each_bad_config_naming_the_key(
         assert str(paths[case]) in err, case
         assert "pgsecret" not in err
         assert "Traceback" not in err
+
+
+def test_validate_reports_everything_at_once_and_warns_on_unknown_services(
+        env: dict[str, str], tmp_path: Path) -> None:
+    bad, odd = tmp_path / "bad.toml", tmp_path / "odd.toml"
+    bad.write_text('budgets = 3\n[services.openai]\nrefill_rate = -1\n'
+                   '[services.anthropic]\nmin_interval = 1.0\nmax_interval = 0.5\n')
+    odd.write_text('[services.opneai]\nmax_tokens = 2\n'
+                   '[services.groq]\nbase_url = "https://api.groq.com/openai/v1"\n')
+    failed, warned = run_many([["validate", str(bad)], ["validate", str(odd)]], env)
+    assert failed.returncode == 2
+    for fragment in ("budgets = 3: unknown key; did you mean 'budget'?",
+                     "services.openai.refill_rate = -1",
+                     "max_interval (0.5) must be >= min_interval (1.0)"):
+        assert fragment in failed.stderr, failed.stderr
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: services.opneai:" in warned.stdout and "did you mean 'openai'?" in \
+        warned.stdout
+    assert "groq" not in warned.stdout.split("warning:", 1)[1]
 
 
 def test_validate_reads_llm_governor_config(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import GovernorConfig, load_config, redact_url, sqlite_path
+from ..config import GovernorConfig, config_warnings, load_config, redact_url, sqlite_path
 from ..exporters.fleet import Fleet
 from .errors import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK, EXIT_USAGE, STATUS_EXIT, CLIError
 from .render import Block, Output, Table, money, render_rich
@@ -355,6 +355,7 @@ def cmd_validate(args: argparse.Namespace, out: Output) -> int:
             ["services", ", ".join(sorted(cfg.services))],
             ["price overrides", ", ".join(sorted(cfg.prices)) or "none"],
         ]),
+        *((f"warning: {w}", "yellow") for w in config_warnings(cfg)),
     ])
     return EXIT_OK
 
