@@ -76,7 +76,7 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 class RateLimitConfig(BaseModel):
     """Limits of one service (or one model of a service).
 
-    The first thirteen fields are the seed's, with its defaults and meanings:
+    The first thirteen fields are the original ones, with their defaults and meanings:
     ``max_tokens`` is the request bucket's capacity (not LLM tokens).
     """
 
@@ -571,7 +571,8 @@ def load_config(
 
     ``source`` None reads ``$LLM_GOVERNOR_CONFIG`` when set. The environment is
     the explicit argument, else the source's ``environment``, else
-    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV``, else development; when none of
+    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV`` (an older name, still read for
+    applications that set it), else development; when none of
     them chose it, services start from permissive limits (``defaults =
     "permissive"``) rather than the development preset, so an unconfigured
     governor never slows an app by itself. The backend is the explicit

@@ -15,7 +15,7 @@ Status: ``critical`` below 50 or with a budget exhausted; ``degraded`` below 80,
 with any circuit not closed, in emergency mode or with the backend degraded;
 otherwise ``healthy``.
 
-Alerts: the seed's five types (``circuit_breaker_open``, ``high_failure_rate``,
+Alerts: the five classic types (``circuit_breaker_open``, ``high_failure_rate``,
 ``queue_backup``, ``cost_spike``, ``low_tokens``) plus
 ``budget_nearly_exhausted`` and ``backend_degraded``, each a
 :class:`RateLimitAlert`, repeated at most once a minute per service while the
