@@ -165,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("dashboard", "print the Grafana dashboard JSON",
             "Print the shipped Grafana dashboard, e.g. llm-governor dashboard > dashboard.json")
 
-    command("demo", "run the offline demo workload (options go to the demo)",
-            "An offline workload through the real SDKs against the bundled fake provider. "
-            "Every option after 'demo' is passed to it; see llm-governor demo --help.",
+    command("demo", "every promise in six short acts, offline (options go to the demo)",
+            "Rate limits, a hard budget, retries, the circuit breaker, priorities and "
+            "emergency mode, through the real SDKs against the bundled fake provider, in "
+            "about 20 seconds. Every option after 'demo' is passed to it; see "
+            "llm-governor demo --help.",
             add_help=False)
     return parser
