@@ -1,4 +1,4 @@
-"""The seed's use case: a long recording split into chunks, each transcribed by Deepgram.
+"""A long recording split into chunks, each transcribed by Deepgram and costed per video.
 
 Every chunk is a governed ``transcribe_file`` call: paced, at most two in
 flight (Deepgram limits concurrent requests), reserved before it is sent from

@@ -1,4 +1,4 @@
-"""Govern any function, no SDK needed: the seed's decorator, budgets and fallbacks.
+"""Govern any function, no SDK needed: the decorator, budgets and fallbacks.
 
 Run: python examples/decorator_budget.py
 """

@@ -1,6 +1,6 @@
 """Health, alerts and emergency mode.
 
-A failing service opens its circuit; the monitor raises the seed's alerts
+A failing service opens its circuit; the monitor raises its alerts
 through a callback; emergency mode drops every limit to the minimums.
 
 Run: python examples/monitoring.py

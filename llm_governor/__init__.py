@@ -3,6 +3,7 @@ official AI SDKs, with one line: ``llm_governor.instrument()``."""
 
 from __future__ import annotations
 
+from ._version import __version__
 from .api import (
     check_budget,
     disable_emergency_mode,
@@ -45,8 +46,6 @@ from .policies.custom import (
     downgrade_when_budget_low,
     loop_guard,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "BudgetExceededError", "CallInfo", "CallSpec",

@@ -1,4 +1,4 @@
-"""The module-level API of design §4: one active governor per process.
+"""The module-level API: one active governor per process.
 
 ``instrument()`` builds it (and patches the SDKs); every other function uses
 it, creating a default one on first use so the decorator and budget helpers
@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast, overload
 
 from .backends import Backend
-from .config import GovernorConfig, RateLimitConfig, load_config
+from .config import GovernorConfig, RateLimitConfig, config_warnings, load_config
 from .context import Priority, current_cost_override
 from .errors import GovernorError
 from .exporters.monitor import RateLimitAlert, RateLimitMonitor, health
@@ -66,12 +66,16 @@ def instrument(
             return _governor
         cfg = load_config(config, environment=environment,
                           backend=backend if isinstance(backend, str) else None)
+        for warning in config_warnings(cfg):
+            if "did you mean" in warning:  # most likely a typo that governs nothing
+                logger.warning("RATE_LIMIT configuration: %s", warning)
         old = _governor
         _governor = Governor(cfg, backend=backend if isinstance(backend, Backend) else None,
                              meter_provider=meter_provider, tracer_provider=tracer_provider,
                              policies=policies or ())
         if old is not None and old.backend is not _governor.backend:
             old.close()
+        _governor.announce()  # other processes (llm-governor status) see what it enforces
         if _instrumentor is None:
             from .instrumentation import GovernorInstrumentor
 

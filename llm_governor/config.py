@@ -7,13 +7,16 @@ value and what is allowed, instead of misbehaving later on the hot path.
 
 from __future__ import annotations
 
+import copy
+import difflib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -41,8 +45,10 @@ __all__ = [
     "ScopeConfig",
     "ScopeLimits",
     "TelemetryConfig",
+    "config_warnings",
     "default_state_path",
     "load_config",
+    "sqlite_path",
 ]
 
 Environment = Literal["development", "testing", "staging", "production"]
@@ -77,7 +83,7 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 class RateLimitConfig(BaseModel):
     """Limits of one service (or one model of a service).
 
-    The first thirteen fields are the seed's, with its defaults and meanings:
+    The first thirteen fields are the original ones, with their defaults and meanings:
     ``max_tokens`` is the request bucket's capacity (not LLM tokens).
     """
 
@@ -123,24 +129,27 @@ class RateLimitConfig(BaseModel):
 
     @model_validator(mode="after")
     def _intervals_ordered(self) -> RateLimitConfig:
+        problems = []
         if self.max_interval < self.min_interval:
-            raise ValueError(
-                f"max_interval ({self.max_interval}) must be >= min_interval ({self.min_interval})"
-            )
+            problems.append(f"max_interval ({self.max_interval}) must be >= min_interval "
+                            f"({self.min_interval})")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url = {self.base_url!r} must be an http(s):// URL")
+            problems.append(f"base_url = {self.base_url!r} must be an http(s):// URL")
         for model, override in self.models.items():
             if not isinstance(override, dict) or "models" in override or "base_url" in override:
-                raise ValueError(f"models.{model} must be a table of service fields "
-                                 "(other than models and base_url)")
+                problems.append(f"models.{model} must be a table of service fields "
+                                "(other than models and base_url)")
+                continue
             try:
                 self.for_model(model)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                raise ValueError(
-                    f"models.{model}.{key} = {first.get('input')!r}: {first['msg']}"
-                ) from None
+                for err in exc.errors():
+                    key = ".".join(str(p) for p in err["loc"])
+                    msg = unknown_key(key, RateLimitConfig) \
+                        if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append(f"models.{model}.{key} = {err.get('input')!r}: {msg}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -340,6 +349,15 @@ def default_state_path() -> Path:
     return Path(base) / "llm-governor" / "governor.db"
 
 
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite`` / ``sqlite:///path`` backend URL names."""
+    if url == "sqlite":
+        return default_state_path()
+    path = url.removeprefix("sqlite://")
+    # sqlite:////abs/path leaves //abs/path: the same file, shown with one slash
+    return Path("/" + path.lstrip("/") if path.startswith("//") else path)
+
+
 _BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
 
@@ -397,6 +415,8 @@ class GovernorConfig(BaseModel):
     # Raw per-service overrides as the user gave them, kept to build services
     # that appear later (e.g. a decorator's custom name) from the same preset.
     service_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
+    # Where it came from, in words (a TOML path, code, the presets); load_config sets it.
+    _source: str = PrivateAttr("in code")
 
     @model_validator(mode="before")
     @classmethod
@@ -471,6 +491,44 @@ class GovernorConfig(BaseModel):
         """The backend URL with any password replaced by ``***``."""
         return redact_url(self.backend)
 
+    @property
+    def source(self) -> str:
+        """Where this configuration came from: a TOML path, code, or the presets alone."""
+        return self._source
+
+    def summary(self, services: Iterable[str] = ()) -> dict[str, Any]:
+        """What a process with this configuration enforces, as plain JSON values.
+
+        Environment, preset, mode, the configuration's source, budgets per
+        window, scopes when configured, and the limits of every configured
+        service plus ``services`` (names met at run time). Each process publishes
+        it with its heartbeat, so ``llm-governor status`` shows what the apps
+        enforce without their configuration.
+        """
+        from ._version import __version__
+
+        out: dict[str, Any] = {
+            "version": __version__, "environment": self.environment, "preset": self.preset,
+            "mode": self.mode, "config": self.source,
+            "emergency_action": self.emergency_action,
+            "budgets": {w: str(v) for w, v in self.budget.windows().items()},
+            "services": {name: _service_summary(self.service(name))
+                         for name in sorted({*self.services, *services})},
+        }
+        if self.scopes:
+            out["scopes"] = {kind: v.model_dump(mode="json", exclude_none=True)
+                             for kind, v in self.scopes.items()}
+        return out
+
+
+def _service_summary(cfg: RateLimitConfig) -> dict[str, Any]:
+    data: dict[str, Any] = cfg.model_dump(mode="json", exclude_none=True)
+    if not data.get("models"):
+        data.pop("models", None)
+    if "base_url" in data:
+        data["base_url"] = redact_url(data["base_url"])
+    return data
+
 
 def redact_url(url: str) -> str:
     """``redis://user:secret@host`` → ``redis://user:***@host``; other URLs unchanged."""
@@ -484,14 +542,54 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@{host}"
 
 
+KNOWN_SERVICES = ("openai", "azure_openai", "anthropic", "gemini", "deepgram")
+"""The services the SDK adapters report calls as."""
+
+_INTERNAL_FIELDS = frozenset({"service_overrides"})
+
+
+def unknown_key(key: str, model: type[BaseModel]) -> str:
+    """``unknown key; did you mean 'max_tokens'? allowed: …`` for a key of ``model``."""
+    allowed = [name for name in model.model_fields if name not in _INTERNAL_FIELDS]
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key{hint} (allowed: {', '.join(allowed)})"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose key is the last part of ``loc`` (through tables and models)."""
+    model: type[BaseModel] = GovernorConfig
+    i = 0
+    while i < len(loc) - 1:
+        info = model.model_fields.get(str(loc[i]))
+        if info is None:
+            return None
+        annotation = info.annotation
+        args = get_args(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, i = annotation, i + 1
+        elif get_origin(annotation) is dict and isinstance(args[1], type) \
+                and issubclass(args[1], BaseModel):
+            model, i = args[1], i + 2  # a table of models: the next part is its name
+        else:
+            return None
+    return model if i == len(loc) - 1 else None
+
+
 def _format_error(exc: ValidationError, source: str) -> str:
+    return _format_errors(exc.errors(), source)
+
+
+def _format_errors(errors: list[Any], source: str) -> str:
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    for err in errors:
+        parts = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(str(p) for p in parts)
         value = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            model = _model_at(parts)
+            msg = unknown_key(str(parts[-1]), model) if model is not None else "unknown key"
         elif err["type"] == "literal_error":
             msg = f"allowed: {err.get('ctx', {}).get('expected', msg)}"
         value_text = "{…}" if isinstance(value, Mapping) else repr(value)
@@ -500,6 +598,75 @@ def _format_error(exc: ValidationError, source: str) -> str:
         key = loc or "(top level)"
         lines.append(f"{key} = {value_text}: {msg}")
     return f"invalid llm-governor configuration{source}:\n  " + "\n  ".join(lines)
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """Remove the value at ``loc`` from the raw input (not a whole table); its key."""
+    parts = [p for p in loc if not str(p).startswith("function-")]
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    last = parts[-1] if parts else None
+    if not isinstance(node, dict) or last not in node or isinstance(node[last], Mapping):
+        return None
+    del node[last]
+    return str(last)
+
+
+def _validate(raw: dict[str, Any], where: str) -> GovernorConfig:
+    """Validate, or raise one ConfigError listing every problem at once.
+
+    A rule that relates several fields (``max_interval >= min_interval``, a
+    ``base_url``'s scheme, model overrides) only runs once each field is valid
+    on its own; so the values already reported are left out and the rest
+    validated again, up to three times, to report those rules too (a rule that
+    names a value left out is not reported: it may hold once that is fixed).
+    """
+    try:
+        return GovernorConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors: list[Any] = list(exc.errors())
+    seen = {(tuple(e["loc"]), e["msg"]) for e in errors}
+    latest = errors
+    trimmed = copy.deepcopy(raw)
+    removed: set[str] = set()
+    for _ in range(3):
+        dropped = {key for e in latest if (key := _drop(trimmed, tuple(e["loc"])))}
+        if not dropped:
+            break
+        removed |= dropped
+        try:
+            GovernorConfig.model_validate(trimmed)
+            break
+        except ValidationError as again:
+            latest = [e for e in again.errors() if (tuple(e["loc"]), e["msg"]) not in seen
+                      and not _mentions(e["msg"], removed)]
+        seen |= {(tuple(e["loc"]), e["msg"]) for e in latest}
+        errors += latest
+    raise ConfigError(_format_errors(errors, where))
+
+
+def _mentions(msg: str, keys: set[str]) -> bool:
+    """Whether a rule's message reads one of ``keys`` (lists of allowed keys aside)."""
+    text = re.split(r"; did you mean | \(allowed: ", msg)[0]
+    return any(re.search(rf"\b{re.escape(k)}\b", text) for k in keys)
+
+
+def config_warnings(cfg: GovernorConfig) -> list[str]:
+    """What is valid but probably not meant: a service name that no SDK reports and no
+    ``base_url`` declares (a typo such as ``opneai`` never applies to any SDK call)."""
+    out = []
+    for name in sorted(cfg.service_overrides):
+        if name in KNOWN_SERVICES or cfg.service(name).base_url:
+            continue
+        close = difflib.get_close_matches(name, KNOWN_SERVICES, n=1, cutoff=0.7)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        out.append(f"services.{name}: not a service the SDKs report ({', '.join(KNOWN_SERVICES)})"
+                   f" and no base_url: {hint}it applies only to calls that name it, such as "
+                   f"@rate_limited({name!r})")
+    return out
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -524,7 +691,8 @@ def load_config(
 
     ``source`` None reads ``$LLM_GOVERNOR_CONFIG`` when set. The environment is
     the explicit argument, else the source's ``environment``, else
-    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV``, else development; when none of
+    ``$LLM_GOVERNOR_ENV``, else ``$MONTAGE_ENV`` (an older name, still read for
+    applications that set it), else development; when none of
     them chose it, services start from permissive limits (``defaults =
     "permissive"``) rather than the development preset, so an unconfigured
     governor never slows an app by itself. The backend is the explicit
@@ -537,15 +705,19 @@ def load_config(
         raw["services"] = source.service_overrides
         if environment is not None:  # an environment chosen now brings its preset
             raw.pop("defaults", None)
+        origin = source.source
     elif source is None:
         path = os.environ.get("LLM_GOVERNOR_CONFIG")
         raw = _read_toml(path) if path else {}
         where = f" in {path}" if path else ""
+        origin = f"{os.path.abspath(path)} ($LLM_GOVERNOR_CONFIG)" if path else "presets"
     elif isinstance(source, (str, os.PathLike)):
         raw = _read_toml(source)
         where = f" in {os.fspath(source)}"
+        origin = os.path.abspath(source)
     elif isinstance(source, Mapping):
         raw = dict(source)
+        origin = "in code"
     else:
         raise ConfigError(
             f"config must be None, a TOML file path, a mapping or a GovernorConfig, "
@@ -562,7 +734,6 @@ def load_config(
     chosen_backend = backend or os.environ.get("LLM_GOVERNOR_BACKEND") or raw.get("backend")
     if chosen_backend:
         raw["backend"] = chosen_backend
-    try:
-        return GovernorConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_error(exc, where)) from None
+    cfg = _validate(raw, where)
+    cfg._source = origin
+    return cfg

@@ -149,8 +149,8 @@ def job(job_id: str) -> scope:
 def cost_estimate(cost: Decimal | str | int) -> Iterator[Decimal]:
     """State the cost of the calls inside the block, replacing the computed upper bound.
 
-    The seed's ``cost_estimate=`` argument: useful for services with no price
-    data. The stated amount is reserved against budgets and, when the response
+    The ``cost_estimate=`` of the call, as a block: useful for services with no
+    price data. The stated amount is reserved against budgets and, when the response
     carries no usage, also settled as the call's cost.
     """
     value = cost if isinstance(cost, Decimal) else Decimal(str(cost))

@@ -272,7 +272,15 @@ class _Charge:
     record: CallRecord
 
 
-_Step = _Admit | _NewWaiter | _Wait | _Sleep | _Charge
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """Count a decision the backend's admission step did not count itself."""
+
+    service: str
+    decision: str
+
+
+_Step = _Admit | _NewWaiter | _Wait | _Sleep | _Charge | _Count
 Steps = Generator[_Step, Any, T]
 
 # Governors alive in this process, re-armed in a forked child.
@@ -298,10 +306,14 @@ class Governor:
         meter_provider: Any = None,
         tracer_provider: Any = None,
         policies: Sequence[Policy] = (),
+        publish: bool = True,
     ) -> None:
+        """``publish`` False makes an observer (the CLI): it never announces itself or
+        what it enforces on the backend."""
         from .exporters.otel import Telemetry
 
         self.config = config
+        self.publishes = publish
         self.budget_limits = config.budget.windows()
         self.scope_kinds = ScopeKinds(config)
         self.policies: list[Policy] = [*load_policies(config.policies), *policies]
@@ -339,6 +351,8 @@ class Governor:
         self._live: dict[str, Ticket] = {}  # lease id → ticket whose hold is renewed
         self._heart: threading.Thread | None = None
         self._last_publish = 0.0
+        self._learned: dict[str, tuple[ProviderLimits, float]] = {}  # scope → headers, when
+        self._summary: tuple[frozenset[str], dict[str, Any]] | None = None
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's calls, waiters and threads are not ours."""
@@ -640,8 +654,8 @@ class Governor:
                                        *(body() if body is not None else ())),
         )
 
-    def _shed(self, t: Ticket) -> QueueFullError:
-        self.backend.count_decision(t.service, "queue_full")
+    def _shed(self, t: Ticket) -> Steps[QueueFullError]:
+        yield _Count(t.service, "queue_full")
         self._emit(self.telemetry.decision, t, "queue_full", 0.0)
         return QueueFullError(
             f"RATE_LIMIT {t.service} queue is full (max_queue_size={t.cfg.max_queue_size}); "
@@ -654,6 +668,12 @@ class Governor:
 
         ``reserve`` False re-admits a retry through the rate buckets only (its
         budget hold and slot are still held).
+
+        Counting: the backend counts each admission and each refusal it decides
+        (budget, circuit, emergency); a wait it asks for is not a refusal, so an
+        admission that has to wait is counted here once, as ``queued``, and
+        ``rate_limited`` only when the call is refused after all (its wait would
+        pass ``request_timeout``): what the caller saw as an error.
         """
         req = self._request(t, reserve)
         lease = t.lease_id if reserve else None
@@ -674,11 +694,12 @@ class Governor:
         deadline = start + t.cfg.request_timeout
         w: Waiter = yield _NewWaiter(int(t.priority))
         if not q.enter(w):
-            raise self._shed(t)
+            raise (yield from self._shed(t))
+        waited = False
         try:
             while True:
                 if w.shed:
-                    raise self._shed(t)
+                    raise (yield from self._shed(t))
                 remaining = deadline - time.monotonic()
                 if q.is_head(w):
                     d = yield _Admit(t, req, lease, ttl)
@@ -691,14 +712,22 @@ class Governor:
                     self._explain(t, d)
                     if d.outcome != "rate_limited" or d.retry_after > remaining:
                         self._after_decision(t, d, reserve)
+                        if d.outcome == "rate_limited":
+                            yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    yield _Wait(w, d.retry_after)
+                    wait = d.retry_after
                 else:
                     if remaining <= 0:
                         d = Decision(False, "rate_limited", 0.0)
                         self._after_decision(t, d, reserve)
+                        yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    yield _Wait(w, remaining)
+                    wait = remaining
+                if not waited:
+                    waited = True
+                    yield _Count(t.service, "queued")
+                    self._emit(self.telemetry.decision, t, "queued", wait)
+                yield _Wait(w, wait)
         finally:
             q.leave(w)
 
@@ -778,6 +807,8 @@ class Governor:
             return Waiter(step.priority)
         elif isinstance(step, _Sleep):
             time.sleep(step.seconds)
+        elif isinstance(step, _Count):
+            self.backend.count_decision(step.service, step.decision)
         else:
             self._threshold_alerts(self.backend.settle(step.lease, step.limits, None,
                                                        step.record))
@@ -817,6 +848,8 @@ class Governor:
             return Waiter(step.priority, loop=asyncio.get_running_loop())
         elif isinstance(step, _Sleep):
             await asyncio.sleep(step.seconds)
+        elif isinstance(step, _Count):
+            await self._ablocking(self.backend.count_decision, step.service, step.decision)
         else:
             self._threshold_alerts(await self._ablocking(self.backend.settle, step.lease,
                                                          step.limits, None, step.record))
@@ -871,6 +904,10 @@ class Governor:
         self._latency[t.key] = took if typical is None else 0.8 * typical + 0.2 * took
         if provider is not None:
             t.provider = provider
+            if provider.limit_requests is not None or provider.limit_tokens is not None:
+                if len(self._learned) >= 256 and t.key not in self._learned:
+                    self._learned.clear()
+                self._learned[t.key] = (provider, time.time())
             if provider.remaining_requests is not None:
                 self._emit(self.telemetry.provider_remaining, t.service, "requests",
                            provider.remaining_requests)
@@ -1151,14 +1188,17 @@ class Governor:
         self.backend.set_emergency(enabled)
         logger.warning("RATE_LIMIT emergency mode %s", "ENABLED" if enabled else "disabled")
 
-    def budget_report(self) -> dict[str, dict[str, Decimal]]:
-        """Per window: limit, spent, reserved, remaining."""
-        if not self.budget_limits:
+    def budget_report(self, limits: dict[str, Decimal] | None = None
+                      ) -> dict[str, dict[str, Decimal]]:
+        """Per window: limit, spent, reserved, remaining (of ``limits``, default this
+        governor's budgets)."""
+        limits = self.budget_limits if limits is None else limits
+        if not limits:
             return {}
         spends, reserved, _ = self.backend.budget_status()
         now = self.backend.now()
         out = {}
-        for window, limit in self.budget_limits.items():
+        for window, limit in limits.items():
             spent = budget.roll(spends.get(window, budget.WindowSpend()), window, now).spent
             out[window] = {"limit": limit, "spent": spent, "reserved": reserved,
                            "remaining": limit - spent - reserved}
@@ -1242,17 +1282,47 @@ class Governor:
             logger.debug("counting a budget threshold alert failed", exc_info=True)
         self._emit(self.telemetry.budget_threshold, key, window, threshold)
 
+    def enforcement(self) -> dict[str, Any]:
+        """What this process enforces (:meth:`GovernorConfig.summary` of its
+        configuration and the services it met), plus the provider limits its
+        calls learned from response headers, per limit scope."""
+        names = frozenset(service_of(key) for key, _ in list(self._limits))
+        cached = self._summary
+        if cached is None or cached[0] != names:
+            cached = self._summary = (names, self.config.summary(names))
+        if not self._learned:
+            return cached[1]
+        learned = {}
+        for key, (p, at) in list(self._learned.items()):
+            seen: dict[str, float] = {"at": round(at, 3)}
+            if p.limit_requests is not None:
+                seen["requests"] = p.limit_requests
+            if p.limit_tokens is not None:
+                seen["tokens"] = p.limit_tokens
+            learned[key] = seen
+        return {**cached[1], "learned": learned}
+
     def local_status(self) -> dict[str, Any]:
-        """What this process is doing: queue lengths and calls in flight per service."""
+        """What this process is doing (queue lengths and calls in flight per service) and
+        what it enforces (:meth:`enforcement`)."""
         with self._lock:
             in_flight = dict(self._in_flight)
         return {
             "pid": os.getpid(), "host": socket.gethostname(),
             "queues": {s: len(q) for s, q in self._queues.items()},
             "in_flight": in_flight,
+            "enforces": self.enforcement(),
         }
 
+    def announce(self) -> None:
+        """Publish this process's status now and keep it published by the heartbeat while
+        the governor lives, calls or not (``instrument()`` does it)."""
+        self._maybe_publish(force=True)
+        self._start_heartbeat()
+
     def _maybe_publish(self, force: bool = False) -> None:
+        if not self.publishes:
+            return
         now = time.monotonic()
         if not force and now - self._last_publish < 1.0:
             return
@@ -1265,5 +1335,10 @@ class Governor:
 
     def close(self) -> None:
         self._closed.set()
+        if self.publishes and self._last_publish:  # no longer live: leave the list now
+            try:
+                self.backend.publish_process(self.process_id, {"pid": os.getpid()}, ttl=0.0)
+            except Exception:
+                logger.debug("withdrawing the process status failed", exc_info=True)
         self._emit(self.telemetry.close)
         self.backend.close()

@@ -1,7 +1,7 @@
 """Environment presets: the per-service limits each environment starts from.
 
-Production and development numbers are the seed's. Testing, staging and the
-emergency preset are ours, chosen to honour the seed's words:
+Production and development keep their long-standing numbers. Testing, staging
+and the emergency preset are chosen to fit these words:
 
 =========== ============ =========== ============= ==========
 environment token limits cost limits recovery time queue size

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,12 @@ import yaml
 import llm_governor
 from llm_governor import cli
 from llm_governor.backends.sqlite import SQLiteBackend
+from llm_governor.config import sqlite_path
 from llm_governor.governor import Governor
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("status", "monitor", "emergency", "export", "validate", "rules", "dashboard", "demo")
+COMMANDS = ("status", "monitor", "emergency", "export", "validate", "rules", "dashboard", "serve",
+            "demo")
 FAST_SVC = textwrap.dedent("""
     [services.worker]
     max_tokens = 1000
@@ -73,7 +75,10 @@ def run_cli(*args: str, env: dict[str, str],
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'state' / 'governor.db'}"
+    """A state file an application already created (read-only commands want one)."""
+    path = tmp_path / "state" / "governor.db"
+    SQLiteBackend(path).close()
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -143,7 +148,8 @@ VALID = textwrap.dedent("""
 
 BAD_CONFIGS = {
     "unknown key": ("[services.openai]\nmax_tokenz = 3\n",
-                    ["services.openai.max_tokenz", "unknown key"]),
+                    ["services.openai.max_tokenz", "unknown key", "did you mean 'max_tokens'?",
+                     "allowed: max_tokens, refill_rate"]),
     "unknown top-level key": ("budgets = 3\n", ["budgets", "unknown key"]),
     "negative rate": ("[services.openai]\nrefill_rate = -1.5\n",
                       ["services.openai.refill_rate", "-1.5", "greater than 0"]),
@@ -206,6 +212,25 @@ def test_validate_rejects_each_bad_config_naming_the_key(
         assert "Traceback" not in err
 
 
+def test_validate_reports_everything_at_once_and_warns_on_unknown_services(
+        env: dict[str, str], tmp_path: Path) -> None:
+    bad, odd = tmp_path / "bad.toml", tmp_path / "odd.toml"
+    bad.write_text('budgets = 3\n[services.openai]\nrefill_rate = -1\n'
+                   '[services.anthropic]\nmin_interval = 1.0\nmax_interval = 0.5\n')
+    odd.write_text('[services.opneai]\nmax_tokens = 2\n'
+                   '[services.groq]\nbase_url = "https://api.groq.com/openai/v1"\n')
+    failed, warned = run_many([["validate", str(bad)], ["validate", str(odd)]], env)
+    assert failed.returncode == 2
+    for fragment in ("budgets = 3: unknown key; did you mean 'budget'?",
+                     "services.openai.refill_rate = -1",
+                     "max_interval (0.5) must be >= min_interval (1.0)"):
+        assert fragment in failed.stderr, failed.stderr
+    assert warned.returncode == 0, warned.stderr
+    assert "warning: services.opneai:" in warned.stdout and "did you mean 'openai'?" in \
+        warned.stdout
+    assert "groq" not in warned.stdout.split("warning:", 1)[1]
+
+
 def test_validate_reads_llm_governor_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[services.openai]\nmax_tokens = -3\n")
@@ -240,7 +265,7 @@ def test_rules_and_dashboard_print_parseable_documents(env: dict[str, str]) -> N
 
 
 def test_demo_delegates_or_reports_missing(env: dict[str, str]) -> None:
-    if not (ROOT / "llm_governor" / "demo.py").exists():
+    if not (ROOT / "llm_governor" / "cli" / "demo.py").exists():
         helped, ran = run_many([["demo", "--help"], ["demo"]], env)
         assert helped.returncode == 0 and "usage" in helped.stdout.lower()
         assert ran.returncode == 3 and "demo is not available" in ran.stderr
@@ -252,7 +277,7 @@ def test_demo_delegates_or_reports_missing(env: dict[str, str]) -> None:
 
 def test_demo_gets_its_options_and_the_global_choices(
         monkeypatch: pytest.MonkeyPatch, db: str) -> None:
-    """Everything after ``demo`` goes to ``llm_governor.demo.main``; the global backend
+    """Everything after ``demo`` goes to ``llm_governor.cli.demo.main``; the global backend
     reaches it through the environment (it builds its own governor)."""
     import types
 
@@ -263,8 +288,9 @@ def test_demo_gets_its_options_and_the_global_choices(
         seen["backend"] = os.environ.get("LLM_GOVERNOR_BACKEND")
         return 7
 
-    monkeypatch.setitem(sys.modules, "llm_governor.demo", types.SimpleNamespace(main=fake_main))
-    monkeypatch.setattr(llm_governor, "demo", sys.modules["llm_governor.demo"], raising=False)
+    fake = types.SimpleNamespace(main=fake_main)
+    monkeypatch.setitem(sys.modules, "llm_governor.cli.demo", fake)
+    monkeypatch.setattr(cli, "demo", fake, raising=False)
     # recorded, so the value main() sets is undone after the test
     monkeypatch.setenv("LLM_GOVERNOR_BACKEND", "memory")
     assert cli.main(["--backend", db, "demo", "--calls", "3", "--workers", "1"]) == 7
@@ -362,8 +388,43 @@ def test_export_to_an_unwritable_place_exits_3(env: dict[str, str], db: str,
 def test_unusable_sqlite_state_file_exits_3(env: dict[str, str], tmp_path: Path) -> None:
     not_a_dir = tmp_path / "plain-file"
     not_a_dir.write_text("")  # even root cannot create a directory here
-    r = run_cli("status", "--backend", f"sqlite:///{not_a_dir / 'g.db'}", env=env)
-    assert r.returncode == 3 and "cannot open the SQLite state file" in r.stderr
+    url = f"sqlite:///{not_a_dir / 'g.db'}"
+    read, write = run_many([["status", "--backend", url], ["emergency", "--enable",
+                                                           "--backend", url]], env)
+    assert read.returncode == 3 and f"no llm-governor state file at {not_a_dir}" in read.stderr
+    assert write.returncode == 3 and "cannot open the SQLite state file" in write.stderr
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database " * 100)
+    r = run_cli("status", "--backend", f"sqlite:///{junk}", env=env)
+    assert r.returncode == 3 and str(junk) in r.stderr, r.stderr
+
+
+def test_read_only_commands_create_nothing(env: dict[str, str], tmp_path: Path,
+                                           db: str) -> None:
+    """status, monitor, export and emergency --status on a path with no state file: exit 3
+    naming the path, and neither the file nor its directory appears. On an existing file
+    nobody holds open they leave no SQLite side files either."""
+    missing = tmp_path / "no" / "such" / "dir" / "governor.db"
+    url = f"sqlite:///{missing}"
+    for r in run_many([["status", "--backend", url], ["status", "--json", "--backend", url],
+                       ["monitor", "--iterations", "1", "--backend", url],
+                       ["export", "--backend", url], ["emergency", "--status", "--backend", url]],
+                      env):
+        assert r.returncode == 3, (r.args, r.stdout, r.stderr)
+        assert str(missing) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "no").exists()
+    # the default state file too: nothing under XDG_STATE_HOME
+    r = run_cli("status", env=env)
+    assert r.returncode == 3 and "xdg-state" in r.stderr
+    assert not (tmp_path / "xdg-state").exists()
+
+    state_dir = Path(db.removeprefix("sqlite://")).parent
+    before = sorted(p.name for p in state_dir.iterdir())
+    for r in run_many([["status", "--backend", db], ["export", "--backend", db],
+                       ["monitor", "--iterations", "1", "--backend", db],
+                       ["emergency", "--status", "--backend", db]], env):
+        assert r.returncode == 0, (r.args, r.stderr)
+    assert sorted(p.name for p in state_dir.iterdir()) == before
 
 
 # --------------------------------------------------------------------- several processes
@@ -572,3 +633,239 @@ def test_terminal_without_rich_falls_back_to_plain_text(env: dict[str, str], db:
                            prelude="import sys; sys.modules['rich'] = None")
     assert rc == 0, text
     assert "  SERVICE    SCORE" in text and "\x1b[" not in text
+
+
+# --------------------------------------------------------------------- what the apps enforce
+APP = textwrap.dedent("""
+    import sys, time
+    import llm_governor
+
+    budget, rate, ready = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+    llm_governor.instrument({"budget": {"per_day": budget},
+                             "services": {"worker": {"max_tokens": 3, "burst_capacity": 0,
+                                                     "refill_rate": rate,
+                                                     "max_cost_per_minute": "100"}}})
+    open(ready, "w").close()
+    time.sleep(120)
+""")
+
+
+@pytest.fixture
+def apps(tmp_path: Path, db: str) -> Iterator[Callable[[str, float], subprocess.Popen[str]]]:
+    """Start applications configured in code (no file) on the CLI's backend; each is
+    returned once it has published what it enforces."""
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    started: list[subprocess.Popen[str]] = []
+
+    def start(budget: str, rate: float) -> subprocess.Popen[str]:
+        ready = tmp_path / f"ready-{len(started)}"
+        p = subprocess.Popen([sys.executable, str(script), budget, str(rate), str(ready)],
+                             env=cli_env(tmp_path, LLM_GOVERNOR_BACKEND=db), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(p)
+        deadline = time.monotonic() + 30
+        backend = SQLiteBackend(Path(db.removeprefix("sqlite://")))
+        try:
+            while p.pid not in {d.get("pid") for d in backend.processes().values()}:
+                assert p.poll() is None, p.communicate()
+                assert time.monotonic() < deadline, "the app did not publish itself"
+                time.sleep(0.05)
+        finally:
+            backend.close()
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.kill()
+            p.communicate()
+
+
+def test_status_shows_what_apps_in_other_processes_enforce(
+        apps: Callable[[str, float], subprocess.Popen[str]], env: dict[str, str], db: str,
+        tmp_path: Path) -> None:
+    first = apps("5.00", 7.0)
+    as_json, as_text = run_many([["status", "--json", "--backend", db],
+                                 ["status", "--backend", db]], env)
+    assert as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["budgets"]["day"]["limit"] == "5.00"
+    worker = doc["services"]["worker"]
+    assert (worker["configured_rate"], worker["configured_capacity"]) == (7.0, 3)
+    (member,) = doc["enforced"]["members"]
+    assert f":{first.pid}:" in member and doc["enforced"]["disagreements"] == []
+    assert doc["enforced"]["members"][member]["config"] == "in code"
+    assert "as published by 1 live process" in as_text.stdout
+    assert "per_day $5.0000" in as_text.stdout and "$5.0000" in as_text.stdout
+    assert f"backend sqlite:///{sqlite_path(db)} |" in as_text.stdout
+
+    apps("2.00", 7.0)
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text('[budget]\nper_day = "9.00"\n')
+    as_json, as_text, with_config, export = run_many(
+        [["status", "--json", "--backend", db], ["status", "--backend", db],
+         ["status", "--json", "--config", str(cfg), "--backend", db],
+         ["export", "--backend", db]], env)
+    doc = json.loads(as_json.stdout)
+    assert doc["budgets"]["day"]["limit"] == "2.00"  # the tightest is the first to refuse
+    (line,) = doc["enforced"]["disagreements"]
+    assert line.startswith("budget per_day:") and "$5.00" in line and "$2.00" in line
+    assert "PROCESSES DISAGREE" in as_text.stdout and "budget per_day" in as_text.stdout
+    mine = json.loads(with_config.stdout)["enforced"]
+    assert f"--config {cfg}" in mine["members"]
+    assert "$9.00 in --config" in mine["disagreements"][0]
+    assert json.loads(export.stdout)["enforced"]["budgets"] == {"day": "2.00"}
+
+
+def test_health_api_shows_the_union_with_other_processes(
+        apps: Callable[[str, float], subprocess.Popen[str]], db: str) -> None:
+    from llm_governor.exporters.monitor import health
+
+    apps("5.00", 7.0)
+    gov = Governor(llm_governor.load_config({"backend": db, "budget": {"per_day": "8.00"}}))
+    try:
+        h = health(gov)
+    finally:
+        gov.close()
+    assert h["budgets"]["day"]["limit"] == "5.00"
+    assert len(h["enforced"]["members"]) == 2
+    assert "$8.00" in h["enforced"]["disagreements"][0]
+
+
+# --------------------------------------------------------------------- reset
+def _spent(db: str) -> dict[str, Decimal]:
+    backend = SQLiteBackend(Path(db.removeprefix("sqlite://")))
+    try:
+        spends, _, _ = backend.budget_status()
+        return {w: s.spent for w, s in spends.items()}
+    finally:
+        backend.close()
+
+
+def _circuit(db: str) -> str:
+    backend = SQLiteBackend(Path(db.removeprefix("sqlite://")))
+    try:
+        return backend.service_state("worker").breaker.state
+    finally:
+        backend.close()
+
+
+def test_reset_limits_and_budgets_separately_with_confirmation(env: dict[str, str],
+                                                               db: str) -> None:
+    budget = {"budget": {"per_hour": "5.00", "per_day": "5.00"}}
+    _spend(db, {**budget, **WORKER_CFG}, calls=3, cost="0.10", fail=3)  # opens the breaker
+    assert _spent(db) == {"hour": Decimal("0.60"), "day": Decimal("0.60")}
+    assert _circuit(db) == "open"
+
+    limits = run_cli("reset", "worker", "--backend", db, env=env)
+    assert limits.returncode == 0, limits.stderr
+    assert "budgets are untouched" in limits.stdout
+    assert _circuit(db) == "closed" and _spent(db)["day"] == Decimal("0.60")
+
+    def answer(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llm_governor", "reset", "--budgets",
+                               "--backend", db, *args], input=text, env=env, text=True,
+                              capture_output=True, timeout=60, cwd=ROOT)
+
+    no = answer("n\n")
+    assert no.returncode == 1 and "nothing reset" in no.stdout, no
+    assert "day: $0.6000 spent" in no.stdout and "Forget the spend" in no.stdout
+    eof = answer("")
+    assert eof.returncode == 1
+    assert _spent(db)["day"] == Decimal("0.60")
+
+    _spend(db, {**budget, **WORKER_CFG}, calls=0, cost="0.10", fail=3)
+    hour = answer("y\n", "--window", "hour")
+    assert hour.returncode == 0 and "hour $0.9000" in hour.stdout, hour
+    assert _spent(db) == {"day": Decimal("0.90")}
+    assert _circuit(db) == "open"  # --budgets leaves limits alone
+
+    done = run_cli("reset", "--budgets", "--yes", "--backend", db, env=env)
+    assert done.returncode == 0 and "day $0.9000" in done.stdout, done.stderr
+    assert _spent(db) == {}
+
+
+def test_reset_rejects_what_it_cannot_do(env: dict[str, str], db: str) -> None:
+    scoped, bad_scope, service_budget, window_alone = run_many([
+        ["reset", "--budgets", "--scope", "tenant=acme", "--yes", "--backend", db],
+        ["reset", "--budgets", "--scope", "tenant", "--backend", db],
+        ["reset", "worker", "--budgets", "--backend", db],
+        ["reset", "--window", "day", "--backend", db]], env)
+    assert scoped.returncode == 0 and "no scoped budgets configured" in scoped.stdout
+    assert bad_scope.returncode == 2 and "KIND=VALUE" in bad_scope.stderr
+    assert service_budget.returncode == 2 and "shared by every service" in service_budget.stderr
+    assert window_alone.returncode == 2 and "add --budgets" in window_alone.stderr
+
+
+SCOPED_CFG: dict[str, Any] = {"scopes": {"tenant": {
+    "per_day": "1.00", "overrides": {"acme": {"per_day": "5.00"}}}}}
+
+
+def test_status_scope_shows_top_spenders_and_reset_forgets_one(env: dict[str, str],
+                                                               db: str) -> None:
+    """The app declares [scopes.tenant] in code; the CLI learns it from what the app
+    publishes, lists the tenants that spent most first, and resets one tenant's spend."""
+    gov = Governor(llm_governor.load_config({**SCOPED_CFG, **WORKER_CFG, "backend": db}))
+    spec = llm_governor.CallSpec("worker", model="m1", cost=Decimal("0.10"))
+    try:
+        for tenant, calls in (("small", 1), ("acme", 4), ("mid", 2)):
+            with llm_governor.scope(tenant=tenant):
+                for _ in range(calls):
+                    gov.call(spec, lambda: None)
+        table, as_json, top1, unknown = run_many([
+            ["status", "--scope", "tenant", "--backend", db],
+            ["status", "--scope", "tenant", "--json", "--backend", db],
+            ["status", "--scope", "tenant", "--top", "1", "--backend", db],
+            ["status", "--scope", "team", "--backend", db]], env)
+        assert table.returncode == 0, table.stderr
+        rows = [line.split() for line in table.stdout.splitlines()]
+        assert [r[0] for r in rows if r and r[0] in ("acme", "mid", "small")] == \
+            ["acme", "mid", "small"]
+        assert "$0.4000 / $5.0000" in table.stdout and "$0.2000 / $1.0000" in table.stdout
+        tenants = json.loads(as_json.stdout)["scopes"]["tenant"]
+        assert list(tenants) == ["acme", "mid", "small"]
+        assert tenants["acme"]["windows"]["day"] == {
+            "limit": "5.00", "spent": "0.40", "reserved": "0", "remaining": "4.60"}
+        assert "1 of 3" in top1.stdout and "mid" not in top1.stdout.split("1 of 3")[1]
+        assert unknown.returncode == 3 and "declare tenant" in unknown.stderr
+
+        reset = run_cli("reset", "--budgets", "--scope", "tenant=acme", "--yes",
+                        "--backend", db, env=env)
+        assert reset.returncode == 0, reset.stderr
+        assert "of tenant=acme" in reset.stdout and "day $0.4000" in reset.stdout
+        day = gov.scope_report("tenant", "acme")["tenant=acme"]["windows"]["day"]
+        assert day["spent"] == 0
+        assert gov.scope_report("tenant", "mid")["tenant=mid"]["windows"]["day"]["spent"] == \
+            Decimal("0.20")
+        assert Decimal(gov.backend.counters()["cost"]["worker"]["m1"]) == Decimal("0.70")
+    finally:
+        gov.close()
+
+
+def test_serve_answers_what_status_shows_until_interrupted(env: dict[str, str], db: str) -> None:
+    import signal
+    import urllib.request
+
+    _spend(db, WORKER_CFG, calls=3, cost="0.10")
+    refused = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--backend", db, env=env)
+    assert refused.returncode == 3 and "needs a bearer token" in refused.stderr
+    server = start_cli(["serve", "--port", "0", "--backend", db], env)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("serving /healthz /status /metrics /alerts on http://127.0.0.1:")
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        with urllib.request.urlopen(f"{url}/status", timeout=10) as response:
+            doc = json.loads(response.read())
+        assert doc["costs"]["by_service"] == {"worker": "0.30"}
+        assert doc["overall_status"] == "healthy"
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            assert b'llm_governor_requests_total{decision="admitted",service="worker"} 3' in \
+                response.read()
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0, err
+    assert "Traceback" not in err

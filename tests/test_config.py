@@ -149,3 +149,48 @@ def test_redis_password_never_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"backend": "redis://user:hunter2@localhost:6379/0", "namespace": "bad ns"})
     assert "hunter2" not in str(info.value)
+
+
+def test_unknown_keys_list_the_allowed_ones_and_suggest_the_closest() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({"budgets": {"per_day": "1"}, "services": {"openai": {"max_tokenz": 3},
+                                                               "x": {"retry": {}}},
+                     "monitor": {"intervall": 2}})
+    text = str(err.value)
+    assert "budgets = {…}: unknown key; did you mean 'budget'? (allowed: environment," in text
+    assert "services.openai.max_tokenz = 3: unknown key; did you mean 'max_tokens'?" in text
+    assert "monitor.intervall = 2: unknown key; did you mean 'interval'?" in text
+    assert "service_overrides" not in text
+    assert "services.x.retry = {…}: unknown key (allowed: max_tokens," in text  # nothing close
+
+
+def test_every_error_is_reported_at_once() -> None:
+    """Rules across fields run only on valid fields; they are reported in the same error."""
+    with pytest.raises(ConfigError) as err:
+        load_config({"services": {
+            "openai": {"refill_rate": -1, "models": {"gpt-4o": {"refil_rate": 2}}},
+            "anthropic": {"min_interval": 1.0, "max_interval": 0.5, "base_url": "ftp://x"},
+            "groq": {"min_interval": -1, "max_interval": 0.05}}})
+    lines = str(err.value).splitlines()[1:]
+    assert any("services.openai.refill_rate = -1" in line for line in lines)
+    assert any("models.gpt-4o.refil_rate = 2: unknown key; did you mean 'refill_rate'?" in line
+               for line in lines)
+    (anthropic,) = [line for line in lines if line.strip().startswith("services.anthropic =")]
+    assert "max_interval (0.5) must be >= min_interval (1.0)" in anthropic
+    assert "must be an http(s):// URL" in anthropic
+    # groq's interval rule reads min_interval, itself invalid: only that is reported
+    assert [line for line in lines if "groq" in line] == [
+        "  services.groq.min_interval = -1: Input should be greater than 0"]
+
+
+def test_service_names_no_sdk_reports_are_warned_about() -> None:
+    from llm_governor.config import config_warnings
+
+    cfg = load_config({"services": {"opneai": {"max_tokens": 2}, "my_tool": {},
+                                    "groq": {"base_url": "https://api.groq.com/openai/v1"},
+                                    "azure_openai": {}, "openai": {}}})
+    warnings = config_warnings(cfg)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("services.my_tool: not a service the SDKs report")
+    assert "@rate_limited('my_tool')" in warnings[0] and "did you mean" not in warnings[0]
+    assert warnings[1].startswith("services.opneai:") and "did you mean 'openai'?" in warnings[1]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
-from pathlib import Path
 
-from ..config import default_state_path, redact_url
+from ..config import redact_url, sqlite_path
 from ..errors import ConfigError
 from .base import Backend, CallRecord, Clock, Lease, TransactionalBackend
 from .memory import MemoryBackend
@@ -30,14 +29,23 @@ def create_backend(
     clock: Clock | None = None,
     on_error: str = "local",
     degraded_budget_share: float = 0.25,
+    readonly: bool = False,
 ) -> Backend:
-    """The backend ``url`` names."""
+    """The backend ``url`` names.
+
+    ``readonly`` (status readers): a SQLite file is opened for reading only and
+    must exist; failing that raises ``OSError`` / ``sqlite3.Error`` instead of
+    falling back to memory.
+    """
     if url == "memory":
         return MemoryBackend(budget_limits, clock)
     if url == "sqlite" or url.startswith("sqlite://"):
         from .sqlite import SQLiteBackend
 
-        path = default_state_path() if url == "sqlite" else Path(url.removeprefix("sqlite://"))
+        path = sqlite_path(url)
+        if readonly:
+            return SQLiteBackend(path, budget_limits, clock, namespace, on_error=on_error,
+                                 degraded_budget_share=degraded_budget_share, readonly=True)
         try:
             return SQLiteBackend(path, budget_limits, clock, namespace, on_error=on_error,
                                  degraded_budget_share=degraded_budget_share)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -120,12 +120,30 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        """Forget the spend of ``windows`` (every window when None), in one atomic step.
+
+        Returns the spend forgotten, per window that had any record. ``scope``
+        (kind, value) names a scoped budget instead of the global one; a backend
+        that stores none returns ``{}`` for it. Reservations of calls in flight,
+        counters and costs are untouched: only what the budget check reads
+        starts from zero.
+        """
+
+    @abc.abstractmethod
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         """Extend the leases that still exist to ``now + ttl``; returns how many did."""
 
     @abc.abstractmethod
     def count_decision(self, service: str, decision: str) -> None:
-        """Count a refusal that never reached ``admit`` (e.g. a shed queue entry)."""
+        """Count a decision ``admit`` does not count itself.
+
+        ``admit`` counts admissions and the refusals it decides (budget, circuit,
+        emergency) but not a ``rate_limited`` outcome, which only asks the caller
+        to wait: the governor counts ``queued`` once per admission that waits, and
+        ``rate_limited`` or ``queue_full`` when it refuses the call.
+        """
 
     @abc.abstractmethod
     def count(self, key: str) -> None:
@@ -296,7 +314,8 @@ class TransactionalBackend(Backend):
             if key is None:
                 key = self._decision_keys[(req.service, outcome)] = \
                     f"requests|{req.service}|{outcome}"
-            tx.incr(key, 1)
+            if outcome != "rate_limited":  # a wait, not a refusal: see count_decision
+                tx.incr(key, 1)
             return decision
 
     def _decide(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float, now: float,
@@ -433,6 +452,25 @@ class TransactionalBackend(Backend):
         with self.transaction() as tx:
             for key in keys:
                 tx.put_service(key, ServiceState())
+
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        with self.transaction() as tx:
+            now = self._clock()
+            if scope is not None:
+                key = f"{scope[0]}={scope[1]}"
+                state = tx.scope(key)
+                kept = {w: sp for w, sp in state.spends.items()
+                        if windows is not None and w not in windows}
+                if len(kept) < len(state.spends):
+                    tx.put_scope(key, replace(state, spends=kept))
+                return budget.spent_now(
+                    {w: sp for w, sp in state.spends.items() if w not in kept}, now)
+            spends = dict(tx.spends())
+            gone = {w: spends.pop(w) for w in list(spends) if windows is None or w in windows}
+            if gone:
+                tx.put_spends(spends)
+            return budget.spent_now(gone, now)
 
     def renew(self, lease_ids: list[str], ttl: float) -> int:
         if not lease_ids:

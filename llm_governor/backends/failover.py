@@ -27,7 +27,7 @@ import abc
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -256,6 +256,12 @@ class FailoverBackend(Backend):
     def forget(self, keys: list[str]) -> None:
         self._local.forget(keys)
         self._do(lambda s: s.forget(keys), lambda b: None, refuse=True)
+
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        local = self._local.reset_budget(windows, scope)
+        return self._do(lambda s: s.reset_budget(windows, scope), lambda b: local,
+                        refuse=True)
 
     def count_decision(self, service: str, decision: str) -> None:
         self._do(lambda s: s.count_decision(service, decision),

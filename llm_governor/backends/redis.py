@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib import resources
 from typing import Any, cast
@@ -275,6 +276,63 @@ class RedisStore(SharedStore):
     def forget(self, keys: list[str]) -> None:
         if keys:
             self._client.hdel(self._k_svc, *keys)
+
+    def reset_budget(self, windows: Sequence[str] | None = None,
+                     scope: tuple[str, str] | None = None) -> dict[str, Decimal]:
+        if scope is not None:
+            return self._reset_scope_budget(windows, f"{scope[0]}={scope[1]}")
+        # WATCH the spend hash: read it, then drop the chosen windows in one MULTI
+        # (retried if a settlement changed it meanwhile), so no spend is lost between.
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._k_spend)
+                    raw = cast(dict[str, str], pipe.hgetall(self._k_spend))  # immediate
+                    now = self.now()
+                    chosen = [w for w in raw if windows is None or w in windows]
+                    pipe.multi()
+                    if chosen:
+                        pipe.hdel(self._k_spend, *chosen)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        gone = {}
+        for w in chosen:
+            start, spent = raw[w].split(" ")
+            gone[w] = budget.WindowSpend(float(start), from_nanos(int(spent)))
+        return budget.spent_now(gone, now)
+
+    def _reset_scope_budget(self, windows: Sequence[str] | None, key: str
+                            ) -> dict[str, Decimal]:
+        """The scope value's record without the chosen windows' spend, its expiry kept."""
+        name = self._k_scope + key
+        with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    raw = cast("str | None", pipe.get(name))  # immediate
+                    now = self.now()
+                    if not raw:
+                        pipe.unwatch()
+                        return {}
+                    v = raw.split(" ")  # as _load_scope reads it
+                    head, tail = v[:3], v[3:]
+                    triples = [tail[i:i + 3] for i in range(0, len(tail) - 2, 3)]
+                    chosen = [t for t in triples if windows is None or t[0] in windows]
+                    if not chosen:
+                        pipe.unwatch()
+                        return {}
+                    kept = [t for t in triples if t not in chosen]
+                    pipe.multi()
+                    pipe.set(name, " ".join([*head, *(x for t in kept for x in t)]),
+                             keepttl=True)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        return budget.spent_now({w: budget.WindowSpend(float(start), from_nanos(int(float(n))))
+                       for w, start, n in chosen}, now)
 
     def sweep(self) -> None:
         self._scripts["sweep"](keys=[self._k_leases, self._k_spend, self._k_ctr, self._k_done],

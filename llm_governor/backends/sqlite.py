@@ -11,6 +11,12 @@ when the file cannot be used (disk full, read-only, locked longer than
 :class:`~.failover.FailoverBackend`, so those never reach user code. A file
 replaced or deleted under a running process is noticed within a second and
 reopened.
+
+``readonly`` opens an existing file for reading only (what ``llm-governor
+status``, ``monitor`` and ``export`` use): nothing is created, not even the
+directory; a missing file raises ``FileNotFoundError``. A file nobody has open
+is read as immutable, so SQLite leaves no ``-wal``/``-shm`` files behind
+either, and is reopened as soon as a writer appears or the file changes.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -53,6 +60,7 @@ CREATE TABLE IF NOT EXISTS processes (id TEXT PRIMARY KEY, expires REAL NOT NULL
                                       doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY, until REAL NOT NULL);
 """
+_TABLES = [stmt.strip() for stmt in _SCHEMA.split(";") if stmt.strip().startswith("CREATE TABLE")]
 
 
 def prepare_path(path: Path) -> None:
@@ -187,11 +195,15 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         budget_limits: dict[str, Decimal] | None = None,
         clock: Clock | None = None,
         namespace: str = "default",
+        *,
+        readonly: bool = False,
     ) -> None:
         super().__init__(budget_limits or {}, clock)
-        self.path = Path(path)
+        text = os.fspath(path)  # "sqlite:////abs/path" leaves "//abs/path": the same file
+        self.path = Path("/" + text.lstrip("/") if text.startswith("//") else text)
         self.url = f"sqlite:///{self.path}"
         self.namespace = namespace
+        self.readonly = readonly
         self._local = threading.local()
         self._connect()
 
@@ -206,6 +218,14 @@ class SQLiteStore(TransactionalBackend, SharedStore):
             if self._same_file(self._local.file):
                 return conn
             conn.close()  # replaced or deleted: the path is the truth, reopen it
+        conn = self._open_readonly() if self.readonly else self._open()
+        self._local.conn = conn
+        self._local.pid = pid
+        self._local.checked = time.monotonic()
+        self._local.file = self._identity()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
         prepare_path(self.path)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
@@ -216,24 +236,54 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
         if "scopes" not in columns:  # a file written before scopes existed
             conn.execute("ALTER TABLE leases ADD COLUMN scopes TEXT NOT NULL DEFAULT ''")
-        self._local.conn = conn
-        self._local.pid = pid
-        self._local.checked = time.monotonic()
-        self._local.file = self._identity()
         return conn
 
-    def _identity(self) -> tuple[int, int] | None:
+    def _open_readonly(self) -> sqlite3.Connection:
+        """The existing file, read only; tables an older file lacks read as empty."""
+        if not self.path.is_file():
+            raise FileNotFoundError(2, "no llm-governor state file", str(self.path))
+        # Nobody has it open (no -wal file): read it as immutable, which creates no
+        # -wal/-shm files; _identity() notices a writer and the reconnect reads normally.
+        immutable = "" if os.path.exists(f"{self.path}-wal") else "&immutable=1"
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro{immutable}"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            present = {name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+            for stmt in _TABLES:
+                if stmt.split()[5] not in present:  # CREATE TABLE IF NOT EXISTS <name>
+                    conn.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(leases)")}
+            if "scopes" not in columns:  # a file written before scopes: a temp view shadows it
+                conn.execute("CREATE TEMP VIEW leases AS SELECT *, '' AS scopes FROM main.leases")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _identity(self) -> tuple[int, ...] | None:
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return st.st_dev, st.st_ino
+        if not self.readonly:
+            return st.st_dev, st.st_ino
+        # a reader also follows writes made while nobody held the file open
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size,
+                int(os.path.exists(f"{self.path}-wal")))
 
-    def _same_file(self, opened: tuple[int, int] | None) -> bool:
+    def _same_file(self, opened: tuple[int, ...] | None) -> bool:
         return opened is not None and self._identity() == opened
 
     def ping(self) -> None:
-        """A real write, so a full disk or a read-only file fails here."""
+        """A real write (a read when read-only), so a full disk or a read-only file fails
+        here."""
+        if self.readonly:
+            self._connect().execute("SELECT count(*) FROM counters").fetchone()
+            return
         with self.transaction() as tx:
             tx.incr("probe", 1)
 
@@ -349,8 +399,9 @@ class SQLiteBackend(FailoverBackend):
         on_error: str = "local",
         degraded_budget_share: float = 0.25,
         probe_interval: float = 1.0,
+        readonly: bool = False,
     ) -> None:
-        store = SQLiteStore(path, budget_limits, clock, namespace)
+        store = SQLiteStore(path, budget_limits, clock, namespace, readonly=readonly)
         super().__init__(store, budget_limits, on_error=on_error,
                          degraded_budget_share=degraded_budget_share,
                          probe_interval=probe_interval)

@@ -1,5 +1,6 @@
 """The JSON metrics export: per-service state, counters, costs by service/model/job,
-budgets and live processes. Money as decimal strings; no secrets."""
+budgets, what the live processes enforce, and the processes themselves. Money as
+decimal strings; no secrets."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ..config import redact_url
+from ..policies import budget
 from .monitor import health, scope_summary
 
 if TYPE_CHECKING:
     from ..governor import Governor
+    from .fleet import Fleet
 
 __all__ = ["export_document", "export_json", "status_document"]
 
@@ -26,9 +30,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_document(gov: Governor) -> Any:
+def export_document(gov: Governor, fleet: Fleet | None = None) -> Any:
+    """The export as plain JSON values (``fleet`` as for
+    :func:`~llm_governor.exporters.monitor.health`)."""
     counters = gov.backend.counters()
-    h = health(gov, scopes=False)
+    h = health(gov, fleet, scopes=False)
+    spends, _, _ = gov.backend.budget_status()
     costs = counters.get("cost", {})
     by_service = {s: sum((Decimal(v) for v in models.values()), Decimal(0))
                   for s, models in costs.items()}
@@ -39,8 +46,9 @@ def export_document(gov: Governor) -> Any:
     return _plain({
         "generated_at": time.time(),
         "environment": gov.config.environment,
-        "backend": gov.config.redacted_backend(),
+        "backend": redact_url(gov.backend.url or gov.config.backend),
         "namespace": gov.config.namespace,
+        "config": gov.config.source,
         "emergency_mode": h["emergency_mode"],
         "backend_degraded": h["backend_degraded"],
         "health": {"overall_status": h["overall_status"], "health_score": h["health_score"]},
@@ -53,21 +61,27 @@ def export_document(gov: Governor) -> Any:
         "costs": {"total": sum(by_service.values(), Decimal(0)), "by_service": by_service,
                   "by_model": by_model, "by_service_model": costs,
                   "by_job": counters.get("job", {})},
-        "budgets": gov.budget_report(),
+        "budgets": h["budgets"],
+        "spend": {w: s.spent for w, s in sorted(spends.items(), key=lambda kv: _order(kv[0]))},
+        "enforced": h["enforced"],
         "scopes": scope_summary(gov, top=100),
         "alerts": counters.get("alerts", {}),
         "processes": gov.backend.processes(),
     })
 
 
-def status_document(gov: Governor) -> dict[str, Any]:
+def status_document(gov: Governor, fleet: Fleet | None = None) -> dict[str, Any]:
     """The export document plus the health headline at the top level: what
     ``llm-governor status --json`` prints and the status server's ``/status`` serves."""
-    doc: dict[str, Any] = export_document(gov)
+    doc: dict[str, Any] = export_document(gov, fleet)
     doc["overall_status"] = doc["health"]["overall_status"]
     doc["health_score"] = doc["health"]["health_score"]
     return doc
 
 
-def export_json(gov: Governor) -> str:
-    return json.dumps(export_document(gov), indent=2, sort_keys=True)
+def _order(window: str) -> int:
+    return budget.WINDOW_SECONDS.get(window, 1 << 40)
+
+
+def export_json(gov: Governor, fleet: Fleet | None = None) -> str:
+    return json.dumps(export_document(gov, fleet), indent=2, sort_keys=True)

@@ -9,11 +9,13 @@ Health (0-100) per service::
 
 Overall score: ``(min + mean) / 2`` over services, minus
 ``40·max(0, 0.5 - budget left fraction)`` for the tightest budget window.
+Budgets are those the live processes publish (:mod:`.fleet`), at their
+tightest, so every process and the CLI agree on them.
 Status: ``critical`` below 50 or with a budget exhausted; ``degraded`` below 80,
 with any circuit not closed, in emergency mode or with the backend degraded;
 otherwise ``healthy``.
 
-Alerts: the seed's five types (``circuit_breaker_open``, ``high_failure_rate``,
+Alerts: the five classic types (``circuit_breaker_open``, ``high_failure_rate``,
 ``queue_backup``, ``cost_spike``, ``low_tokens``) plus
 ``budget_nearly_exhausted`` and ``backend_degraded``, each a
 :class:`RateLimitAlert`, repeated at most once a minute per service while the
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..accounts import service_of
 from ..policies import admission
+from .fleet import Fleet, fleet_of
 
 if TYPE_CHECKING:
     from ..governor import Governor
@@ -107,8 +110,12 @@ def service_report(gov: Governor, service: str, now: float | None = None,
         "queue_size_local": local,
         "queue_fill": max([local, *others]) / max(1, cfg.max_queue_size),
         "max_queue_size": cfg.max_queue_size,
+        "configured_capacity": cfg.capacity,
         "configured_rate": cfg.refill_rate,
         "max_cost_per_minute": str(cfg.max_cost_per_minute),
+        "llm_tokens_per_minute": cfg.llm_tokens_per_minute,
+        "max_concurrency": cfg.max_concurrency,
+        "request_timeout": cfg.request_timeout,
         "in_flight": gov.backend.in_flight(service),
     }
 
@@ -143,9 +150,14 @@ def scope_summary(gov: Governor, kind: str | None = None,
     return out
 
 
-def health(gov: Governor, *, scopes: bool = True) -> dict[str, Any]:
+def health(gov: Governor, fleet: Fleet | None = None, *, scopes: bool = True
+           ) -> dict[str, Any]:
     """The documented health score and status, per service and overall (and the top
-    spending scope values, unless ``scopes`` is False)."""
+    spending scope values, unless ``scopes`` is False).
+
+    ``fleet``: what the live processes enforce (default: read from the
+    backend, with ``gov`` itself when it is an application's governor).
+    """
     now = gov.backend.now()
     emergency = gov.emergency()
     names = sorted(set(gov.config.services) | set(gov.backend.services()))
@@ -154,6 +166,8 @@ def health(gov: Governor, *, scopes: bool = True) -> dict[str, Any]:
     except Exception:  # status of other processes is best effort
         logger.debug("reading live processes failed", exc_info=True)
         processes = {}
+    if fleet is None:
+        fleet = fleet_of(gov, processes)
     services: dict[str, Any] = {}
     for name in sorted({service_of(n) for n in names}):
         # one row per service; a service called through several provider accounts
@@ -172,7 +186,7 @@ def health(gov: Governor, *, scopes: bool = True) -> dict[str, Any]:
         services[name] = r
     scores = [s["health_score"] for s in services.values()] or [100.0]
     overall = (min(scores) + sum(scores) / len(scores)) / 2
-    budgets = gov.budget_report()
+    budgets = gov.budget_report(fleet.budgets if fleet.members else None)
     exhausted = False
     if budgets:
         fraction = min(float(b["remaining"] / b["limit"]) for b in budgets.values())
@@ -195,6 +209,7 @@ def health(gov: Governor, *, scopes: bool = True) -> dict[str, Any]:
         "services": services,
         "budgets": {w: {k: str(v) for k, v in b.items()} for w, b in budgets.items()},
         "scopes": scope_summary(gov) if scopes else {},
+        "enforced": fleet.summary(),
     }
 
 
@@ -263,8 +278,10 @@ class RateLimitMonitor:
         return sum((Decimal(v) for models in costs.values() for v in models.values()),
                    Decimal(0))
 
-    def evaluate(self) -> list[RateLimitAlert]:
+    def evaluate(self, fleet: Fleet | None = None) -> list[RateLimitAlert]:
         """Check every condition once; returns the alerts raised by this evaluation.
+
+        ``fleet`` as for :func:`health`.
 
         Time is the backend's clock (Redis: the server's), so every process
         and the CLI agree on rates and on when an alert may repeat.
@@ -282,7 +299,7 @@ class RateLimitMonitor:
             self._emit(RateLimitAlert(alert_type, service, severity, message, value, threshold,
                                       now), raised)
 
-        h = health(self.gov, scopes=False)
+        h = health(self.gov, fleet, scopes=False)
         for name, r in h["services"].items():
             if r["circuit_state"] == "open":
                 emit("circuit_breaker_open", name, "critical",
@@ -318,8 +335,8 @@ class RateLimitMonitor:
                 emit("cost_spike", "all", "warning",
                      f"Cost spike: spending ${recent:.4f}/min vs ${baseline:.4f}/min before",
                      recent, m.cost_spike_multiplier * baseline)
-        for window, b in self.gov.budget_report().items():
-            left = float(b["remaining"] / b["limit"])
+        for window, b in h["budgets"].items():
+            left = float(Decimal(b["remaining"]) / Decimal(b["limit"]))
             if left < m.budget_nearly_exhausted_threshold:
                 emit("budget_nearly_exhausted", "all", "critical" if left <= 0 else "warning",
                      f"Budget nearly exhausted: ${b['remaining']} of ${b['limit']} left this "

@@ -33,7 +33,6 @@ collects, so they show every process's shared state, not a local cache.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import os
 import time
@@ -45,6 +44,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .._version import __version__ as _VERSION
 from ..accounts import scopes, service_of
 from ..errors import GovernorError
 from ..policies import admission, breaker
@@ -76,13 +76,6 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
 # Request attributes that also go on the GenAI metrics (the rest are span-only).
 _METRIC_KEYS = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model",
                 "server.address", "server.port")
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("llm-governor")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a checkout
-        return "0.0.0"
 
 
 def _latest_experimental() -> bool:
@@ -138,7 +131,7 @@ class Telemetry:
     def __init__(self, governor: Governor, meter_provider: Any = None,
                  tracer_provider: Any = None) -> None:
         self._gov = governor
-        version = _version()
+        version = _VERSION
         self.latest = _latest_experimental()
         schema = None if self.latest else SCHEMA_URL
         tcfg = governor.config.telemetry
@@ -313,6 +306,8 @@ class Telemetry:
         prio = t.priority.name.lower()
         self.requests.add(1, {"service": t.service, "model": t.model, "priority": prio,
                               "decision": outcome, **t.scopes.metric_attributes})
+        if outcome == "queued":  # a wait began; the admission or refusal ending it is the event
+            return
         # t.queue_wait is cumulative over the call's admissions (first one and retries).
         waited = t.queue_wait - self._waited.get(t.lease_id, 0.0)
         if outcome == "admitted":

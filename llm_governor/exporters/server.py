@@ -42,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .export import status_document
+from .fleet import Fleet, published, union
 from .monitor import RateLimitAlert, RateLimitMonitor
 
 __all__ = ["DEFAULT_PORT", "StatusServer", "prometheus_text", "serve"]
@@ -180,7 +181,7 @@ class StatusServer:
 
     def __init__(self, source: Any = None, *, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, token: str | None = None,
-                 alert_window: float = 300.0) -> None:
+                 alert_window: float = 300.0, join: bool | None = None) -> None:
         from ..governor import Governor
 
         if token is not None and not token.strip():
@@ -193,7 +194,15 @@ class StatusServer:
         else:
             from ..config import load_config
 
-            self.gov, self._owned = Governor(load_config(source)), True
+            # an observer, like the CLI: it reports what the live processes enforce
+            # and never announces itself as one of them
+            self.gov, self._owned = Governor(load_config(source), publish=False), True
+        # the configuration it was given joins what the processes publish, as the CLI's
+        # --config does (default: when one was given)
+        if join is None:
+            join = source is not None
+        self._config_member = f"config {self.gov.config.source}" if join and self._owned \
+            else None
         self._token = token
         self._alert_window = alert_window
         self._monitor = RateLimitMonitor(self.gov, callback=_quiet, publish=False)
@@ -220,8 +229,22 @@ class StatusServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     # ------------------------------------------------------------ documents
+    def fleet(self) -> Fleet:
+        """What the live processes enforce, and the server's own configuration when it
+        was given one (as ``llm-governor status --config`` does)."""
+        try:
+            processes = self.gov.backend.processes()
+        except Exception:  # best effort, as in health()
+            processes = {}
+        members, silent = published(processes)
+        if self.gov.publishes:
+            members[self.gov.process_id] = self.gov.enforcement()
+        elif self._config_member is not None:
+            members[self._config_member] = self.gov.config.summary()
+        return union(members, silent)
+
     def status(self) -> dict[str, Any]:
-        return status_document(self.gov)
+        return status_document(self.gov, self.fleet())
 
     def alerts(self) -> dict[str, Any]:
         """Evaluate the alert conditions (at most once a second) and list recent alerts."""
@@ -229,7 +252,7 @@ class StatusServer:
             now = time.monotonic()
             if now - self._evaluated >= 1.0:
                 self._evaluated = now
-                self._monitor.evaluate()
+                self._monitor.evaluate(self.fleet())
             since = self.gov.backend.now() - self._alert_window
             recent: list[RateLimitAlert] = [a for a in self._monitor.alerts
                                             if a.timestamp >= since]
@@ -356,17 +379,19 @@ def _quiet(alert: RateLimitAlert) -> None:
 
 
 def serve(source: Any = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          token: str | None = None,
+          token: str | None = None, join: bool | None = None,
           ready: Callable[[StatusServer], None] | None = None) -> None:
     """Serve ``/healthz``, ``/status``, ``/metrics``, ``/alerts`` until interrupted.
 
     ``source``: a :class:`~llm_governor.governor.Governor`, or what
     :func:`llm_governor.config.load_config` takes (``None``: the configured
-    one). ``token`` falls back to ``$LLM_GOVERNOR_SERVE_TOKEN``. ``ready`` is
+    one). ``token`` falls back to ``$LLM_GOVERNOR_SERVE_TOKEN``. ``join``: whether
+    that configuration's budgets and limits join those the live processes
+    publish (default: when ``source`` is given). ``ready`` is
     called with the server once it listens. Returns on SIGINT / SIGTERM.
     """
     token = token if token is not None else os.environ.get("LLM_GOVERNOR_SERVE_TOKEN") or None
-    server = StatusServer(source, host=host, port=port, token=token)
+    server = StatusServer(source, host=host, port=port, token=token, join=join)
     logger.warning("RATE_LIMIT status server on %s (%s)", server.url,
                    "bearer token required" if token else "loopback, no token")
     previous = None

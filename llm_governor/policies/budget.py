@@ -15,6 +15,7 @@ process (or the provider answered with an error, which it does not bill).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -117,6 +118,13 @@ def roll(spend: WindowSpend, window: str, now: float) -> WindowSpend:
     if spend.start == start:
         return spend
     return WindowSpend(start, spend.spent if spend.start > start else _ZERO)
+
+
+def spent_now(spends: Mapping[str, WindowSpend], now: float) -> dict[str, Decimal]:
+    """What ``spends`` hold in their current windows, leaving out windows with none
+    (what a budget reset reports it forgot)."""
+    rolled = {w: roll(sp, w, now).spent for w, sp in spends.items()}
+    return {w: amount for w, amount in rolled.items() if amount}
 
 
 def remaining(

@@ -82,6 +82,29 @@ def test_budget_reservations_are_hard(make_backend: BackendFactory, clock: FakeC
     assert b.admit(req(lim, cost="0.03"), "l99", 60).admitted
 
 
+def test_budget_reset_forgets_spend_but_not_holds_or_costs(make_backend: BackendFactory,
+                                                          clock: FakeClock) -> None:
+    b = make_backend({"hour": D("0.15"), "day": D("0.15")}, clock=clock)
+    lim = limits(max_tokens=1000, refill_rate=1000.0)
+    for i in range(3):
+        assert b.admit(req(lim, cost="0.03"), f"s{i}", 60).admitted
+        b.settle(f"s{i}", lim, Observation("success"), record("0.03"))
+    assert b.admit(req(lim, cost="0.03"), "held", 60).admitted  # in flight: its hold stays
+    assert b.admit(req(lim, cost="0.05"), "x", 60).outcome == "budget_exceeded"
+
+    assert b.reset_budget(["hour"]) == {"hour": D("0.09")}
+    spends, reserved, live = b.budget_status()
+    assert "hour" not in spends and spends["day"].spent == D("0.09")
+    assert (reserved, live) == (D("0.03"), 1)
+    assert b.admit(req(lim, cost="0.05"), "y", 60).outcome == "budget_exceeded"  # day binds
+
+    assert b.reset_budget(scope=("tenant", "acme")) == {}  # no scoped state: nothing
+    assert b.reset_budget() == {"day": D("0.09")}
+    assert b.admit(req(lim, cost="0.05"), "z", 60).admitted
+    assert D(b.counters()["cost"]["svc"]["m"]) == D("0.09")  # what was paid stays paid
+    assert b.reset_budget() == {}
+
+
 def test_a_crashed_callers_lease_expires_charged_and_frees_its_slot(
         make_backend: BackendFactory, clock: FakeClock) -> None:
     """Its process died mid-call: the provider may have billed it, so the reservation is

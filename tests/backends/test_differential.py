@@ -99,6 +99,7 @@ ops = st.one_of(
               st.integers(1, 3), st.sampled_from(["ok", "error"]), scope_charges),
     st.tuples(st.just("observe"), st.sampled_from(SERVICES), observations, st.integers(1, 12)),
     st.tuples(st.just("emergency"), st.booleans()),
+    st.tuples(st.just("reset_budget"), st.sampled_from([None, ["minute"], ["day", "hour"]])),
     st.tuples(st.just("advance"),
               st.sampled_from([0.0, 1e-6, 0.05, 0.3, 1.0, 2.5, 7.0, 59.999, 61.0, 3600.5])),
     # the wall clock stepped back (NTP, a restored VM) or far forward
@@ -187,6 +188,9 @@ def test_redis_scripts_decide_exactly_like_the_python_policies(
         elif kind == "emergency":
             for b in (mem, red):
                 b.set_emergency(op[1])
+        elif kind == "reset_budget":
+            forgotten = [b.reset_budget(op[1]) for b in (mem, red)]
+            assert forgotten[0] == forgotten[1], f"step {i}: {op}"
         elif kind == "advance":
             clock.advance(op[1])
         elif kind == "wait":

@@ -215,3 +215,26 @@ def test_processes_never_overshoot_a_scope(kind: str, tmp_path: Path) -> None:
     assert spent(b, "user=u0") + spent(b, "user=u1") == D("0.37")
     assert max(spent(b, "user=u0"), spent(b, "user=u1")) <= D("0.30")
     b.close()
+
+
+def test_a_scope_budget_reset_forgets_that_scopes_spend_only(make_backend: BackendFactory
+                                                            ) -> None:
+    b = make_backend({"day": D("5")})
+    acme = tenant("acme", budgets={"hour": D("0.35"), "day": D("0.35")})
+    for lease in ("l1", "l2"):
+        assert b.admit(req(acme), lease, 30).admitted
+        settle(b, lease, "0.10", ("tenant=acme", ("hour", "day")))
+    assert b.admit(req(acme), "held", 30).admitted  # in flight: its hold stays
+    assert b.admit(req(acme), "x", 30).outcome == "budget_exceeded"
+    assert b.reset_budget(scope=("tenant", "beta")) == {}  # no state: nothing
+
+    assert b.reset_budget(["hour"], scope=("tenant", "acme")) == {"hour": D("0.20")}
+    assert spent(b, "tenant=acme", "hour") == 0 and spent(b, "tenant=acme") == D("0.20")
+    assert b.admit(req(acme), "y", 30).outcome == "budget_exceeded"  # the day still binds
+
+    assert b.reset_budget(scope=("tenant", "acme")) == {"day": D("0.20")}
+    assert b.admit(req(acme), "z", 30).admitted  # 0.10 held + 0.10
+    _, held = b.scope_status("tenant", "acme")["tenant=acme"]
+    assert held == D("0.20")
+    assert b.budget_status()[0]["day"].spent == D("0.20")  # the global budget keeps it
+    assert b.reset_budget(scope=("tenant", "acme")) == {}

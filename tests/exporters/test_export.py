@@ -54,9 +54,9 @@ def gov(governor_factory: GovFactory) -> Governor:
 
 def test_top_level_structure(gov: Governor) -> None:
     doc = json.loads(llm_governor.export_rate_limit_metrics())
-    assert set(doc) == {"generated_at", "environment", "backend", "namespace", "emergency_mode",
-                        "backend_degraded", "health", "services", "costs", "budgets", "scopes",
-                        "alerts", "processes"}
+    assert set(doc) == {"generated_at", "environment", "backend", "namespace", "config",
+                        "emergency_mode", "backend_degraded", "health", "services", "costs",
+                        "budgets", "spend", "enforced", "scopes", "alerts", "processes"}
     assert doc["environment"] == "staging"
     assert doc["backend"] == "memory" and doc["namespace"] == "default"
     assert doc["emergency_mode"] is False and doc["backend_degraded"] is False
@@ -93,11 +93,19 @@ def test_costs_by_service_model_and_job(gov: Governor) -> None:
 
 
 def test_budgets(gov: Governor) -> None:
-    budgets = json.loads(llm_governor.export_rate_limit_metrics())["budgets"]
+    doc = json.loads(llm_governor.export_rate_limit_metrics())
+    budgets = doc["budgets"]
     assert set(budgets) == {"minute", "day"}
     assert budgets["day"] == {"limit": "5.00", "spent": "0.47", "reserved": "0",
                               "remaining": "4.53"}
     assert budgets["minute"]["limit"] == "2.00"
+    assert doc["spend"] == {"minute": "0.47", "day": "0.47"}
+    # what this process enforces, as every other process and the CLI see it
+    enforced = doc["enforced"]
+    assert list(enforced["members"]) == [gov.process_id]
+    assert enforced["budgets"] == {"minute": "2.00", "day": "5.00"}
+    assert enforced["members"][gov.process_id]["environment"] == "staging"
+    assert enforced["disagreements"] == []
 
 
 def test_money_is_exact_decimal_strings(gov: Governor) -> None:

@@ -24,7 +24,8 @@ from google.genai import types
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from llm_governor.exporters.otel import SCHEMA_URL, _version
+from llm_governor import __version__
+from llm_governor.exporters.otel import SCHEMA_URL
 from llm_governor.instrumentation.anthropic import AnthropicAdapter
 from llm_governor.instrumentation.google_genai import GeminiAdapter
 from llm_governor.testing import FakeProvider
@@ -54,7 +55,7 @@ def the_call(otel: Otel, schema: str | None = SCHEMA_URL) -> tuple[ReadableSpan,
     assert client.parent is not None and client.parent.span_id == internal.context.span_id
     assert internal.start_time <= client.start_time <= client.end_time <= internal.end_time
     assert client.instrumentation_scope.name == "llm_governor"
-    assert client.instrumentation_scope.version == _version()
+    assert client.instrumentation_scope.version == __version__
     assert (client.instrumentation_scope.schema_url or None) == schema
     assert not any(k.startswith("gen_ai.") for k in internal.attributes)
     return internal, client

@@ -95,6 +95,10 @@ def test_endpoints_serve_the_shared_state(server: StatusServer, app: Governor) -
     for volatile in ("generated_at", "processes"):
         doc.pop(volatile)
         expected.pop(volatile)
+    # the server's configuration joins what the app publishes, as one more member
+    members = doc["enforced"].pop("members")
+    assert list(expected["enforced"].pop("members").values()) == [members.pop(app.process_id)]
+    assert list(members) == ["config in code"]
     for name in expected["services"]:  # bucket levels refill between the two readings
         for key in ("tokens_available", "health_score"):
             doc["services"][name].pop(key)

@@ -39,7 +39,8 @@ local function finish(admitted, outcome, wait, left, window, bound, scope)
   if seen ~= nil then
     count('would_' .. seen)
   elseif admitted or not observing or scope then
-    count(outcome)
+    -- a rate_limited outcome is a wait, not a refusal: the governor counts it
+    if outcome ~= 'rate_limited' then count(outcome) end
   else
     count('would_' .. outcome)
   end
