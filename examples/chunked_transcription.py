@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 from deepgram import DeepgramClient
 
 import llm_governor
@@ -60,12 +61,14 @@ def split_wav(audio: bytes, seconds: int) -> list[bytes]:
 
 live = "--live" in sys.argv
 with ExitStack() as stack:
+    http = stack.enter_context(httpx.Client(timeout=60))  # closed with the stack
     if live:
-        client = DeepgramClient()  # reads DEEPGRAM_API_KEY
+        client = DeepgramClient(httpx_client=http)  # reads DEEPGRAM_API_KEY
         recordings = {"video_123": Path(sys.argv[-1]).read_bytes()}
     else:
         fake = stack.enter_context(FakeProvider(max_concurrency=2, latency=0.05))
-        client = DeepgramClient(api_key="dg-example-key", environment=fake.deepgram_environment())
+        client = DeepgramClient(api_key="dg-example-key", environment=fake.deepgram_environment(),
+                                httpx_client=http)
         recordings = {"video_123": synthetic_wav(4 * 60), "video_456": synthetic_wav(75)}
 
     llm_governor.instrument({

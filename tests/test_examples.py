@@ -41,8 +41,11 @@ def test_example_runs(path: Path, tmp_path: Path) -> None:
         require(shutil.which(binary) is not None, f"{binary} is not installed")
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
     env.pop("LLM_GOVERNOR_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-W", "error::ResourceWarning", str(path)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a socket or file left for the garbage collector shows as an ignored exception
+    assert "ResourceWarning" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+        proc.stderr[-3000:]
     for needle in EXPECTED.get(path.name, []):
         assert needle in proc.stdout + proc.stderr, (needle, proc.stdout[-2000:])
