@@ -563,34 +563,36 @@ class Governor:
         if d.scope:
             kind, _, value = d.scope.partition("=")
             if d.outcome == "budget_exceeded":
-                text = (f"the {d.window} budget of their scope {d.scope}, spent: refused until "
-                        f"it resets (scopes.{kind}.per_{d.window}, or "
+                text = (f"are refused: the {d.window} budget of their scope {d.scope} is spent "
+                        f"until its window resets (scopes.{kind}.per_{d.window}, or "
                         f"scopes.{kind}.overrides.{value}); other {kind}s go on")
             else:
-                text = (f"the request or LLM-token limit of their scope {d.scope} "
+                text = (f"wait for the request or LLM-token limit of their scope {d.scope} "
                         f"(scopes.{kind}.requests_per_minute / llm_tokens_per_minute, or "
                         f"scopes.{kind}.overrides.{value}); other {kind}s go on")
         elif d.outcome == "budget_exceeded":
-            text = (f"the {d.window} budget (budget.per_{d.window}) is spent; calls are refused "
+            text = (f"are refused: the {d.window} budget (budget.per_{d.window}) is spent "
                     "until its window resets, or raise it in the configuration")
         elif what == "provider":
-            text = ("the provider asked to wait (retry-after, or nothing left before its reset); "
-                    f"blocks last at most retry.max_block={self.config.retry.max_block:g}s")
+            text = ("wait for the provider, which asked for it (retry-after, or nothing left "
+                    "before its reset); blocks last at most "
+                    f"retry.max_block={self.config.retry.max_block:g}s")
         elif what == "requests":
-            text = (f"its request limit: {cfg.capacity} per burst at {cfg.refill_rate:g}/s, or "
-                    f"lower if the provider reports less ({source('max_tokens', 'refill_rate')}; "
+            text = (f"wait for its request limit: {cfg.capacity} per burst at "
+                    f"{cfg.refill_rate:g}/s, or lower if the provider reports less "
+                    f"({source('max_tokens', 'refill_rate')}; "
                     f"change services.{svc}.refill_rate / max_tokens)")
         elif what == "llm_tokens":
-            text = (f"its LLM-token limit ({cfg.llm_tokens_per_minute} per minute, or the "
+            text = (f"wait for its LLM-token limit ({cfg.llm_tokens_per_minute} per minute, or the "
                     "provider's reported one; "
                     f"{source('llm_tokens_per_minute')}: services.{svc}.llm_tokens_per_minute)")
         elif what == "cost":
-            text = (f"its cost limit of ${cfg.max_cost_per_minute} per minute "
+            text = (f"wait for its cost limit of ${cfg.max_cost_per_minute} per minute "
                     f"({source('max_cost_per_minute')}: services.{svc}.max_cost_per_minute)")
         else:
-            text = (f"its concurrency limit of {cfg.max_concurrency} calls in flight "
+            text = (f"wait for its concurrency limit of {cfg.max_concurrency} calls in flight "
                     f"({source('max_concurrency')}: services.{svc}.max_concurrency)")
-        logger.warning("RATE_LIMIT %s calls (%s) wait for %s", svc, t.key, text)
+        logger.warning("RATE_LIMIT %s calls (%s) %s", svc, t.key, text)
 
     # ---------------------------------------------------------------- policies
     def _consult(self, t: Ticket, substitute: Callable[[str], CallSpec | None] | None,

@@ -44,39 +44,39 @@ RETRY = ModelRetrySettings(max_retries=3, policy=retry_policies.any(
 async def main() -> None:
     with FakeProvider() as fake:
         gov = llm_governor.instrument(CONFIG)
-        client = AsyncOpenAI(api_key="sk-example", base_url=fake.openai_base_url)
-        agent = Agent(name="assistant", instructions="Answer briefly.",
-                      model=OpenAIChatCompletionsModel("gpt-4o-mini", client),
-                      model_settings=ModelSettings(retry=RETRY))
+        async with AsyncOpenAI(api_key="sk-example", base_url=fake.openai_base_url) as client:
+            agent = Agent(name="assistant", instructions="Answer briefly.",
+                          model=OpenAIChatCompletionsModel("gpt-4o-mini", client),
+                          model_settings=ModelSettings(retry=RETRY))
 
-        def charged() -> str:
-            costs = gov.backend.counters().get("cost", {})
-            return str(sum(c for models in costs.values() for c in models.values()))
+            def charged() -> str:
+                costs = gov.backend.counters().get("cost", {})
+                return str(sum(c for models in costs.values() for c in models.values()))
 
-        result = await Runner.run(agent, "Say hi")
-        print("run:", str(result.final_output)[:30])
-        streamed = Runner.run_streamed(agent, "Tell me a story")
-        events = [event async for event in streamed.stream_events()]
-        await asyncio.sleep(0.1)
-        print(f"streamed run: {len(events)} events; charged ${charged()}, "
-              f"billed ${fake.ledger.total_billed()}")
+            result = await Runner.run(agent, "Say hi")
+            print("run:", str(result.final_output)[:30])
+            streamed = Runner.run_streamed(agent, "Tell me a story")
+            events = [event async for event in streamed.stream_events()]
+            await asyncio.sleep(0.1)
+            print(f"streamed run: {len(events)} events; charged ${charged()}, "
+                  f"billed ${fake.ledger.total_billed()}")
 
-        start = time.monotonic()
-        with llm_governor.job("nightly-batch"):
-            for n in range(1000):
-                run_start = time.monotonic()
-                try:
-                    await Runner.run(agent, "Summarise the next document")
-                except Exception as exc:
-                    refused = llm_governor.refusal(exc)
-                    if refused is None:
-                        raise
-                    print(f"budget stop after {n} runs; the refused run ended in "
-                          f"{time.monotonic() - run_start:.3f}s: {type(refused).__name__}, "
-                          f"retry worth it: {refused.should_retry}")
-                    break
-        print(f"batch took {time.monotonic() - start:.2f}s; charged ${charged()}, "
-              f"billed ${fake.ledger.total_billed()}")
+            start = time.monotonic()
+            with llm_governor.job("nightly-batch"):
+                for n in range(1000):
+                    run_start = time.monotonic()
+                    try:
+                        await Runner.run(agent, "Summarise the next document")
+                    except Exception as exc:
+                        refused = llm_governor.refusal(exc)
+                        if refused is None:
+                            raise
+                        print(f"budget stop after {n} runs; the refused run ended in "
+                              f"{time.monotonic() - run_start:.3f}s: {type(refused).__name__}, "
+                              f"retry worth it: {refused.should_retry}")
+                        break
+            print(f"batch took {time.monotonic() - start:.2f}s; charged ${charged()}, "
+                  f"billed ${fake.ledger.total_billed()}")
         llm_governor.uninstrument()
         gov.close()
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 
+from anthropic import AsyncAnthropic
+from openai import AsyncOpenAI
 from pydantic_ai import Agent
 from pydantic_ai.models.anthropic import AnthropicModel
 from pydantic_ai.models.openai import OpenAIChatModel
@@ -35,11 +37,15 @@ CONFIG = {"backend": "memory", "reservation": "learned", "learned": {"warmup": 2
 async def main() -> None:
     with FakeProvider() as fake:
         gov = llm_governor.instrument(CONFIG)
+        # clients of our own, closed before the event loop ends
+        openai_client = AsyncOpenAI(base_url=fake.openai_base_url, api_key="sk-example")
+        anthropic_client = AsyncAnthropic(base_url=fake.anthropic_base_url,
+                                          api_key="sk-ant-example")
         models = {
-            "openai": OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(
-                base_url=fake.openai_base_url, api_key="sk-example")),
+            "openai": OpenAIChatModel("gpt-4o-mini",
+                                      provider=OpenAIProvider(openai_client=openai_client)),
             "anthropic": AnthropicModel("claude-3-5-haiku-latest", provider=AnthropicProvider(
-                base_url=fake.anthropic_base_url, api_key="sk-ant-example")),
+                anthropic_client=anthropic_client)),
         }
         for name, model in models.items():
             agent = Agent(model, instructions="Answer briefly.")
@@ -68,6 +74,8 @@ async def main() -> None:
                               f"(retry_after={getattr(exc, 'retry_after', None)}) from "
                               f"{type(refused).__name__}")
                         break
+        await openai_client.close()
+        await anthropic_client.close()
         llm_governor.uninstrument()
         gov.close()
 

@@ -47,9 +47,11 @@ def test_framework_example_runs(name: str, tmp_path: Path) -> None:
     need(*NEEDS[name])
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
     env.pop("LLM_GOVERNOR_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True,
-                          text=True, timeout=180, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-W", "error::ResourceWarning", str(EXAMPLES / name)],
+                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ResourceWarning" not in proc.stderr and "Exception ignored" not in proc.stderr, \
+        proc.stderr[-3000:]
     out = proc.stdout
     for pattern in EXPECTED[name]:
         assert re.search(pattern, out), (pattern, out[-2000:])
