@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import json
+import logging
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from ..errors import GovernorError
@@ -54,6 +57,39 @@ def _positive_int(value: Any) -> int | None:
         else None
 
 
+
+logger = logging.getLogger("llm_governor")
+
+def _honoured_retry_after(module: str, base: Any, http: Any) -> float | None:
+    """The longest ``retry-after`` the SDK's own retry wait honours (None: any).
+
+    Newer releases name it (``MAX_RETRY_AFTER_DELAY``); older ones hard-code 60 s
+    in ``_calculate_retry_timeout`` and back off on their own beyond it, so we ask
+    that computation, as the SDK would, for a few waits.
+    """
+    cap = getattr(sys.modules.get(f"{module}._constants"), "MAX_RETRY_AFTER_DELAY", None)
+    if isinstance(cap, (int, float)):
+        return float(cap)
+    client = base.SyncAPIClient
+    try:
+        options = sys.modules[f"{module}._models"].FinalRequestOptions.construct(
+            method="post", url="/")
+
+        def honours(seconds: float) -> bool:
+            stub = SimpleNamespace(max_retries=2)
+            stub._parse_retry_after_header = functools.partial(
+                client._parse_retry_after_header, stub)
+            wait = client._calculate_retry_timeout(
+                stub, 2, options, http.Headers({"retry-after": f"{seconds:g}"}))
+            return bool(wait == seconds)
+
+        for limit in (60.0, 120.0):
+            if honours(limit) and not honours(limit + 1):
+                return limit
+    except Exception:  # a release we cannot ask: treat every wait as honoured
+        logger.debug("could not read %s's retry-after cap", module, exc_info=True)
+    return None
+
 class StainlessAdapter(Adapter):
     """Governs one Stainless SDK; subclasses fill in the vendor's specifics."""
 
@@ -77,8 +113,7 @@ class StainlessAdapter(Adapter):
         self.sdk = sys.modules[self.module]
         base = sys.modules[f"{self.module}._base_client"]
         self.http = getattr(base, "httpx2", None) or base.httpx
-        cap = getattr(sys.modules.get(f"{self.module}._constants"), "MAX_RETRY_AFTER_DELAY", None)
-        self.max_retry_after = float(cap) if isinstance(cap, (int, float)) else None
+        self.max_retry_after = _honoured_retry_after(self.module, base, self.http)
         # with_raw_response / with_streaming_response wrappers (the legacy one is openai's)
         self.raw_types = tuple(
             getattr(sys.modules.get(f"{self.module}.{mod}"), cls)

@@ -5,14 +5,17 @@ A ``retry-after`` of 1e9 seconds, ``remaining = 0`` with a reset 31 years away,
 a ``limit`` of 1e-308: the fake provider sends them, the SDK parses what it
 parses, the governor bounds what it learns. ``max_block`` is 1 s here, and
 the slowest pace headers may impose is 4 calls/s (``max_interval``), well
-inside it. A ``retry-after`` above the openai SDK's own cap (120 s) is ignored
-as that SDK ignores it (it does not retry such a 429, and the governor does
-not block the account for it); anthropic's SDK honours any, so the governor
-blocks that account for ``max_block``.
+inside it. A ``retry-after`` above the SDK's own cap is ignored as that SDK
+ignores it, and the governor does not block the account for it: openai 3
+(cap 120 s) does not retry such a 429, openai 2 and anthropic before 1 (cap
+60 s) retry after their own back-off. Newer anthropic releases honour any
+wait, so the governor blocks that account for ``max_block``. Which case
+applies is asked of the installed SDK's own retry-wait computation.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -47,6 +50,19 @@ def call(vendor: str, client: Any) -> Any:
     return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=4)
 
 
+def sdk_waits_for(client: Any, seconds: float) -> bool:
+    """Whether the SDK's own retry wait honours ``retry-after: seconds`` (its back-off,
+    used otherwise, is at most 8 s)."""
+    sdk = openai if isinstance(client, openai.OpenAI) else anthropic
+    base = sys.modules[f"{sdk.__name__}._base_client"]
+    http = getattr(base, "httpx2", None) or base.httpx
+    options = sys.modules[f"{sdk.__name__}._models"].FinalRequestOptions.construct(
+        method="post", url="/")
+    headers = http.Headers({"retry-after": f"{seconds:g}"})
+    wait = client._calculate_retry_timeout(2, options, headers)
+    return bool(wait > 8.0)
+
+
 def timed_call(vendor: str, client: Any) -> float:
     start = time.monotonic()
     call(vendor, client)
@@ -69,7 +85,7 @@ def test_a_retry_after_of_a_billion_seconds(vendor: str, fake: FakeProvider,
     error = openai.RateLimitError if vendor == "openai" else anthropic.RateLimitError
     with pytest.raises(error):
         call(vendor, client)
-    if vendor == "openai":  # above its SDK's 120 s cap: ignored, as the SDK ignores it
+    if not sdk_waits_for(client, 1e9):  # above the SDK's cap: ignored, as the SDK ignores it
         assert blocked_for(gov, vendor, fake) == 0.0
         assert timed_call(vendor, client) < SLACK
     else:  # honoured, bounded
@@ -115,18 +131,24 @@ def test_a_vanishing_limit(vendor: str, fake: FakeProvider, governed: Governed) 
 @pytest.mark.parametrize("vendor", ["openai", "anthropic"])
 def test_a_retry_after_above_the_openai_cap_on_a_retried_call(
         vendor: str, fake: FakeProvider, governed: Governed) -> None:
-    """200 s, to a client with its default 2 retries: the openai SDK does not retry a
-    429 that asks for more than its cap, and the governed one neither retries nor blocks
-    the account for it, exactly as bare; anthropic's SDK retries after any wait, and
-    the governed one re-sends once the account's block (at most max_block) ends."""
+    """200 s, to a client with its default 2 retries, governed exactly as bare: openai 3
+    does not retry a 429 that asks for more than its cap; openai 2 and older anthropic
+    retry after their own back-off; neither blocks the account. Newer anthropic retries
+    after any wait: the governed one re-sends once the block (at most max_block) ends."""
     gov = governed(HOSTILE)
     fake.fail_next(1, kind="rate_limit", retry_after=200.0)
     client = clients(fake)[vendor]
-    if vendor == "openai":
-        with pytest.raises(openai.RateLimitError):
+    if vendor == "openai" and hasattr(openai._constants, "MAX_RETRY_AFTER_DELAY"):
+        with pytest.raises(openai.RateLimitError):  # openai 3: no retry beyond its cap
             call(vendor, client)
         assert [e.status for e in fake.ledger.entries] == [429]
         assert blocked_for(gov, vendor, fake) == 0.0
+        assert timed_call(vendor, client) < SLACK
+    elif not sdk_waits_for(client, 200.0):  # retried after the SDK's own back-off
+        took = timed_call(vendor, client)
+        assert [e.status for e in fake.ledger.entries] == [429, 200]
+        assert blocked_for(gov, vendor, fake) == 0.0
+        assert took < 8.0 + SLACK
         assert timed_call(vendor, client) < SLACK
     else:
         took = timed_call(vendor, client)
