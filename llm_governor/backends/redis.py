@@ -53,12 +53,14 @@ from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
+from . import schema
 from .base import MONEY_COUNTERS, CallRecord, Charged, Clock, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
 __all__ = ["RedisBackend", "RedisStore", "from_nanos", "to_nanos"]
 
 _NANO = Decimal(10**9)
+_SCRIPTS = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
 
 
 def to_nanos(amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -156,14 +158,18 @@ def _glob_escape(text: str) -> str:
 
 
 @functools.cache
-def _script_source(name: str) -> str:
-    pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
-    prelude = (pkg / "common.lua").read_text("utf-8")
+def _prelude() -> str:
+    """``common.lua`` with its ``$NAME`` placeholders filled from the Python constants."""
+    prelude = (_SCRIPTS / "common.lua").read_text("utf-8")
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
                        ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
                        ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):
         prelude = prelude.replace(key, repr(value))
-    return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
+    return prelude
+
+
+def _script_source(name: str) -> str:
+    return _prelude() + "\n" + (_SCRIPTS / f"{name}.lua").read_text("utf-8")
 
 
 class RedisStore(SharedStore):
@@ -345,7 +351,7 @@ class RedisStore(SharedStore):
                                           args=[self._now_arg(), _f(ttl), *lease_ids]))
 
     def count_decision(self, service: str, decision: str) -> None:
-        self.count(f"requests|{service}|{decision}")
+        self.count(schema.key("requests", service, decision))
 
     def count(self, key: str) -> None:
         self._client.hincrby(self._k_ctr, key, 1)
@@ -366,7 +372,7 @@ class RedisStore(SharedStore):
             pipe.hkeys(self._k_ctr)
             states, counters = pipe.execute()
             names = set(states)
-            names.update(k.split("|")[1] for k in counters
+            names.update(schema.split(k)[1] for k in counters
                          if k.startswith(("requests|", "calls|")))
             return sorted(names)
 

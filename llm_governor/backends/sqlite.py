@@ -37,6 +37,7 @@ from typing import Any
 from ..policies import budget
 from ..policies.admission import ServiceState
 from ..policies.scopes import ScopeState
+from . import schema
 from ._codec import dump_scope, dump_service, dump_spends, load_scope, load_service, load_spends
 from .base import MONEY_COUNTERS, Clock, Lease, TransactionalBackend, Txn, nest_counters
 from .failover import FailoverBackend, SharedStore
@@ -337,7 +338,7 @@ class SQLiteStore(TransactionalBackend, SharedStore):
             "SELECT name FROM services WHERE name LIKE ?", (prefix + "%",))}
         for (k,) in conn.execute("SELECT key FROM counters WHERE key LIKE ? OR key LIKE ?",
                                  (prefix + "requests|%", prefix + "calls|%")):
-            names.add(k.split("|")[2])
+            names.add(schema.split(k.removeprefix(prefix))[1])
         return sorted(names)
 
     def counters(self) -> dict[str, Any]:
