@@ -32,6 +32,7 @@ from pydantic import (
 from .context import SCOPE_KIND, SCOPE_VALUE
 from .errors import ConfigError
 from .presets import ENVIRONMENTS, preset_for
+from .redaction import redact_url
 
 __all__ = [
     "AlertsConfig",
@@ -48,6 +49,7 @@ __all__ = [
     "config_warnings",
     "default_state_path",
     "load_config",
+    "redact_url",
     "sqlite_path",
 ]
 
@@ -528,18 +530,6 @@ def _service_summary(cfg: RateLimitConfig) -> dict[str, Any]:
     if "base_url" in data:
         data["base_url"] = redact_url(data["base_url"])
     return data
-
-
-def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` → ``redis://user:***@host``; other URLs unchanged."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, _, host = rest.rpartition("@")
-    if ":" in creds:
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return f"{scheme}://***@{host}"
 
 
 KNOWN_SERVICES = ("openai", "azure_openai", "anthropic", "gemini", "deepgram")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-from ..config import redact_url, sqlite_path
+from ..config import sqlite_path
 from ..errors import ConfigError
+from ..redaction import redact_url
 from .base import Backend, CallRecord, Clock, Lease, TransactionalBackend
 from .memory import MemoryBackend
 

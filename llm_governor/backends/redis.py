@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib import resources
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -46,13 +45,13 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..config import redact_url
 from ..errors import ConfigError
 from ..policies import adaptive, budget, rate, scopes
 from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
+from ..redaction import Scrubber, redact_url
 from . import schema
 from .base import MONEY_COUNTERS, CallRecord, Charged, Clock, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
@@ -194,8 +193,7 @@ class RedisStore(SharedStore):
         self.budget_limits = dict(budget_limits or {})
         self._clock = clock
         self.uses_server_clock = clock is None
-        password = urlsplit(url).password
-        self._secrets = [s for s in {password, unquote(password or "")} if s]
+        self._scrubber = Scrubber(url)
         try:
             self._client = redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=socket_timeout,
@@ -218,9 +216,7 @@ class RedisStore(SharedStore):
         self._loaded = False
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._scrubber.scrub(text)
 
     def _load_scripts(self) -> None:
         """Load the scripts once per server start (EVALSHA then never needs the source)."""
