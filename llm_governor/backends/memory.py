@@ -175,7 +175,7 @@ class MemoryBackend(TransactionalBackend):
         with self._lock:
             names = set(self._services)
             names.update(schema.split(k)[1] for k in self._counters
-                         if k.startswith(("requests|", "calls|")))
+                         if schema.kind(k) in schema.CALL_KINDS)
             return sorted(names)
 
     def counters(self) -> dict[str, Any]:

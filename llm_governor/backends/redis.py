@@ -53,7 +53,7 @@ from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
 from ..redaction import Scrubber, redact_url
 from . import schema
-from .base import MONEY_COUNTERS, CallRecord, Charged, Clock, nest_counters
+from .base import CallRecord, Charged, Clock, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
 __all__ = ["RedisBackend", "RedisStore", "from_nanos", "to_nanos"]
@@ -369,7 +369,7 @@ class RedisStore(SharedStore):
             states, counters = pipe.execute()
             names = set(states)
             names.update(schema.split(k)[1] for k in counters
-                         if k.startswith(("requests|", "calls|")))
+                         if schema.kind(k) in schema.CALL_KINDS)
             return sorted(names)
 
         return remote()
@@ -437,7 +437,7 @@ class RedisStore(SharedStore):
         def remote() -> dict[str, Any]:
             raw: dict[str, str] = self._client.hgetall(self._k_ctr)
             return nest_counters(
-                (k, from_nanos(int(v)) if k.startswith(MONEY_COUNTERS) else int(v))
+                (k, from_nanos(int(v)) if schema.is_money(k) else int(v))
                 for k, v in raw.items())
 
         return remote()

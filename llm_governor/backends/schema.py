@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MONEY_KINDS", "SEP", "escape", "key", "split", "unescape"]
+__all__ = ["CALL_KINDS", "MONEY_KINDS", "SEP", "escape", "is_money", "key", "kind", "split",
+           "unescape"]
 
 SEP = "|"
 """Separates the parts of a counter key."""
 
 MONEY_KINDS = ("cost", "job", "overrun")
 """Counter kinds (first part) that hold USD amounts; the rest count events."""
+
+CALL_KINDS = ("requests", "calls")
+"""Counter kinds whose second part is a service that was called (``services()`` lists it)."""
 
 _UNESCAPE = re.compile("%(25|7C)")
 _CHARS = {"25": "%", "7C": "|"}
@@ -48,3 +52,13 @@ def key(*parts: object) -> str:
 def split(counter_key: str) -> list[str]:
     """The parts of a counter key, unescaped."""
     return [unescape(p) for p in counter_key.split(SEP)]
+
+
+def kind(counter_key: str) -> str:
+    """The first part of a counter key (a fixed word: ``requests``, ``cost``…)."""
+    return counter_key.split(SEP, 1)[0]
+
+
+def is_money(counter_key: str) -> bool:
+    """Whether the counter holds USD (else it counts events)."""
+    return kind(counter_key) in MONEY_KINDS
