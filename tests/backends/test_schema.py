@@ -4,17 +4,20 @@ exactly as Python does."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+import llm_governor
 from llm_governor.backends import CallRecord, schema
 from llm_governor.backends.redis import _prelude
 from llm_governor.backends.sqlite import SQLiteBackend
 from llm_governor.config import RateLimitConfig
-from llm_governor.governor import limits_of
+from llm_governor.governor import Governor, limits_of
 from llm_governor.policies.admission import AdmitRequest, Observation
 from tests.conftest import BackendFactory, FakeClock
 
@@ -83,3 +86,21 @@ def test_lua_builds_the_same_keys_as_python(parts: list[str], tmp_path: Path) ->
     finally:
         client.close()
     assert lua == schema.key(*parts)
+
+
+def test_the_governor_reports_a_bar_service_as_one(
+        governor_factory: Callable[..., Governor]) -> None:
+    """Through the whole pipeline: the settlement no longer rewrites ``|`` to ``/``
+    (which read as a provider account) and the export shows one service."""
+    governor_factory({"backend": "memory"})
+
+    @llm_governor.rate_limited("team|search", cost=D("0.01"))
+    def call() -> int:
+        return 1
+
+    with llm_governor.job("nightly%7Cbatch"):  # scope values forbid "|"; this must not decode
+        assert call() == 1
+    doc = json.loads(llm_governor.export_rate_limit_metrics())
+    assert doc["services"]["team|search"]["calls"]
+    assert "team" not in doc["services"] and "team/search" not in doc["services"]
+    assert set(doc["costs"]["by_job"]) == {"nightly%7Cbatch"}
