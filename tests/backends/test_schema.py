@@ -104,3 +104,24 @@ def test_the_governor_reports_a_bar_service_as_one(
     assert doc["services"]["team|search"]["calls"]
     assert "team" not in doc["services"] and "team/search" not in doc["services"]
     assert set(doc["costs"]["by_job"]) == {"nightly%7Cbatch"}
+
+
+def test_redis_counters_written_before_escaping_still_read(tmp_path: Path) -> None:
+    from llm_governor.backends.redis import RedisBackend
+    from tests._redis_server import shared_server  # skips (fails in CI) without redis-server
+
+    server = shared_server()
+    namespace = f"legacy-{tmp_path.name}"
+    b = RedisBackend(server.url, {}, namespace=namespace)
+    client = server.client()
+    try:
+        ctr = f"{{llmg:{namespace}}}:ctr"
+        client.hincrby(ctr, "requests|openai|admitted", 3)  # as an older version wrote it
+        client.hincrby(ctr, "cost|openai|gpt-4o", 1_500_000_000)
+        b.count(schema.key("requests", "openai", "admitted"))
+        counters = b.counters()
+        assert counters["requests"]["openai"] == {"admitted": 4}
+        assert counters["cost"]["openai"] == {"gpt-4o": D("1.5")}
+    finally:
+        client.close()
+        b.close()
