@@ -21,7 +21,7 @@ from ..redaction import redact_url
 from .base import Backend, Clock
 from .memory import MemoryBackend
 
-__all__ = ["SCHEMES", "Scheme", "allowed", "create", "default_state_path", "normalize",
+__all__ = ["SCHEMES", "Options", "Scheme", "allowed", "create", "default_state_path", "normalize",
            "problem", "sqlite_path"]
 
 logger = logging.getLogger("llm_governor")
