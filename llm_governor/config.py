@@ -29,9 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from .backends.schemes import default_state_path, problem, sqlite_path
 from .context import SCOPE_KIND, SCOPE_VALUE
 from .errors import ConfigError
 from .presets import ENVIRONMENTS, preset_for
+from .redaction import redact_url
 
 __all__ = [
     "AlertsConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "config_warnings",
     "default_state_path",
     "load_config",
+    "redact_url",
     "sqlite_path",
 ]
 
@@ -342,33 +345,12 @@ class TelemetryConfig(BaseModel):
     cost_attributes: bool = False
 
 
-def default_state_path() -> Path:
-    """Where the SQLite file lives by default: the user's state directory."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
-    return Path(base) / "llm-governor" / "governor.db"
-
-
-def sqlite_path(url: str) -> Path:
-    """The file a ``sqlite`` / ``sqlite:///path`` backend URL names."""
-    if url == "sqlite":
-        return default_state_path()
-    path = url.removeprefix("sqlite://")
-    # sqlite:////abs/path leaves //abs/path: the same file, shown with one slash
-    return Path("/" + path.lstrip("/") if path.startswith("//") else path)
-
-
-_BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
-
-
 def _check_backend(url: str) -> str:
-    scheme = url.split(":", 1)[0].lower()
-    if url in ("memory", "sqlite") or (scheme in ("sqlite", "redis", "rediss") and "://" in url):
-        return url
-    raise ValueError(
-        "one of \"memory\", \"sqlite\", \"sqlite:///path/to/file.db\", \"redis://host:6379/0\","
-        " \"rediss://…\""
-    )
+    """One verdict with ``create_backend``: both ask the scheme registry."""
+    msg = problem(url)
+    if msg is not None:
+        raise ValueError(msg)
+    return url
 
 
 class GovernorConfig(BaseModel):
@@ -528,18 +510,6 @@ def _service_summary(cfg: RateLimitConfig) -> dict[str, Any]:
     if "base_url" in data:
         data["base_url"] = redact_url(data["base_url"])
     return data
-
-
-def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` → ``redis://user:***@host``; other URLs unchanged."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, _, host = rest.rpartition("@")
-    if ":" in creds:
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return f"{scheme}://***@{host}"
 
 
 KNOWN_SERVICES = ("openai", "azure_openai", "anthropic", "gemini", "deepgram")

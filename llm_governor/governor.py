@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from .accounts import host_of, scope_key, service_of
-from .backends import Backend, CallRecord, create_backend
+from .backends import Backend, CallRecord, create_backend, schema
 from .backends.base import Charged
 from .config import GovernorConfig, RateLimitConfig
 from .context import (
@@ -200,10 +200,6 @@ def never_sent(exc: BaseException) -> bool:
 def _age(t: Ticket) -> float:
     """Seconds since the call's latest attempt was sent (0: no attempt was reported)."""
     return time.monotonic() - t.attempt_started if t.attempt_started else 0.0
-
-
-def _clean(part: str) -> str:
-    return part.replace("|", "/")
 
 
 def _scope_pair(key: str | None) -> tuple[str, str] | None:
@@ -870,7 +866,7 @@ class Governor:
             return
         t, lease = step.ticket, step.lease
         assert lease is not None
-        record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
+        record = CallRecord(t.service, t.model, t.job or None,
                             _ZERO, "cancelled", "CancelledError", settle_id=lease, key=t.key)
         threading.Thread(target=self._quietly, args=(self.backend.settle, lease, step.req.limits,
                                                      None, record),
@@ -987,8 +983,7 @@ class Governor:
         """An attempt the provider may have billed: charge its reservation before a retry."""
         if t.state not in budget.BILLABLE:
             return
-        record = CallRecord(_clean(t.service), _clean(t.model),
-                            _clean(t.job) if t.job else None, t.reserved, "lost",
+        record = CallRecord(t.service, t.model, t.job or None, t.reserved, "lost",
                             final=False, settle_id=f"{t.lease_id}#{t.attempts}", key=t.key,
                             scopes=t.scopes.charges)
         self._release(t)
@@ -1096,7 +1091,7 @@ class Governor:
         obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
         status = "ok" if error is None else "error"
         error_type = None if error is None else type(error).__name__  # the JSON export's
-        record = CallRecord(_clean(t.service), _clean(t.model), _clean(t.job) if t.job else None,
+        record = CallRecord(t.service, t.model, t.job or None,
                             cost, status, error_type, max(1, t.attempts), overrun=overrun,
                             settle_id=t.lease_id, key=t.key, scopes=t.scopes.charges)
         lease = t.lease_id if t.holding else None
@@ -1279,7 +1274,7 @@ class Governor:
                        "($%s of $%s)", f"{float(threshold) * 100:g}", window,
                        f" of {key}" if key else "", spent, limit)
         try:
-            self.backend.count(f"alerts|budget_threshold|{whose}|{window}|{threshold}")
+            self.backend.count(schema.key("alerts", "budget_threshold", whose, window, threshold))
         except Exception:
             logger.debug("counting a budget threshold alert failed", exc_info=True)
         self._emit(self.telemetry.budget_threshold, key, window, threshold)

@@ -27,6 +27,7 @@ from ..accounts import service_of
 from ..policies import admission, budget, scopes
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeState
+from . import schema
 
 __all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "TransactionalBackend",
            "Txn"]
@@ -147,7 +148,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def count(self, key: str) -> None:
-        """Add one to the counter ``key`` (``|``-separated parts: an alert fired, say)."""
+        """Add one to the counter ``key`` (built with :func:`.schema.key`: an alert fired, say)."""
 
     @abc.abstractmethod
     def emergency(self) -> bool: ...
@@ -313,7 +314,7 @@ class TransactionalBackend(Backend):
             key = self._decision_keys.get((req.service, outcome))
             if key is None:
                 key = self._decision_keys[(req.service, outcome)] = \
-                    f"requests|{req.service}|{outcome}"
+                    schema.key("requests", req.service, outcome)
             if outcome != "rate_limited":  # a wait, not a refusal: see count_decision
                 tx.incr(key, 1)
             return decision
@@ -392,9 +393,9 @@ class TransactionalBackend(Backend):
                 state = tx.scope(key)
                 tx.put_scope(key, scopes.settle(state, tuple(state.spends), le.amount, now))
             service = service_of(le.service)
-            tx.incr(f"expired|{service}", 1)
+            tx.incr(schema.key("expired", service), 1)
             if le.amount:
-                tx.incr(f"cost|{service}|{EXPIRED_MODEL}", le.amount)
+                tx.incr(schema.key("cost", service, EXPIRED_MODEL), le.amount)
             tx.mark_done(le.id, now + DONE_TTL)
         if self.budget_limits:
             tx.put_spends(spends)
@@ -435,17 +436,17 @@ class TransactionalBackend(Backend):
                 if new_state is not state:
                     tx.put_service(record.scope, new_state)
             if record.final:
-                tx.incr(f"calls|{record.service}|{record.model}|{record.status}", 1)
+                tx.incr(schema.key("calls", record.service, record.model, record.status), 1)
                 if record.attempts > 1:
-                    tx.incr(f"retries|{record.service}", record.attempts - 1)
+                    tx.incr(schema.key("retries", record.service), record.attempts - 1)
             else:
-                tx.incr(f"lost|{record.service}", 1)
+                tx.incr(schema.key("lost", record.service), 1)
             if record.cost:
-                tx.incr(f"cost|{record.service}|{record.model}", record.cost)
+                tx.incr(schema.key("cost", record.service, record.model), record.cost)
                 if record.job:
-                    tx.incr(f"job|{record.job}", record.cost)
+                    tx.incr(schema.key("job", record.job), record.cost)
             if record.overrun:
-                tx.incr(f"overrun|{record.service}|{record.model}", record.overrun)
+                tx.incr(schema.key("overrun", record.service, record.model), record.overrun)
             return tuple(charged)
 
     def forget(self, keys: list[str]) -> None:
@@ -480,7 +481,7 @@ class TransactionalBackend(Backend):
             return sum(1 for lease_id in lease_ids if tx.renew_lease(lease_id, expires))
 
     def count_decision(self, service: str, decision: str) -> None:
-        self.count(f"requests|{service}|{decision}")
+        self.count(schema.key("requests", service, decision))
 
     def count(self, key: str) -> None:
         with self.transaction() as tx:
@@ -534,7 +535,7 @@ def _in_flight(tx: Txn, now: float, service: str, obs: Observation) -> int:
 EXPIRED_MODEL = "(expired)"  # the cost counter's model for leases charged at expiry
 DONE_TTL = 3600.0  # seconds an applied settlement or expiry is remembered
 
-MONEY_COUNTERS = ("cost|", "job|", "overrun|")
+MONEY_COUNTERS = tuple(k + schema.SEP for k in schema.MONEY_KINDS)
 """Counter key prefixes that hold USD amounts (the rest count events)."""
 
 
@@ -542,7 +543,7 @@ def nest_counters(flat: Iterator[tuple[str, int | Decimal]]) -> dict[str, Any]:
     """``{"requests|openai|admitted": 3}`` → ``{"requests": {"openai": {"admitted": 3}}}``."""
     out: dict[str, Any] = {}
     for key, value in flat:
-        parts = key.split("|")
+        parts = schema.split(key)
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

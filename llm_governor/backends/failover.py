@@ -36,6 +36,7 @@ from ..errors import BackendUnavailableError, ConfigError
 from ..policies import budget
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeState
+from . import schema
 from .base import Backend, CallRecord, Charged
 from .memory import MemoryBackend
 
@@ -106,7 +107,7 @@ class _LocalBackend(MemoryBackend):
             counters = dict(self._counters)
         deltas = {}
         for key, value in counters.items():
-            if key.startswith("requests|") and isinstance(value, int):
+            if schema.kind(key) == "requests" and isinstance(value, int):
                 delta = value - int(self.pushed_counters.get(key, 0))
                 if delta:
                     deltas[key] = delta

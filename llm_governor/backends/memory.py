@@ -10,6 +10,7 @@ from typing import Any
 from ..policies import budget
 from ..policies.admission import ServiceState
 from ..policies.scopes import ScopeState
+from . import schema
 from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
 
 __all__ = ["MemoryBackend"]
@@ -173,8 +174,8 @@ class MemoryBackend(TransactionalBackend):
     def services(self) -> list[str]:
         with self._lock:
             names = set(self._services)
-            names.update(k.split("|")[1] for k in self._counters if k.startswith(("requests|",
-                                                                                 "calls|")))
+            names.update(schema.split(k)[1] for k in self._counters
+                         if schema.kind(k) in schema.CALL_KINDS)
             return sorted(names)
 
     def counters(self) -> dict[str, Any]:

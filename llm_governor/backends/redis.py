@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib import resources
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -46,19 +45,21 @@ from redis.commands.core import Script
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ..config import redact_url
 from ..errors import ConfigError
 from ..policies import adaptive, budget, rate, scopes
 from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
-from .base import MONEY_COUNTERS, CallRecord, Charged, Clock, nest_counters
+from ..redaction import Scrubber, redact_url
+from . import schema
+from .base import CallRecord, Charged, Clock, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
 __all__ = ["RedisBackend", "RedisStore", "from_nanos", "to_nanos"]
 
 _NANO = Decimal(10**9)
+_SCRIPTS = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
 
 
 def to_nanos(amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -156,14 +157,18 @@ def _glob_escape(text: str) -> str:
 
 
 @functools.cache
-def _script_source(name: str) -> str:
-    pkg = resources.files(__package__ or "llm_governor.backends") / "redis_scripts"
-    prelude = (pkg / "common.lua").read_text("utf-8")
+def _prelude() -> str:
+    """``common.lua`` with its ``$NAME`` placeholders filled from the Python constants."""
+    prelude = (_SCRIPTS / "common.lua").read_text("utf-8")
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
                        ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
                        ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):
         prelude = prelude.replace(key, repr(value))
-    return prelude + "\n" + (pkg / f"{name}.lua").read_text("utf-8")
+    return prelude
+
+
+def _script_source(name: str) -> str:
+    return _prelude() + "\n" + (_SCRIPTS / f"{name}.lua").read_text("utf-8")
 
 
 class RedisStore(SharedStore):
@@ -188,8 +193,7 @@ class RedisStore(SharedStore):
         self.budget_limits = dict(budget_limits or {})
         self._clock = clock
         self.uses_server_clock = clock is None
-        password = urlsplit(url).password
-        self._secrets = [s for s in {password, unquote(password or "")} if s]
+        self._scrubber = Scrubber(url)
         try:
             self._client = redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=socket_timeout,
@@ -212,9 +216,7 @@ class RedisStore(SharedStore):
         self._loaded = False
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._scrubber.scrub(text)
 
     def _load_scripts(self) -> None:
         """Load the scripts once per server start (EVALSHA then never needs the source)."""
@@ -345,7 +347,7 @@ class RedisStore(SharedStore):
                                           args=[self._now_arg(), _f(ttl), *lease_ids]))
 
     def count_decision(self, service: str, decision: str) -> None:
-        self.count(f"requests|{service}|{decision}")
+        self.count(schema.key("requests", service, decision))
 
     def count(self, key: str) -> None:
         self._client.hincrby(self._k_ctr, key, 1)
@@ -366,8 +368,8 @@ class RedisStore(SharedStore):
             pipe.hkeys(self._k_ctr)
             states, counters = pipe.execute()
             names = set(states)
-            names.update(k.split("|")[1] for k in counters
-                         if k.startswith(("requests|", "calls|")))
+            names.update(schema.split(k)[1] for k in counters
+                         if schema.kind(k) in schema.CALL_KINDS)
             return sorted(names)
 
         return remote()
@@ -435,7 +437,7 @@ class RedisStore(SharedStore):
         def remote() -> dict[str, Any]:
             raw: dict[str, str] = self._client.hgetall(self._k_ctr)
             return nest_counters(
-                (k, from_nanos(int(v)) if k.startswith(MONEY_COUNTERS) else int(v))
+                (k, from_nanos(int(v)) if schema.is_money(k) else int(v))
                 for k, v in raw.items())
 
         return remote()

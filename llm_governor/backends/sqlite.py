@@ -37,8 +37,9 @@ from typing import Any
 from ..policies import budget
 from ..policies.admission import ServiceState
 from ..policies.scopes import ScopeState
+from . import schema
 from ._codec import dump_scope, dump_service, dump_spends, load_scope, load_service, load_spends
-from .base import MONEY_COUNTERS, Clock, Lease, TransactionalBackend, Txn, nest_counters
+from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
 from .failover import FailoverBackend, SharedStore
 
 __all__ = ["SQLiteBackend", "SQLiteStore", "prepare_path"]
@@ -335,9 +336,10 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         prefix = f"{self.namespace}|"
         names = {n.removeprefix(prefix) for (n,) in conn.execute(
             "SELECT name FROM services WHERE name LIKE ?", (prefix + "%",))}
+        called = tuple(f"{prefix}{kind}{schema.SEP}%" for kind in schema.CALL_KINDS)
         for (k,) in conn.execute("SELECT key FROM counters WHERE key LIKE ? OR key LIKE ?",
-                                 (prefix + "requests|%", prefix + "calls|%")):
-            names.add(k.split("|")[2])
+                                 called):
+            names.add(schema.split(k.removeprefix(prefix))[1])
         return sorted(names)
 
     def counters(self) -> dict[str, Any]:
@@ -347,7 +349,7 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         flat: list[tuple[str, int | Decimal]] = []
         for key, value in rows:
             k = key.removeprefix(prefix)
-            flat.append((k, Decimal(value) if k.startswith(MONEY_COUNTERS) else int(value)))
+            flat.append((k, Decimal(value) if schema.is_money(k) else int(value)))
         return nest_counters(iter(flat))
 
     def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import GovernorConfig, config_warnings, load_config, redact_url, sqlite_path
+from ..config import GovernorConfig, config_warnings, load_config, sqlite_path
 from ..context import SCOPE_KIND, SCOPE_VALUE
 from ..exporters.export import status_document
 from ..exporters.fleet import Fleet
+from ..redaction import redact_url
 from .errors import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK, EXIT_USAGE, STATUS_EXIT, CLIError
 from .render import Block, Output, Table, money, render_rich
 from .scrub import remember_url

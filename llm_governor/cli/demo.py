@@ -36,7 +36,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..api import instrument, set_governor, uninstrument
-from ..config import redact_url
 from ..context import Priority, priority
 from ..errors import (
     BudgetExceededError,
@@ -46,6 +45,7 @@ from ..errors import (
 )
 from ..governor import Governor
 from ..instrumentation import GovernorInstrumentor
+from ..redaction import redact_url
 from ..testing import FakeProvider
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 

@@ -1,35 +1,27 @@
-"""Backend passwords never reach the CLI's output: remember them, replace them by ``***``."""
+"""Backend passwords never reach the CLI's output: one process-wide
+:class:`~llm_governor.redaction.Scrubber` that every command's URLs are shown to."""
 
 from __future__ import annotations
 
-import logging
-from urllib.parse import unquote
+from .. import redaction
 
 __all__ = ["ScrubbingFormatter", "remember_url", "scrub"]
 
-_secrets: set[str] = set()
+_scrubber = redaction.Scrubber()
 
 
 def remember_url(url: str | None) -> None:
     """Note the password of a backend URL so no output can carry it."""
-    if not url or "://" not in url or "@" not in url:
-        return
-    creds = url.split("://", 1)[1].rpartition("@")[0]
-    password = creds.split(":", 1)[1] if ":" in creds else creds
-    for variant in (password, unquote(password)):
-        if len(variant) >= 3:
-            _secrets.add(variant)
+    _scrubber.remember_url(url)
 
 
 def scrub(text: str) -> str:
     """``text`` with every known backend password replaced by ``***``."""
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    return _scrubber.scrub(text)
 
 
-class ScrubbingFormatter(logging.Formatter):
+class ScrubbingFormatter(redaction.ScrubbingFormatter):
     """A log formatter whose lines are scrubbed of every remembered password."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+    def __init__(self, fmt: str | None = None) -> None:
+        super().__init__(_scrubber, fmt)

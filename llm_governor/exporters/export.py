@@ -9,8 +9,8 @@ import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..config import redact_url
 from ..policies import budget
+from ..redaction import redact_url
 from .monitor import health, scope_summary
 
 if TYPE_CHECKING:

@@ -41,6 +41,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ..accounts import service_of
 from .export import status_document
 from .fleet import Fleet, published, union
 from .monitor import RateLimitAlert, RateLimitMonitor
@@ -100,8 +101,9 @@ class _Text:
 
 
 def _where(name: str) -> dict[str, str]:
-    """The labels of a service row: a provider account (``openai|host|fp``) by its service."""
-    service = name.split("|", 1)[0]
+    """The labels of a service row: a provider account (``service/fingerprint``) by its
+    service (:func:`~llm_governor.accounts.service_of`, the one spelling of that key)."""
+    service = service_of(name)
     return {"service": service} if service == name else {"service": service, "account": name}
 
 

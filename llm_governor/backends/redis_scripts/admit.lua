@@ -26,7 +26,7 @@ for i = 16, #ARGV do
 end
 
 local function count(outcome)
-  redis.call('HINCRBY', K_CTR, 'requests|' .. label .. '|' .. outcome, 1)
+  redis.call('HINCRBY', K_CTR, ctr_key('requests', label, outcome), 1)
 end
 
 local observed = nil -- the first refusal of an observed scope

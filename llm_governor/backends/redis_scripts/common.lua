@@ -19,6 +19,18 @@ local SCOPE_IDLE = $SCOPE_IDLE
 
 local function fmt(x) return string.format('%.17g', x) end
 
+-- A counter key: parts joined by '|', each with '%' -> '%25' and '|' -> '%7C'
+-- (backends/schema.py, the one rule; tests/backends/test_schema.py compares them).
+local function esc(part)
+  return (string.gsub(string.gsub(part, '%%', '%%25'), '|', '%%7C'))
+end
+
+local function ctr_key(...)
+  local parts = {...}
+  for i = 1, #parts do parts[i] = esc(parts[i]) end
+  return table.concat(parts, '|')
+end
+
 -- The server's clock; a non-empty override is used only by tests.
 local function clock(override)
   if override ~= '' then return tonumber(override) end
@@ -389,9 +401,9 @@ local function charge_expired(expired, ws, k_spend, k_ctr, k_done, now, scope_pr
       scope_settle(key, scope_windows(load_scope(redis.call('GET', key))), nanos, now)
     end
     local service = string.match(svc, '^[^/]*')
-    redis.call('HINCRBY', k_ctr, 'expired|' .. service, 1)
+    redis.call('HINCRBY', k_ctr, ctr_key('expired', service), 1)
     if nanos ~= 0 then
-      redis.call('HINCRBY', k_ctr, 'cost|' .. service .. '|(expired)',
+      redis.call('HINCRBY', k_ctr, ctr_key('cost', service, '(expired)'),
         string.format('%.0f', nanos))
     end
     redis.call('ZADD', k_done, now + 3600, id)

@@ -62,16 +62,16 @@ if ARGV[15] ~= '' then
   redis.call('HSET', K_SVC, key, dump_state(s))
 end
 if ARGV[10] == '1' then
-  redis.call('HINCRBY', K_CTR, 'calls|' .. service .. '|' .. model .. '|' .. status, 1)
-  if attempts > 1 then redis.call('HINCRBY', K_CTR, 'retries|' .. service, attempts - 1) end
+  redis.call('HINCRBY', K_CTR, ctr_key('calls', service, model, status), 1)
+  if attempts > 1 then redis.call('HINCRBY', K_CTR, ctr_key('retries', service), attempts - 1) end
 else
-  redis.call('HINCRBY', K_CTR, 'lost|' .. service, 1)
+  redis.call('HINCRBY', K_CTR, ctr_key('lost', service), 1)
 end
 if cost ~= 0 then
-  redis.call('HINCRBY', K_CTR, 'cost|' .. service .. '|' .. model, ARGV[8])
-  if job ~= '' then redis.call('HINCRBY', K_CTR, 'job|' .. job, ARGV[8]) end
+  redis.call('HINCRBY', K_CTR, ctr_key('cost', service, model), ARGV[8])
+  if job ~= '' then redis.call('HINCRBY', K_CTR, ctr_key('job', job), ARGV[8]) end
 end
 if ARGV[11] ~= '0' then
-  redis.call('HINCRBY', K_CTR, 'overrun|' .. service .. '|' .. model, ARGV[11])
+  redis.call('HINCRBY', K_CTR, ctr_key('overrun', service, model), ARGV[11])
 end
 return charged
