@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,73 @@ from llm_governor.backends.sqlite import SQLiteBackend
 from llm_governor.governor import Governor
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Every HTTP client a test opens (the SDKs' own, through httpx or its fork httpx2) is
+# kept alive until the test ends and closed then, inside the test's event loop, so no
+# socket is left for the garbage collector to warn about (the suite runs clean under
+# -W error::ResourceWarning). Clients opened outside a test are not kept.
+_opened: list[Any] = []
+_in_test = False
+
+
+def _cached_by_a_library() -> bool:
+    """A client a library keeps for the whole process (LangChain's ``@lru_cache``'d
+    clients, made in ``langchain_*._client_utils``): closing it would break the
+    library's next call."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.startswith("langchain") and module.endswith("._client_utils"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _track_http_clients() -> None:
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # httpx2 comes with the newest SDKs only
+            continue
+        for cls in (module.Client, module.AsyncClient):
+            init = cls.__init__
+
+            def tracked(self: Any, *args: Any, __init: Any = init, **kwargs: Any) -> None:
+                __init(self, *args, **kwargs)
+                if _in_test and not _cached_by_a_library():
+                    _opened.append(self)
+
+            cls.__init__ = tracked
+
+
+_track_http_clients()
+
+
+async def aclose_http_clients() -> None:
+    """Close the HTTP clients the running test opened so far, in the running loop (a
+    test that runs its SDK calls in a loop of its own calls it before that loop ends)."""
+    opened, _opened[:] = list(_opened), []
+    for client in opened:
+        if client.is_closed:
+            continue
+        with contextlib.suppress(Exception):  # e.g. a client of a loop that is gone
+            if hasattr(client, "aclose"):
+                await client.aclose()
+            else:
+                client.close()
+
+
+@pytest.fixture(autouse=True)
+async def _close_http_clients() -> AsyncIterator[None]:
+    global _in_test
+    _in_test = True
+    try:
+        yield
+    finally:
+        _in_test = False
+    await aclose_http_clients()
 
 
 def require(condition: bool, reason: str) -> None:

@@ -43,6 +43,7 @@ from llm_governor.api import set_governor
 from llm_governor.backends import Backend, CallRecord
 from llm_governor.governor import Governor
 from llm_governor.testing import FakeProvider
+from tests.conftest import aclose_http_clients
 
 T = TypeVar("T")
 BACKENDS = ("memory", "sqlite", "redis")
@@ -358,9 +359,16 @@ async def in_tasks(n: int, fn: Callable[[int], Awaitable[T]]) -> list[T | Except
 
 def run_calls(is_async: bool, n: int, sync_fn: Callable[[int], Any],
               async_fn: Callable[[int], Awaitable[Any]]) -> list[Any]:
-    """``n`` concurrent calls, threads or asyncio tasks (a fresh event loop)."""
+    """``n`` concurrent calls, threads or asyncio tasks (a fresh event loop, which closes
+    the test's async clients before it ends)."""
     if is_async:
-        return asyncio.run(in_tasks(n, async_fn))
+        async def calls_then_close() -> list[Any]:
+            try:
+                return await in_tasks(n, async_fn)
+            finally:
+                await aclose_http_clients()
+
+        return asyncio.run(calls_then_close())
     return in_threads(n, sync_fn)
 
 
