@@ -183,6 +183,12 @@ class _SQLiteTxn(Txn):
         self._c.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", (k, value))
 
 
+
+def _span(prefix: str) -> tuple[str, str]:
+    """The key range of ``prefix`` (``key >= a AND key < b``): unlike ``LIKE``, exact and
+    case-sensitive, so namespace ``a_b`` never reads ``aXb``'s rows nor ``A_b``'s."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
 class SQLiteStore(TransactionalBackend, SharedStore):
     """State in one SQLite file; safe across threads, processes and ``fork()``."""
 
@@ -335,17 +341,17 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         conn = self._connect()
         prefix = f"{self.namespace}|"
         names = {n.removeprefix(prefix) for (n,) in conn.execute(
-            "SELECT name FROM services WHERE name LIKE ?", (prefix + "%",))}
-        called = tuple(f"{prefix}{kind}{schema.SEP}%" for kind in schema.CALL_KINDS)
-        for (k,) in conn.execute("SELECT key FROM counters WHERE key LIKE ? OR key LIKE ?",
-                                 called):
-            names.add(schema.split(k.removeprefix(prefix))[1])
+            "SELECT name FROM services WHERE name >= ? AND name < ?", _span(prefix))}
+        for kind in schema.CALL_KINDS:
+            for (k,) in conn.execute("SELECT key FROM counters WHERE key >= ? AND key < ?",
+                                     _span(f"{prefix}{kind}{schema.SEP}")):
+                names.add(schema.split(k.removeprefix(prefix))[1])
         return sorted(names)
 
     def counters(self) -> dict[str, Any]:
         prefix = f"{self.namespace}|"
-        rows = self._connect().execute("SELECT key, value FROM counters WHERE key LIKE ?",
-                                       (prefix + "%",)).fetchall()
+        rows = self._connect().execute(
+            "SELECT key, value FROM counters WHERE key >= ? AND key < ?", _span(prefix)).fetchall()
         flat: list[tuple[str, int | Decimal]] = []
         for key, value in rows:
             k = key.removeprefix(prefix)
@@ -363,8 +369,8 @@ class SQLiteStore(TransactionalBackend, SharedStore):
     def processes(self) -> dict[str, dict[str, Any]]:
         prefix = f"{self.namespace}|"
         rows = self._connect().execute(
-            "SELECT id, doc FROM processes WHERE id LIKE ? AND expires > ?",
-            (prefix + "%", self._clock())).fetchall()
+            "SELECT id, doc FROM processes WHERE id >= ? AND id < ? AND expires > ?",
+            (*_span(prefix), self._clock())).fetchall()
         return {i.removeprefix(prefix): json.loads(d) for i, d in rows}
 
     def reset(self) -> None:
@@ -373,8 +379,8 @@ class SQLiteStore(TransactionalBackend, SharedStore):
             for table, col in (("services", "name"), ("kv", "key"), ("leases", "service"),
                                ("counters", "key"), ("processes", "id"), ("done", "id"),
                                ("scopes", "key")):
-                conn.execute(f"DELETE FROM {table} WHERE {col} LIKE ?",
-                             (f"{self.namespace}|%",))
+                conn.execute(f"DELETE FROM {table} WHERE {col} >= ? AND {col} < ?",
+                             _span(f"{self.namespace}|"))
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -51,3 +51,31 @@ def test_namespaces_isolate_apps_sharing_a_file(tmp_path: Path) -> None:
     assert a.emergency() and not b.emergency()
     a.close()
     b.close()
+
+
+def test_namespaces_match_exactly_not_as_patterns(tmp_path: Path) -> None:
+    """``a_b`` is not a pattern for ``aXb``, nor ``A_b`` the same name: every read and the
+    reset see their own namespace's rows only."""
+    from llm_governor.backends import CallRecord
+    from tests.backends.test_contract import limits
+
+    path = tmp_path / "g.db"
+    names = ("a_b", "aXb", "A_b")
+    stores = {n: SQLiteBackend(path, {}, namespace=n) for n in names}
+    lim = limits()
+    try:
+        for n, store in stores.items():
+            store.settle(None, lim, None,
+                         CallRecord(f"svc-{n}", "m", None, Decimal("0.01"), "ok"))
+            store.publish_process(f"p-{n}", {"pid": 1}, 60)
+        for n, store in stores.items():
+            assert store.services() == [f"svc-{n}"]
+            assert list(store.counters()["cost"]) == [f"svc-{n}"]
+            assert list(store.processes()) == [f"p-{n}"]
+        stores["a_b"].reset()
+        assert stores["a_b"].counters() == {} and stores["a_b"].processes() == {}
+        assert list(stores["aXb"].counters()["cost"]) == ["svc-aXb"]
+        assert list(stores["A_b"].processes()) == ["p-A_b"]
+    finally:
+        for store in stores.values():
+            store.close()
