@@ -105,28 +105,17 @@ def _limits_per_call(n_keys: int, storage_uri: str, calls: int) -> float:
 
 def _round_trips(redis_url: str) -> float:
     """Client writes per admission of a 3-scope call on Redis."""
-    import redis
-
     import llm_governor
+    from benchmarks.bench_redis import _counting_writes
     from llm_governor.governor import CallSpec
 
     gov = _governor(redis_url)
     spec = CallSpec("bench", operation="call", model="bench-model", cost=Decimal("0.0004"))
-    writes = [0]
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        writes[0] += 1
-        original(self, command, check_health)
-
     try:
         with llm_governor.scope(**LABELS[1]):
             tickets = [gov.admit(spec)]  # warm up: connect, load scripts
-            redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
-            try:
+            with _counting_writes() as writes:
                 tickets = [gov.admit(spec) for _ in range(100)]
-            finally:
-                redis.connection.Connection.send_packed_command = original  # type: ignore[method-assign]
             for t in tickets:
                 gov.settle(t)
     finally:
