@@ -57,8 +57,9 @@ def test_the_governor_fixture(tmp_path: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    # installed, the package registers the plugin (entry point pytest11): no -p needed
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-p", "llm_governor.testing.pytest_plugin", "test_app.py"],
+                        "test_app.py"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "3 passed" in r.stdout
