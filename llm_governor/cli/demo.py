@@ -47,6 +47,7 @@ from ..governor import Governor
 from ..instrumentation import GovernorInstrumentor
 from ..redaction import redact_url
 from ..testing import FakeProvider
+from .argtypes import seconds, whole
 from .errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = ["ACTS", "Act", "Row", "main", "run_demo"]
@@ -571,28 +572,6 @@ def run_demo(options: Options | None = None, *, backend: str | None = None,
     return Demo(backend, options or Options(), stop or threading.Event(), say).run()
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 60, got {text}")
-    return value
-
-
 def _usd_amount(text: str) -> Decimal:
     try:
         value = Decimal(text.strip().removeprefix("$"))
@@ -614,14 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "mode switched from the command line. Takes about 20 seconds.",
         epilog="exit codes: 0 done, 2 bad option, 3 the SDKs are missing or an act failed, "
                "130 interrupted (Ctrl-C)")
-    parser.add_argument("--calls", type=_at_least(1), default=120, metavar="N",
+    parser.add_argument("--calls", type=whole(1), default=120, metavar="N",
                         help="calls in the rate-limit act (default 120)")
-    parser.add_argument("--workers", type=_at_least(1), default=12, metavar="N",
+    parser.add_argument("--workers", type=whole(1), default=12, metavar="N",
                         help="threads making them (default 12)")
-    parser.add_argument("--rpm", type=_at_least(1), default=40, metavar="N",
+    parser.add_argument("--rpm", type=whole(1), default=40, metavar="N",
                         help="the fake provider's limit: requests per window per API "
                              "(default 40)")
-    parser.add_argument("--window", type=_seconds, default=1.0, metavar="S",
+    parser.add_argument("--window", type=seconds(60), default=1.0, metavar="S",
                         help="seconds the provider's window lasts, a minute scaled down "
                              "(default 1)")
     parser.add_argument("--budget", type=_usd_amount, default=Decimal("0.0020"),

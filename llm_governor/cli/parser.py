@@ -10,6 +10,7 @@ from typing import Any
 from .._version import __version__
 from ..exporters.server import DEFAULT_PORT
 from ..policies.budget import WINDOW_SECONDS
+from .argtypes import seconds, whole
 from .commands import scope_arg, scope_kind_arg
 
 __all__ = ["EPILOG", "build_parser"]
@@ -45,33 +46,6 @@ def _namespace(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r}: 1-64 letters, digits, '_', '.' or '-'")
     return text
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port 0-65535, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 EPILOG = """exit codes:
@@ -113,15 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", metavar="KIND", type=scope_kind_arg,
                    help="only the scope kind KIND (e.g. tenant): its values that spent most "
                         "first, each budget window's spend and limit")
-    p.add_argument("--top", type=_count, default=20, metavar="N",
+    p.add_argument("--top", type=whole(), default=20, metavar="N",
                    help="with --scope: show the N top spenders (default 20, 0: all)")
 
     p = command("monitor", "live refreshing view of status and alerts",
                 "Refresh the status view and evaluate alerts every --interval seconds: a "
                 "live view on a terminal, one text block per refresh when piped.")
-    p.add_argument("--interval", type=_positive, default=2.0, metavar="S",
+    p.add_argument("--interval", type=seconds(), default=2.0, metavar="S",
                    help="seconds between refreshes (default 2)")
-    p.add_argument("--iterations", type=_count, default=0, metavar="N",
+    p.add_argument("--iterations", type=whole(), default=0, metavar="N",
                    help="stop after N refreshes (default 0: until Ctrl-C)")
 
     p = command("emergency", "switch emergency mode for every process on the backend",
@@ -185,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "a bearer token (--token or $LLM_GOVERNOR_SERVE_TOKEN). Runs until Ctrl-C.")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT,
+    p.add_argument("--port", type=whole(0, 65535), default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT}, 0: any free port)")
     p.add_argument("--token", default=None,
                    help="bearer token required on every path but /healthz")
