@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from .accounts import host_of, scope_key, service_of
 from .backends import Backend, CallRecord, create_backend, schema
-from .backends.base import Charged
+from .backends.base import Charged, Snapshot
 from .config import GovernorConfig, RateLimitConfig
 from .context import (
     Priority,
@@ -61,9 +61,9 @@ from .policies.queue import AdmissionQueue, Waiter
 from .policies.retry import AttemptFailure, ProviderWait, RetryBudget
 from .pricing import Pricer, Usage
 from .reservations import OutputLearner, reservation_hint, reservation_mode
-from .scoping import CallScopes, ScopeKinds
+from .scoping import CallScopes, ScopeKinds, scope_rows
 
-__all__ = ["CallSpec", "Governor", "Ticket", "never_sent"]
+__all__ = ["CallSpec", "Governor", "GovernorSnapshot", "Ticket", "never_sent"]
 
 logger = logging.getLogger("llm_governor")
 T = TypeVar("T")
@@ -289,6 +289,54 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass(frozen=True)
+class GovernorSnapshot:
+    """A governor's view at one instant, what health, alerts, exports, the CLI and the
+    gauges are computed from: the backend's shared :class:`~.backends.base.Snapshot`
+    plus what only the governor knows (its configuration, the limits in force per
+    service, its own queues, what it enforces when it is an application's).
+
+    Build one with :meth:`Governor.snapshot`, or fabricate one in a test.
+    """
+
+    state: Snapshot
+    config: GovernorConfig
+    process_id: str = ""
+    budget_limits: Mapping[str, Decimal] = field(default_factory=dict)
+    scope_kinds: ScopeKinds | None = None
+    limits: Mapping[str, tuple[RateLimitConfig, Limits]] = field(default_factory=dict)
+    queues: Mapping[str, int] = field(default_factory=dict)
+    enforcement: dict[str, Any] | None = None  # None: an observer, which enforces nothing
+    backend: str = ""  # where the state lives (default: the configured backend URL)
+
+    @property
+    def now(self) -> float:
+        return self.state.now
+
+    def service_limits(self, service: str) -> tuple[RateLimitConfig, Limits]:
+        """Config and limits in force of ``service`` (a limit scope key or a service)."""
+        found = self.limits.get(service)
+        if found is None:
+            cfg = self.config.service(service_of(service), None)
+            found = (cfg, limits_of(cfg, self.config.retry.max_block))
+        return found
+
+    def budget_report(self, limits: Mapping[str, Decimal] | None = None
+                      ) -> dict[str, dict[str, Decimal]]:
+        """As :meth:`Governor.budget_report`."""
+        limits = self.budget_limits if limits is None else limits
+        return budget.report(self.state.spends, self.state.reserved, limits, self.now)
+
+    def scope_report(self, kind: str | None = None, value: str | None = None,
+                     top: int | None = None) -> dict[str, dict[str, Any]]:
+        """As :meth:`Governor.scope_report` (from a snapshot taken with its scopes)."""
+        kinds = self.scope_kinds or ScopeKinds(self.config)
+        return scope_rows(self.state.scope_status(kind, value), kinds, self.now, top)
+
+    def kinds(self) -> list[str]:
+        return (self.scope_kinds or ScopeKinds(self.config)).kinds()
 
 
 class Governor:
@@ -1193,35 +1241,30 @@ class Governor:
         if not limits:
             return {}
         spends, reserved, _ = self.backend.budget_status()
-        now = self.backend.now()
-        out = {}
-        for window, limit in limits.items():
-            spent = budget.roll(spends.get(window, budget.WindowSpend()), window, now).spent
-            out[window] = {"limit": limit, "spent": spent, "reserved": reserved,
-                           "remaining": limit - spent - reserved}
-        return out
+        return budget.report(spends, reserved, limits, self.backend.now())
 
     def scope_report(self, kind: str | None = None, value: str | None = None,
                      top: int | None = None) -> dict[str, dict[str, Any]]:
         """Per scope value (``kind=value``), most spent first: mode and, per window, limit
         (``None`` when the window only tracks spend), spent, reserved and remaining."""
-        found = self.backend.scope_status(kind, value)
-        now = self.backend.now()
-        rows: list[tuple[Decimal, str, dict[str, Any]]] = []
-        for key, (state, held) in found.items():
-            limits = self.scope_kinds.budgets(key)
-            windows: dict[str, dict[str, Any]] = {}
-            for window in dict.fromkeys([*limits, *state.spends]):
-                spent = budget.roll(state.spends.get(window, budget.WindowSpend()), window,
-                                    now).spent
-                limit = limits.get(window)
-                windows[window] = {"limit": limit, "spent": spent, "reserved": held,
-                                   "remaining": None if limit is None else limit - spent - held}
-            most = max((w["spent"] for w in windows.values()), default=_ZERO)
-            mode = "observe" if self.scope_kinds.observed(key) else "enforce"
-            rows.append((most, key, {"mode": mode, "windows": windows}))
-        rows.sort(key=lambda r: (-r[0], r[1]))
-        return {key: row for _, key, row in rows[:top]}
+        return scope_rows(self.backend.scope_status(kind, value), self.scope_kinds,
+                          self.backend.now(), top)
+
+    def snapshot(self, scopes: bool = True, state: Snapshot | None = None
+                 ) -> GovernorSnapshot:
+        """This governor's view now: the backend's :meth:`~.Backend.snapshot` (one read, or
+        ``state`` already read) with the limits in force and this process's queues."""
+        if state is None:
+            state = self.backend.snapshot(scopes)
+        names = sorted(set(self.config.services) | set(state.names))
+        limits = {}
+        for name in names:
+            cfg, normal, emergency = self._resolve(name, None)
+            limits[name] = (cfg, emergency if state.emergency else normal)
+        return GovernorSnapshot(
+            state, self.config, self.process_id, dict(self.budget_limits), self.scope_kinds,
+            limits, {key: len(q) for key, q in list(self._queues.items())},
+            self.enforcement() if self.publishes else None, self.backend.url)
 
     def budget_left(self, labels: Mapping[str, str] | None = None) -> tuple[Decimal | None,
                                                                            float | None]:
@@ -1316,6 +1359,11 @@ class Governor:
         the governor lives, calls or not (``instrument()`` does it)."""
         self._maybe_publish(force=True)
         self._start_heartbeat()
+
+    def publish(self) -> None:
+        """Publish this process's status unless it was published in the last second
+        (the monitor keeps a process listed while it makes no calls)."""
+        self._maybe_publish()
 
     def _maybe_publish(self, force: bool = False) -> None:
         if not self.publishes:

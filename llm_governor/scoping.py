@@ -17,11 +17,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from .config import GovernorConfig, ScopeLimits
-from .policies.scopes import ScopeRequest
+from .policies import budget
+from .policies.scopes import ScopeRequest, ScopeState
 
-__all__ = ["CallScopes", "ScopeKinds"]
+__all__ = ["CallScopes", "ScopeKinds", "scope_rows"]
 
 logger = logging.getLogger("llm_governor")
 _TRACKED = ("day",)  # windows a kind without budgets still keeps spend in, for status
@@ -128,3 +130,25 @@ class ScopeKinds:
             if k.metric_label:
                 attributes[f"scope_{kind}"] = value
         return CallScopes(tuple(requests), tuple(charges), attributes)
+
+
+def scope_rows(found: Mapping[str, tuple[ScopeState, Decimal]], kinds: ScopeKinds, now: float,
+               top: int | None = None) -> dict[str, dict[str, Any]]:
+    """Per scope value (``kind=value``) of ``found`` (stored state, what leases hold), most
+    spent first, the first ``top``: mode and, per window, limit (``None`` when the window
+    only tracks spend), spent, reserved and remaining."""
+    rows: list[tuple[Decimal, str, dict[str, Any]]] = []
+    for key, (state, held) in found.items():
+        limits = kinds.budgets(key)
+        windows: dict[str, dict[str, Any]] = {}
+        for window in dict.fromkeys([*limits, *state.spends]):
+            spent = budget.roll(state.spends.get(window, budget.WindowSpend()), window,
+                                now).spent
+            limit = limits.get(window)
+            windows[window] = {"limit": limit, "spent": spent, "reserved": held,
+                               "remaining": None if limit is None else limit - spent - held}
+        most = max((w["spent"] for w in windows.values()), default=Decimal(0))
+        mode = "observe" if kinds.observed(key) else "enforce"
+        rows.append((most, key, {"mode": mode, "windows": windows}))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    return {key: row for _, key, row in rows[:top]}

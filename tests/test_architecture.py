@@ -126,7 +126,7 @@ def test_every_unit_has_a_layer() -> None:
 def test_the_scan_sees_lazy_and_type_only_imports() -> None:
     kinds = {(i.source, i.target): i.kind for i in IMPORTS}
     assert kinds[("llm_governor.governor", "llm_governor.exporters.otel")] == "lazy"
-    assert kinds[("llm_governor.exporters.monitor", "llm_governor.governor")] == "type"
+    assert kinds[("llm_governor.exporters.export", "llm_governor.governor")] == "type"
     assert kinds[("llm_governor.cli.scrub", "llm_governor.redaction")] == "module"
 
 

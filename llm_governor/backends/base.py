@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -29,8 +29,8 @@ from ..policies.admission import AdmitRequest, Decision, Limits, Observation, Se
 from ..policies.scopes import ScopeState
 from . import schema
 
-__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "TransactionalBackend",
-           "Txn"]
+__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "Snapshot",
+           "TransactionalBackend", "Txn"]
 
 _ZERO = Decimal(0)
 Clock = Callable[[], float]
@@ -82,6 +82,73 @@ class CallRecord:
     @property
     def scope(self) -> str:
         return self.key or self.service
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole shared state of a namespace, read in one step.
+
+    What status, health, alerts, exports and gauges read: one Lua call on
+    Redis, one read transaction on SQLite, one lock hold in memory, so a
+    view is consistent and costs one round trip however many services it
+    shows. Spends are rolled to ``now``; what live leases hold is summed
+    (``reserved``, ``in_flight`` per limit scope, ``held`` per scope value).
+    ``scopes`` holds the scope values (``kind=value``) only when asked for.
+    """
+
+    now: float
+    emergency: bool = False
+    states: Mapping[str, ServiceState] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # limit scopes with stored state or call counters
+    spends: Mapping[str, budget.WindowSpend] = field(default_factory=dict)
+    reserved: Decimal = _ZERO
+    leases: int = 0
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    held: Mapping[str, Decimal] = field(default_factory=dict)
+    counters: Mapping[str, Any] = field(default_factory=dict)
+    processes: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    scopes: Mapping[str, ScopeState] = field(default_factory=dict)
+    degraded: bool = False
+
+    def state(self, service: str) -> ServiceState:
+        return self.states.get(service) or ServiceState()
+
+    def budget_status(self) -> tuple[dict[str, budget.WindowSpend], Decimal, int]:
+        """As :meth:`Backend.budget_status`."""
+        return dict(self.spends), self.reserved, self.leases
+
+    def scope_status(self, kind: str | None = None, value: str | None = None
+                     ) -> dict[str, tuple[ScopeState, Decimal]]:
+        """As :meth:`Backend.scope_status`, from this snapshot (taken with its scopes)."""
+        if kind is not None and value is not None:
+            key = f"{kind}={value}"
+            return {key: (self.scopes.get(key) or ScopeState(), self.held.get(key, _ZERO))}
+        prefix = "" if kind is None else f"{kind}="
+        return {key: (state, self.held.get(key, _ZERO)) for key, state in self.scopes.items()
+                if key.startswith(prefix)}
+
+
+def lease_totals(leases: Iterable[tuple[str, Decimal, Iterable[str]]]
+                 ) -> dict[str, Any]:
+    """:class:`Snapshot`'s lease fields from ``(limit scope, amount, scope values)`` of the
+    live leases."""
+    reserved, count = _ZERO, 0
+    in_flight: dict[str, int] = {}
+    held: dict[str, Decimal] = {}
+    for service, amount, keys in leases:
+        reserved += amount
+        count += 1
+        in_flight[service] = in_flight.get(service, 0) + 1
+        for key in keys:
+            held[key] = held.get(key, _ZERO) + amount
+    return {"reserved": reserved, "leases": count, "in_flight": in_flight, "held": held}
+
+
+def call_names(states: Iterable[str], counter_keys: Iterable[str]) -> tuple[str, ...]:
+    """The limit scopes a backend knows: stored state, or counters of calls made."""
+    names = set(states)
+    names.update(schema.split(k)[1] for k in counter_keys if schema.kind(k) in schema.CALL_KINDS)
+    return tuple(sorted(names))
 
 
 class Backend(abc.ABC):
@@ -191,6 +258,23 @@ class Backend(abc.ABC):
     def now(self) -> float:
         """The backend's clock (Redis: the server's ``TIME``)."""
         return time.time()
+
+    def snapshot(self, scopes: bool = True) -> Snapshot:
+        """Everything at once (:class:`Snapshot`); ``scopes`` False skips the scope values,
+        which a namespace with a million users makes the largest part.
+
+        This default reads piece by piece; the shipped backends override it
+        with one atomic read.
+        """
+        now = self.now()
+        spends, reserved, count = self.budget_status()
+        names = tuple(self.services())
+        found = self.scope_status() if scopes else {}
+        return Snapshot(
+            now, self.emergency(), {n: self.service_state(n) for n in names}, names, spends,
+            reserved, count, {n: self.in_flight(n) for n in names},
+            {k: held for k, (_, held) in found.items()}, self.counters(), self.processes(),
+            {k: st for k, (st, _) in found.items()})
 
     def reset(self) -> None:  # noqa: B027 - optional
         """Forget all state (tests, ``llm-governor reset``)."""

@@ -37,7 +37,7 @@ from ..policies import budget
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeState
 from . import schema
-from .base import Backend, CallRecord, Charged
+from .base import Backend, CallRecord, Charged, Snapshot
 from .memory import MemoryBackend
 
 __all__ = ["FailoverBackend", "SharedStore"]
@@ -297,6 +297,10 @@ class FailoverBackend(Backend):
 
     def counters(self) -> dict[str, Any]:
         return self._do(lambda s: s.counters(), lambda b: b.counters())
+
+    def snapshot(self, scopes: bool = True) -> Snapshot:
+        found = self._do(lambda s: s.snapshot(scopes), lambda b: b.snapshot(scopes))
+        return replace(found, degraded=True) if self.degraded else found
 
     def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
         self._do(lambda s: s.publish_process(process_id, doc, ttl),

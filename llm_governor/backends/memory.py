@@ -10,8 +10,16 @@ from typing import Any
 from ..policies import budget
 from ..policies.admission import ServiceState
 from ..policies.scopes import ScopeState
-from . import schema
-from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
+from .base import (
+    Clock,
+    Lease,
+    Snapshot,
+    TransactionalBackend,
+    Txn,
+    call_names,
+    lease_totals,
+    nest_counters,
+)
 
 __all__ = ["MemoryBackend"]
 
@@ -173,10 +181,20 @@ class MemoryBackend(TransactionalBackend):
 
     def services(self) -> list[str]:
         with self._lock:
-            names = set(self._services)
-            names.update(schema.split(k)[1] for k in self._counters
-                         if schema.kind(k) in schema.CALL_KINDS)
-            return sorted(names)
+            return list(call_names(self._services, self._counters))
+
+    def snapshot(self, scopes: bool = True) -> Snapshot:
+        now = self._clock()
+        with self._lock:
+            live = [(le.service, le.amount, le.scopes) for le in self._leases.values()
+                    if le.expires_at > now]
+            return Snapshot(
+                now, self._emergency, dict(self._services),
+                call_names(self._services, self._counters),
+                {w: budget.roll(s, w, now) for w, s in self._spends.items()},
+                counters=nest_counters(iter(list(self._counters.items()))),
+                processes={k: doc for k, (exp, doc) in self._processes.items() if exp > now},
+                scopes=dict(self._scopes) if scopes else {}, **lease_totals(live))
 
     def counters(self) -> dict[str, Any]:
         with self._lock:

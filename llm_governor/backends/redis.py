@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from importlib import resources
 from typing import Any, cast
@@ -53,7 +53,7 @@ from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
 from ..redaction import Scrubber, redact_url
 from . import schema
-from .base import CallRecord, Charged, Clock, nest_counters
+from .base import CallRecord, Charged, Clock, Snapshot, call_names, lease_totals, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
 __all__ = ["RedisBackend", "RedisStore", "from_nanos", "to_nanos"]
@@ -134,6 +134,11 @@ def _live_leases(raw: dict[str, str], now: float) -> list[tuple[str, int, list[s
     return live
 
 
+def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
+    """``[k1, v1, k2, v2, …]`` (a script's HGETALL) as pairs."""
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
 def _scope_arg(sr: ScopeRequest) -> str:
     """One scope of a call as the admit script reads it (see read_scope in common.lua)."""
     parts = [sr.key, "1" if sr.observe else "0", _f(sr.requests_per_minute),
@@ -211,7 +216,8 @@ class RedisStore(SharedStore):
             for w, limit in self.budget_limits.items())
         self._scripts: dict[str, Script] = {
             name: self._client.register_script(_script_source(name))
-            for name in ("admit", "settle", "observe", "publish", "merge", "renew", "sweep")
+            for name in ("admit", "settle", "observe", "publish", "merge", "renew", "sweep",
+                         "snapshot")
         }
         self._loaded = False
 
@@ -441,6 +447,35 @@ class RedisStore(SharedStore):
                 for k, v in raw.items())
 
         return remote()
+
+    def snapshot(self, scopes: bool = True) -> Snapshot:
+        """One script call: the namespace's hashes, the flag and, if asked, its scope keys."""
+        now_raw, svc, lease_raw, spend_raw, ctr_raw, flag, procs_raw, found = \
+            self._scripts["snapshot"](
+                keys=[self._k_svc, self._k_leases, self._k_spend, self._k_ctr,
+                      self._k_emergency, self._k_procs],
+                args=[self._now_arg(), _glob_escape(self._k_scope) + "*" if scopes else ""])
+        now = float(now_raw)
+        states = {name: _load_state(raw) for name, raw in _pairs(svc)}
+        counters = [(k, from_nanos(int(v)) if schema.is_money(k) else int(v))
+                    for k, v in _pairs(ctr_raw)]
+        spends = {}
+        for window, value in _pairs(spend_raw):
+            start, spent = value.split(" ")
+            spends[window] = budget.roll(
+                budget.WindowSpend(float(start), from_nanos(int(spent))), window, now)
+        processes = {}
+        for process_id, value in _pairs(procs_raw):
+            expires, doc = value.split(" ", 1)
+            if float(expires) > now:
+                processes[process_id] = json.loads(doc)
+        live = [(s, from_nanos(n), keys)
+                for s, n, keys in _live_leases(dict(_pairs(lease_raw)), now)]
+        return Snapshot(
+            now, flag == "1", states, call_names(states, (k for k, _ in counters)), spends,
+            counters=nest_counters(iter(counters)), processes=processes,
+            scopes={k[len(self._k_scope):]: _load_scope(v) for k, v in _pairs(found)},
+            **lease_totals(live))
 
     def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
         self._scripts["publish"](

@@ -39,7 +39,16 @@ from ..policies.admission import ServiceState
 from ..policies.scopes import ScopeState
 from . import schema
 from ._codec import dump_scope, dump_service, dump_spends, load_scope, load_service, load_spends
-from .base import Clock, Lease, TransactionalBackend, Txn, nest_counters
+from .base import (
+    Clock,
+    Lease,
+    Snapshot,
+    TransactionalBackend,
+    Txn,
+    call_names,
+    lease_totals,
+    nest_counters,
+)
 from .failover import FailoverBackend, SharedStore
 
 __all__ = ["SQLiteBackend", "SQLiteStore", "prepare_path"]
@@ -372,6 +381,26 @@ class SQLiteStore(TransactionalBackend, SharedStore):
             "SELECT id, doc FROM processes WHERE id >= ? AND id < ? AND expires > ?",
             (*_span(prefix), self._clock())).fetchall()
         return {i.removeprefix(prefix): json.loads(d) for i, d in rows}
+
+    def snapshot(self, scopes: bool = True) -> Snapshot:
+        """Every table of the namespace in one deferred read transaction."""
+        with self.read() as tx:
+            now = self._clock()
+            conn = self._connect()
+            prefix = f"{self.namespace}|"
+            states = {n.removeprefix(prefix): load_service(raw) for n, raw in conn.execute(
+                "SELECT name, state FROM services WHERE name >= ? AND name < ?", _span(prefix))}
+            flat: list[tuple[str, int | Decimal]] = []
+            for key, value in conn.execute(
+                    "SELECT key, value FROM counters WHERE key >= ? AND key < ?", _span(prefix)):
+                k = key.removeprefix(prefix)
+                flat.append((k, Decimal(value) if schema.is_money(k) else int(value)))
+            live = [(le.service, le.amount, le.scopes) for le in tx.leases(now)]
+            return Snapshot(
+                now, tx.emergency(), states, call_names(states, (k for k, _ in flat)),
+                {w: budget.roll(sp, w, now) for w, sp in tx.spends().items()},
+                counters=nest_counters(iter(flat)), processes=self.processes(),
+                scopes=tx.scopes_of(None) if scopes else {}, **lease_totals(live))
 
     def reset(self) -> None:
         with self.transaction():

@@ -28,7 +28,7 @@ from .views import alerts_view, scopes_view, status_view
 if TYPE_CHECKING:
     from ..backends import Backend
     from ..exporters.monitor import RateLimitAlert
-    from ..governor import Governor
+    from ..governor import Governor, GovernorSnapshot
 
 __all__ = ["COMMANDS", "Session", "cmd_demo", "scope_arg", "scope_kind_arg"]
 
@@ -62,6 +62,7 @@ class Session:
     explicit: bool  # --config or $LLM_GOVERNOR_CONFIG named a file: it joins the union
     gov: Governor = field(init=False)
     fleet: Fleet = field(init=False)
+    view: GovernorSnapshot = field(init=False)  # what the last refresh read
 
     def __post_init__(self) -> None:
         self.fleet = Fleet()
@@ -72,16 +73,14 @@ class Session:
         return f"{redact_url(self.backend.url or self.base.backend)} " \
                f"(namespace {self.base.namespace})"
 
-    def refresh(self) -> None:
-        """Read the live processes again; adopt their budgets and limits if they changed."""
+    def refresh(self, scopes: bool = True) -> GovernorSnapshot:
+        """Read the backend once (:meth:`~.Backend.snapshot`): the live processes, adopting
+        their budgets and limits if they changed, and the view every document is made of."""
         from ..exporters.fleet import published, union
         from ..governor import Governor
 
-        try:
-            processes = self.backend.processes()
-        except Exception:  # best effort, as in health()
-            processes = {}
-        members, silent = published(processes)
+        state = self.backend.snapshot(scopes)
+        members, silent = published(state.processes)
         if self.explicit:
             members[f"--config {self.base.source}"] = self.base.summary()
         fleet = union(members, silent)
@@ -90,6 +89,8 @@ class Session:
                                                           self.fleet.services):
             self.gov = Governor(fleet.adopt(self.base), backend=self.backend, publish=False)
         self.fleet = fleet
+        self.view = self.gov.snapshot(state=state)
+        return self.view
 
     def close(self) -> None:
         self.gov.close()
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 
     session = _session(args, readonly=True)
     try:
-        doc = status_document(session.gov, session.fleet)
+        doc = status_document(session.view, session.fleet)
         if args.scope:
             kinds = sorted(session.gov.scope_kinds.kinds())
             if args.scope not in kinds:
@@ -145,7 +146,7 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
                                "processes (and --config) declare "
                                + (", ".join(kinds) if kinds else "none")
                                + " ([scopes.KIND] in the configuration)")
-            every = scope_summary(session.gov, args.scope, top=None)[args.scope]
+            every = scope_summary(session.view, args.scope, top=None)[args.scope]
             doc["scopes"] = {args.scope: dict(list(every.items())[:args.top or None])}
     finally:
         session.close()
@@ -189,16 +190,16 @@ def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
     iterations = args.iterations
 
     def frame(i: int) -> list[Block]:
-        session.refresh()
+        view = session.refresh()  # one backend read per frame
         monitor.gov = session.gov
-        monitor.evaluate(session.fleet)
+        monitor.evaluate(session.fleet, view)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         head = f"=== llm-governor monitor {stamp} (refresh {args.interval:g}s"
         head += f", {i}/{iterations})" if iterations else ", Ctrl-C to stop)"
-        view = status_view(status_document(session.gov, session.fleet))
+        blocks = status_view(status_document(view, session.fleet))
         # What changes most first, so a short terminal still shows it in the live view.
-        lines = [b for b in view if not isinstance(b, Table)]
-        tables = [b for b in view if isinstance(b, Table)]
+        lines = [b for b in blocks if not isinstance(b, Table)]
+        tables = [b for b in blocks if isinstance(b, Table)]
         first = [t for t in tables if t.title == "Services" or t.title.startswith("Live")]
         rest = [t for t in tables if t not in first]
         return [head, *lines, *first, alerts_view(alerts), *rest]

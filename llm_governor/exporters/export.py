@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..policies import budget
 from ..redaction import redact_url
-from .monitor import health, scope_summary
+from .monitor import health, scope_summary, view_of
 
 if TYPE_CHECKING:
-    from ..governor import Governor
+    from ..governor import Governor, GovernorSnapshot
     from .fleet import Fleet
 
 __all__ = ["export_document", "export_json", "status_document"]
@@ -30,12 +30,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export_document(gov: Governor, fleet: Fleet | None = None) -> Any:
-    """The export as plain JSON values (``fleet`` as for
+def export_document(source: Governor | GovernorSnapshot, fleet: Fleet | None = None) -> Any:
+    """The export as plain JSON values, from one snapshot (``source`` and ``fleet`` as for
     :func:`~llm_governor.exporters.monitor.health`)."""
-    counters = gov.backend.counters()
-    h = health(gov, fleet, scopes=False)
-    spends, _, _ = gov.backend.budget_status()
+    view = view_of(source)
+    counters = view.state.counters
+    h = health(view, fleet, scopes=False)
+    spends = view.state.spends
     costs = counters.get("cost", {})
     by_service = {s: sum((Decimal(v) for v in models.values()), Decimal(0))
                   for s, models in costs.items()}
@@ -45,10 +46,10 @@ def export_document(gov: Governor, fleet: Fleet | None = None) -> Any:
             by_model[model] = by_model.get(model, Decimal(0)) + Decimal(v)
     return _plain({
         "generated_at": time.time(),
-        "environment": gov.config.environment,
-        "backend": redact_url(gov.backend.url or gov.config.backend),
-        "namespace": gov.config.namespace,
-        "config": gov.config.source,
+        "environment": view.config.environment,
+        "backend": redact_url(view.backend or view.config.backend),
+        "namespace": view.config.namespace,
+        "config": view.config.source,
         "emergency_mode": h["emergency_mode"],
         "backend_degraded": h["backend_degraded"],
         "health": {"overall_status": h["overall_status"], "health_score": h["health_score"]},
@@ -64,16 +65,17 @@ def export_document(gov: Governor, fleet: Fleet | None = None) -> Any:
         "budgets": h["budgets"],
         "spend": {w: s.spent for w, s in sorted(spends.items(), key=lambda kv: _order(kv[0]))},
         "enforced": h["enforced"],
-        "scopes": scope_summary(gov, top=100),
+        "scopes": scope_summary(view, top=100),
         "alerts": counters.get("alerts", {}),
-        "processes": gov.backend.processes(),
+        "processes": dict(view.state.processes),
     })
 
 
-def status_document(gov: Governor, fleet: Fleet | None = None) -> dict[str, Any]:
+def status_document(source: Governor | GovernorSnapshot, fleet: Fleet | None = None
+                    ) -> dict[str, Any]:
     """The export document plus the health headline at the top level: what
     ``llm-governor status --json`` prints and the status server's ``/status`` serves."""
-    doc: dict[str, Any] = export_document(gov, fleet)
+    doc: dict[str, Any] = export_document(source, fleet)
     doc["overall_status"] = doc["health"]["overall_status"]
     doc["health_score"] = doc["health"]["health_score"]
     return doc
@@ -83,5 +85,5 @@ def _order(window: str) -> int:
     return budget.WINDOW_SECONDS.get(window, 1 << 40)
 
 
-def export_json(gov: Governor, fleet: Fleet | None = None) -> str:
-    return json.dumps(export_document(gov, fleet), indent=2, sort_keys=True)
+def export_json(source: Governor | GovernorSnapshot, fleet: Fleet | None = None) -> str:
+    return json.dumps(export_document(source, fleet), indent=2, sort_keys=True)

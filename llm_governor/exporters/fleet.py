@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from ..config import GovernorConfig
-    from ..governor import Governor
+    from ..governor import GovernorSnapshot
 
 __all__ = ["Fleet", "fleet_of", "published", "union"]
 
@@ -117,11 +117,12 @@ def published(processes: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, dic
     return members, sorted(silent)
 
 
-def fleet_of(gov: Governor, processes: Mapping[str, Mapping[str, Any]]) -> Fleet:
-    """The union of the live processes and, for an application's governor, itself."""
-    members, silent = published(processes)
-    if gov.publishes:
-        members[gov.process_id] = gov.enforcement()
+def fleet_of(view: GovernorSnapshot) -> Fleet:
+    """The union of the snapshot's live processes and, for an application's governor,
+    itself."""
+    members, silent = published(view.state.processes)
+    if view.enforcement is not None:
+        members[view.process_id] = view.enforcement
     return union(members, silent)
 
 

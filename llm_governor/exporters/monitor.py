@@ -34,20 +34,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..accounts import service_of
+from ..governor import Governor, GovernorSnapshot
 from ..policies import admission
 from .fleet import Fleet, fleet_of
 
-if TYPE_CHECKING:
-    from ..governor import Governor
-
 __all__ = ["RateLimitAlert", "RateLimitMonitor", "health", "log_alert_handler", "scope_summary",
-           "service_report"]
+           "service_report", "total_cost", "view_of"]
 
 logger = logging.getLogger("llm_governor")
 AlertCallback = Callable[["RateLimitAlert"], Any]
@@ -78,28 +76,28 @@ def log_alert_handler(alert: RateLimitAlert) -> None:
                alert.threshold, alert.message)
 
 
-def service_report(gov: Governor, service: str, now: float | None = None,
-                   processes: dict[str, dict[str, Any]] | None = None,
-                   emergency: bool | None = None) -> dict[str, Any]:
+def view_of(source: Governor | GovernorSnapshot, scopes: bool = True) -> GovernorSnapshot:
+    """``source`` itself, or a governor's :meth:`~llm_governor.governor.Governor.snapshot`."""
+    if isinstance(source, GovernorSnapshot):
+        return source
+    return source.snapshot(scopes)
+
+
+def service_report(view: GovernorSnapshot, service: str) -> dict[str, Any]:
     """State of one service: bucket, circuit, recent outcomes, queues, config summary.
 
     Bucket and circuit come from the shared backend, so they are every
     process's. Queues live in each process: ``queue_size_local`` is this
-    process's, ``queue_size`` adds what the other live processes published
-    (``processes``, from ``backend.processes()``), ``queue_fill`` is the
-    fullest single queue as a fraction of ``max_queue_size``. In emergency
-    mode the emergency limits are the ones in force.
+    process's, ``queue_size`` adds what the other live processes published,
+    ``queue_fill`` is the fullest single queue as a fraction of
+    ``max_queue_size``. In emergency mode the emergency limits are the ones
+    in force.
     """
-    now = gov.backend.now() if now is None else now
-    if emergency is None:
-        emergency = gov.emergency()
-    cfg, limits, emergency_limits = gov._resolve(service, None)
-    snap = admission.snapshot(gov.backend.service_state(service),
-                              emergency_limits if emergency else limits, now)
-    q = gov._queues.get(service)
-    local = len(q) if q else 0
+    cfg, limits = view.service_limits(service)
+    snap = admission.snapshot(view.state.state(service), limits, view.now)
+    local = view.queues.get(service, 0)
     others = [int(doc.get("queues", {}).get(service, 0))
-              for pid, doc in (processes or {}).items() if pid != gov.process_id]
+              for pid, doc in view.state.processes.items() if pid != view.process_id]
     ok, failed = int(snap["recent_ok"]), int(snap["recent_failed"])
     total = ok + failed
     return {
@@ -116,7 +114,7 @@ def service_report(gov: Governor, service: str, now: float | None = None,
         "llm_tokens_per_minute": cfg.llm_tokens_per_minute,
         "max_concurrency": cfg.max_concurrency,
         "request_timeout": cfg.request_timeout,
-        "in_flight": gov.backend.in_flight(service),
+        "in_flight": view.state.in_flight.get(service, 0),
     }
 
 
@@ -133,15 +131,16 @@ def _service_score(r: dict[str, Any]) -> float:
     return max(0.0, min(100.0, float(score)))
 
 
-def scope_summary(gov: Governor, kind: str | None = None,
+def scope_summary(source: Governor | GovernorSnapshot, kind: str | None = None,
                   top: int | None = 10) -> dict[str, dict[str, Any]]:
     """Per scope kind (configured, or ``kind``), its ``top`` spenders, most first:
     ``{kind: {value: {"mode", "windows": {window: {limit, spent, reserved, remaining}}}}}``
     with money as decimal strings (``None``: a window that only tracks spend)."""
-    kinds = [kind] if kind is not None else gov.scope_kinds.kinds()
+    view = view_of(source)
+    kinds = [kind] if kind is not None else view.kinds()
     out: dict[str, dict[str, Any]] = {}
     for k in kinds:
-        rows = gov.scope_report(k, top=top)
+        rows = view.scope_report(k, top=top)
         out[k] = {key.partition("=")[2]: {
             "mode": row["mode"],
             "windows": {w: {f: None if v is None else str(v) for f, v in cells.items()}
@@ -150,50 +149,45 @@ def scope_summary(gov: Governor, kind: str | None = None,
     return out
 
 
-def health(gov: Governor, fleet: Fleet | None = None, *, scopes: bool = True
-           ) -> dict[str, Any]:
+def health(source: Governor | GovernorSnapshot, fleet: Fleet | None = None, *,
+           scopes: bool = True) -> dict[str, Any]:
     """The documented health score and status, per service and overall (and the top
     spending scope values, unless ``scopes`` is False).
 
-    ``fleet``: what the live processes enforce (default: read from the
-    backend, with ``gov`` itself when it is an application's governor).
+    ``source``: a snapshot, or a governor to take one of (one backend read).
+    ``fleet``: what the live processes enforce (default: from the snapshot's
+    processes, with the governor itself when it is an application's).
     """
-    now = gov.backend.now()
-    emergency = gov.emergency()
-    names = sorted(set(gov.config.services) | set(gov.backend.services()))
-    try:
-        processes = gov.backend.processes()
-    except Exception:  # status of other processes is best effort
-        logger.debug("reading live processes failed", exc_info=True)
-        processes = {}
+    view = view_of(source, scopes)
+    names = sorted(set(view.config.services) | set(view.state.names))
     if fleet is None:
-        fleet = fleet_of(gov, processes)
+        fleet = fleet_of(view)
     services: dict[str, Any] = {}
     for name in sorted({service_of(n) for n in names}):
         # one row per service; a service called through several provider accounts
         # (keys, hosts) shows its most constrained one, with every account under it
         accounts = {}
         for key in (k for k in names if k != name and service_of(k) == name):
-            a = service_report(gov, key, now, processes, emergency)
+            a = service_report(view, key)
             a["health_score"] = round(_service_score(a), 1)
             accounts[key] = a
         if accounts:
             r = dict(min(accounts.values(), key=lambda a: float(a["health_score"])))
         else:
-            r = service_report(gov, name, now, processes, emergency)
+            r = service_report(view, name)
             r["health_score"] = round(_service_score(r), 1)
         r["accounts"] = accounts
         services[name] = r
     scores = [s["health_score"] for s in services.values()] or [100.0]
     overall = (min(scores) + sum(scores) / len(scores)) / 2
-    budgets = gov.budget_report(fleet.budgets if fleet.members else None)
+    budgets = view.budget_report(fleet.budgets if fleet.members else None)
     exhausted = False
     if budgets:
         fraction = min(float(b["remaining"] / b["limit"]) for b in budgets.values())
         overall -= 40 * max(0.0, 0.5 - fraction)
         exhausted = fraction <= 0
     overall = max(0.0, min(100.0, overall))
-    degraded_backend = bool(getattr(gov.backend, "degraded", False))
+    emergency, degraded_backend = view.state.emergency, view.state.degraded
     if overall < 50 or exhausted:
         status = "critical"
     elif (overall < 80 or emergency or degraded_backend
@@ -208,9 +202,15 @@ def health(gov: Governor, fleet: Fleet | None = None, *, scopes: bool = True
         "backend_degraded": degraded_backend,
         "services": services,
         "budgets": {w: {k: str(v) for k, v in b.items()} for w, b in budgets.items()},
-        "scopes": scope_summary(gov) if scopes else {},
+        "scopes": scope_summary(view) if scopes else {},
         "enforced": fleet.summary(),
     }
+
+
+def total_cost(counters: Mapping[str, Any]) -> Decimal:
+    """Everything spent, from the ``cost`` counters (service → model → USD)."""
+    costs = counters.get("cost", {})
+    return sum((Decimal(v) for models in costs.values() for v in models.values()), Decimal(0))
 
 
 class RateLimitMonitor:
@@ -273,33 +273,32 @@ class RateLimitMonitor:
         except Exception:
             logger.exception("RATE_LIMIT alert callback failed")
 
-    def _total_cost(self) -> Decimal:
-        costs = self.gov.backend.counters().get("cost", {})
-        return sum((Decimal(v) for models in costs.values() for v in models.values()),
-                   Decimal(0))
-
-    def evaluate(self, fleet: Fleet | None = None) -> list[RateLimitAlert]:
+    def evaluate(self, fleet: Fleet | None = None, view: GovernorSnapshot | None = None
+                 ) -> list[RateLimitAlert]:
         """Check every condition once; returns the alerts raised by this evaluation.
 
-        ``fleet`` as for :func:`health`.
+        ``fleet`` as for :func:`health`; ``view`` a snapshot already taken
+        (default: one of the governor, one backend read).
 
         Time is the backend's clock (Redis: the server's), so every process
         and the CLI agree on rates and on when an alert may repeat.
         """
         raised: list[RateLimitAlert] = []
         m = self.gov.config.monitor
-        now = self.gov.backend.now()
         # Keep this process listed (with its queues) by `llm-governor status`
         # while it lives, even when it makes no calls.
         if self.publish:
-            self.gov._maybe_publish()
+            self.gov.publish()
+        if view is None:
+            view = self.gov.snapshot(scopes=False)
+        now = view.now
 
         def emit(alert_type: str, service: str, severity: str, message: str, value: float,
                  threshold: float) -> None:
             self._emit(RateLimitAlert(alert_type, service, severity, message, value, threshold,
                                       now), raised)
 
-        h = health(self.gov, fleet, scopes=False)
+        h = health(view, fleet, scopes=False)
         for name, r in h["services"].items():
             if r["circuit_state"] == "open":
                 emit("circuit_breaker_open", name, "critical",
@@ -323,7 +322,7 @@ class RateLimitMonitor:
                 emit("low_tokens", name, "info",
                      f"Low tokens for {name}: {float(r['tokens_available']):.2f} of {cap:g} left",
                      tokens_fill, m.low_tokens_threshold)
-        self._cost_samples.append((now, self._total_cost()))
+        self._cost_samples.append((now, total_cost(view.state.counters)))
         self._cost_samples = [(t, c) for t, c in self._cost_samples if now - t <= 3600]
         if len(self._cost_samples) >= 3:
             (t0, c0), (t1, c1), (t2, c2) = (self._cost_samples[0], self._cost_samples[-2],
@@ -345,14 +344,15 @@ class RateLimitMonitor:
             emit("backend_degraded", "all", "critical",
                  f"Backend {self.gov.config.redacted_backend()} unreachable: limits are local "
                  "to each process", 1.0, 0.0)
-        self._budget_thresholds(now, raised)
+        self._budget_thresholds(view, raised)
         return raised
 
-    def _budget_thresholds(self, now: float, raised: list[RateLimitAlert]) -> None:
+    def _budget_thresholds(self, view: GovernorSnapshot, raised: list[RateLimitAlert]) -> None:
         """One ``budget_threshold`` alert per crossing counted since the last evaluation
         (the first evaluation only takes note of the crossings before it)."""
+        now = view.now
         found: dict[tuple[str, str, str], int] = {}
-        counted = self.gov.backend.counters().get("alerts", {}).get("budget_threshold", {})
+        counted = view.state.counters.get("alerts", {}).get("budget_threshold", {})
         for whose, windows in counted.items():
             for window, thresholds in windows.items():
                 for threshold, n in thresholds.items():

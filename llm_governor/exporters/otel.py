@@ -36,7 +36,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ from ..policies import admission, breaker
 from .coexist import Coverage
 
 if TYPE_CHECKING:
-    from ..governor import Governor, Ticket
+    from ..governor import Governor, GovernorSnapshot, Ticket
     from ..pricing import Usage
 
 __all__ = ["LATEST", "SCHEMA_URL", "SEMCONV_VERSION", "Telemetry", "error_type"]
@@ -120,6 +121,15 @@ def _where(key: str) -> dict[str, str]:
     return {"service": service} if key == service else {"service": service, "account": key}
 
 
+def _limit_scopes(view: GovernorSnapshot) -> list[str]:
+    """Every limit scope: a service's accounts, or the service itself."""
+    return scopes(set(view.config.services) | set(view.state.names))
+
+
+_READERS: dict[int, weakref.ref[Telemetry]] = {}
+"""id of a meter → the newest Telemetry made on it, whose governor its gauges read."""
+
+
 def _epoch_ns(monotonic: float) -> int:
     """A past ``time.monotonic()`` value as an epoch timestamp in ns (span end times)."""
     return time.time_ns() - int(max(0.0, time.monotonic() - monotonic) * 1e9)
@@ -140,6 +150,9 @@ class Telemetry:
         self.coverage = Coverage()
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(
             _SCOPE, version, schema_url=schema)
+        self._meter_key = id(meter)
+        self._cached: tuple[float, GovernorSnapshot] | None = None
+        _READERS[self._meter_key] = weakref.ref(self)
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
             _SCOPE, version, schema_url=schema)
         self.requests = meter.create_counter(
@@ -195,7 +208,7 @@ class Telemetry:
                 description="Number of input and output tokens used.",
                 explicit_bucket_boundaries_advisory=list(_TOKEN_BUCKETS))
         g = meter.create_observable_gauge
-        g("llm_governor.budget.remaining", [self._budget("remaining")], unit="USD",
+        g("llm_governor.budget.remaining", [self._budget("remaining", fresh=True)], unit="USD",
           description="Budget left per window after reservations")
         g("llm_governor.budget.limit", [self._budget("limit")], unit="USD",
           description="Budget per window")
@@ -446,87 +459,79 @@ class Telemetry:
                 self.token_usage.record(count, {**attrs, "gen_ai.token.type": direction})
 
     # ----------------------------------------------------------- gauges
-    def _services(self) -> list[str]:
-        """Every limit scope: a service's accounts, or the service itself."""
-        return scopes(set(self._gov.config.services) | set(self._gov.backend.services()))
+    # A meter keeps the first callbacks registered under a name, so the gauges read
+    # through the newest Telemetry made on this meter: after ``instrument(config=…)``
+    # replaces the governor, they report the new one, never the closed one.
+    def _reader(self) -> Telemetry:
+        ref = _READERS.get(self._meter_key)
+        found = ref() if ref is not None else None
+        return found if found is not None else self
 
-    def _snapshots(self) -> dict[str, dict[str, Any]]:
-        """Every service's state from the backend (so every process's), read now.
+    def _view(self, fresh: bool) -> GovernorSnapshot:
+        """The current governor's snapshot. A reader calls the gauges in the order they
+        were made, so the first one (``fresh``) reads the backend and the rest of the
+        collection reuse its snapshot: one read per collection, one consistent picture."""
+        reader = self._reader()
+        now = time.monotonic()
+        cached = reader._cached
+        if fresh or cached is None or now - cached[0] > 1.0:
+            cached = reader._cached = (now, reader._gov.snapshot(scopes=False))
+        return cached[1]
 
-        In emergency mode the emergency limits are the ones in force, so bucket
-        capacity and rate come from them.
-        """
-        gov = self._gov
-        now = gov.backend.now()
-        emergency = gov.emergency()
-        snaps = {}
-        for svc in self._services():
-            _, limits, emergency_limits = gov._resolve(svc, None)
-            snaps[svc] = admission.snapshot(gov.backend.service_state(svc),
-                                            emergency_limits if emergency else limits, now)
-        return snaps
+    def _observe(self, what: str, read: Callable[[GovernorSnapshot], Iterable[Observation]],
+                 fresh: bool = False) -> Iterable[Observation]:
+        try:
+            return list(read(self._view(fresh)))
+        except Exception:
+            logger.debug("gauge %s failed", what, exc_info=True)
+            return []
 
     def _svc(self, key: str) -> Any:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            try:
-                snaps = self._snapshots()
-            except Exception:
-                logger.debug("gauge %s failed", key, exc_info=True)
-                return []
-            return [Observation(float(snap[key]), _where(svc))
-                    for svc, snap in snaps.items()]
-        return callback
+        def read(view: GovernorSnapshot) -> Iterable[Observation]:
+            for svc in _limit_scopes(view):
+                snap = admission.snapshot(view.state.state(svc), view.service_limits(svc)[1],
+                                          view.now)
+                yield Observation(float(snap[key]), _where(svc))
+
+        return lambda options: self._observe(key, read)
 
     def _circuit(self, options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            snaps = self._snapshots()
-        except Exception:
-            logger.debug("circuit gauge failed", exc_info=True)
-            return []
-        return [Observation(breaker.state_code(str(snap["circuit_state"])), _where(svc))
-                for svc, snap in snaps.items()]
+        def read(view: GovernorSnapshot) -> Iterable[Observation]:
+            for svc in _limit_scopes(view):
+                snap = admission.snapshot(view.state.state(svc), view.service_limits(svc)[1],
+                                          view.now)
+                yield Observation(breaker.state_code(str(snap["circuit_state"])), _where(svc))
 
-    def _budget(self, key: str) -> Any:
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            try:
-                report = self._gov.budget_report()
-            except Exception:
-                logger.debug("budget gauge failed", exc_info=True)
-                return []
-            return [Observation(float(row[key]), {"window": window})
-                    for window, row in report.items()]
-        return callback
+        return self._observe("circuit", read)
+
+    def _budget(self, key: str, fresh: bool = False) -> Any:
+        def read(view: GovernorSnapshot) -> Iterable[Observation]:
+            for window, row in view.budget_report().items():
+                yield Observation(float(row[key]), {"window": window})
+
+        return lambda options: self._observe(f"budget {key}", read, fresh)
 
     def _queue_size(self, options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            return [Observation(len(q) if (q := self._gov._queues.get(svc)) else 0,
-                                _where(svc)) for svc in self._services()]
-        except Exception:
-            logger.debug("queue gauge failed", exc_info=True)
-            return []
+        return self._observe("queue size", lambda view: (
+            Observation(view.queues.get(svc, 0), _where(svc)) for svc in _limit_scopes(view)))
 
     def _queue_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            return [Observation(self._gov.service_config(svc).max_queue_size, _where(svc))
-                    for svc in self._services()]
-        except Exception:
-            logger.debug("queue capacity gauge failed", exc_info=True)
-            return []
+        return self._observe("queue capacity", lambda view: (
+            Observation(view.service_limits(svc)[0].max_queue_size, _where(svc))
+            for svc in _limit_scopes(view)))
 
     def _provider_remaining(self, options: CallbackOptions) -> Iterable[Observation]:
-        for (svc, resource), value in list(self._provider.items()):
+        for (svc, resource), value in list(self._reader()._provider.items()):
             yield Observation(value, {"service": svc, "resource": resource})
 
     def _emergency(self, options: CallbackOptions) -> Iterable[Observation]:
-        try:
-            return [Observation(1 if self._gov.emergency() else 0)]
-        except Exception:
-            logger.debug("emergency gauge failed", exc_info=True)
-            return []
+        return self._observe("emergency", lambda view: [
+            Observation(1 if view.state.emergency else 0)])
 
     def _degraded(self, options: CallbackOptions) -> Iterable[Observation]:
-        yield Observation(1 if getattr(self._gov.backend, "degraded", False) else 0,
-                          {"backend": self._gov.backend.name})
+        name = self._reader()._gov.backend.name
+        return self._observe("degraded", lambda view: [
+            Observation(1 if view.state.degraded else 0, {"backend": name})])
 
     def close(self) -> None:
         """Nothing to flush: providers belong to the application."""

@@ -39,12 +39,15 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..accounts import service_of
 from .export import status_document
 from .fleet import Fleet, published, union
 from .monitor import RateLimitAlert, RateLimitMonitor
+
+if TYPE_CHECKING:
+    from ..governor import GovernorSnapshot
 
 __all__ = ["DEFAULT_PORT", "StatusServer", "prometheus_text", "serve"]
 
@@ -231,22 +234,19 @@ class StatusServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     # ------------------------------------------------------------ documents
-    def fleet(self) -> Fleet:
+    def fleet(self, view: GovernorSnapshot) -> Fleet:
         """What the live processes enforce, and the server's own configuration when it
         was given one (as ``llm-governor status --config`` does)."""
-        try:
-            processes = self.gov.backend.processes()
-        except Exception:  # best effort, as in health()
-            processes = {}
-        members, silent = published(processes)
-        if self.gov.publishes:
-            members[self.gov.process_id] = self.gov.enforcement()
+        members, silent = published(view.state.processes)
+        if view.enforcement is not None:
+            members[view.process_id] = view.enforcement
         elif self._config_member is not None:
             members[self._config_member] = self.gov.config.summary()
         return union(members, silent)
 
     def status(self) -> dict[str, Any]:
-        return status_document(self.gov, self.fleet())
+        view = self.gov.snapshot()  # one backend read for the whole document
+        return status_document(view, self.fleet(view))
 
     def alerts(self) -> dict[str, Any]:
         """Evaluate the alert conditions (at most once a second) and list recent alerts."""
@@ -254,7 +254,8 @@ class StatusServer:
             now = time.monotonic()
             if now - self._evaluated >= 1.0:
                 self._evaluated = now
-                self._monitor.evaluate(self.fleet())
+                view = self.gov.snapshot(scopes=False)
+                self._monitor.evaluate(self.fleet(view), view)
             since = self.gov.backend.now() - self._alert_window
             recent: list[RateLimitAlert] = [a for a in self._monitor.alerts
                                             if a.timestamp >= since]

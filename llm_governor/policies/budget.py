@@ -20,8 +20,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-__all__ = ["BILLABLE", "WINDOWS", "WINDOW_SECONDS", "AttemptState", "WindowSpend", "charge",
-           "check", "pacing_factor", "remaining", "roll", "settle", "window_end", "window_start"]
+__all__ = [
+    "BILLABLE",
+    "WINDOWS",
+    "WINDOW_SECONDS",
+    "AttemptState",
+    "WindowSpend",
+    "charge",
+    "check",
+    "pacing_factor",
+    "remaining",
+    "report",
+    "roll",
+    "settle",
+    "window_end",
+    "window_start",
+]
 
 WINDOW_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "month": 0}
 """Fixed window lengths; 0 marks the calendar month, whose length varies."""
@@ -168,6 +182,17 @@ def settle(
     for window in limits:
         spend = roll(spends.get(window, WindowSpend()), window, now)
         out[window] = WindowSpend(spend.start, spend.spent + amount)
+    return out
+
+
+def report(spends: Mapping[str, WindowSpend], reserved: Decimal,
+           limits: Mapping[str, Decimal], now: float) -> dict[str, dict[str, Decimal]]:
+    """Per window of ``limits``: limit, spent (rolled to ``now``), reserved, remaining."""
+    out = {}
+    for window, limit in limits.items():
+        spent = roll(spends.get(window, WindowSpend()), window, now).spent
+        out[window] = {"limit": limit, "spent": spent, "reserved": reserved,
+                       "remaining": limit - spent - reserved}
     return out
 
 

@@ -224,3 +224,34 @@ def test_state_persists_across_instances_when_shared(make_backend: BackendFactor
     spends, _, _ = second.budget_status()
     assert spends["day"].spent == D("0.25")
     assert second.emergency()
+
+
+def test_a_snapshot_is_every_read_at_once(make_backend: BackendFactory,
+                                          clock: FakeClock) -> None:
+    """``snapshot()`` holds what the piecewise reads return, on every backend."""
+    from llm_governor.policies.scopes import ScopeRequest
+
+    b = make_backend({"day": D("1")}, clock=clock)
+    lim = limits(max_tokens=100, refill_rate=100.0, max_concurrency=5)
+    tenant = ScopeRequest("tenant=acme", budgets={"day": D("0.5")})
+    held = AdmitRequest("svc", 2, 0.0, D("0.04"), lim, EMERGENCY, scopes=(tenant,))
+    assert b.admit(held, "held", 60).admitted
+    assert b.admit(req(lim, cost="0.02", service="other"), "done", 60).admitted
+    b.settle("done", lim, Observation("success"), record("0.015", service="other"))
+    b.observe("svc", lim, Observation("failure"))
+    b.publish_process("p1", {"pid": 1, "queues": {"svc": 2}}, ttl=30)
+    b.set_emergency(True)
+
+    snap = b.snapshot()
+    assert snap.emergency is True and snap.degraded is False
+    assert set(snap.names) == set(b.services()) >= {"svc", "other"}
+    assert snap.counters == b.counters()
+    assert snap.processes == b.processes() == {"p1": {"pid": 1, "queues": {"svc": 2}}}
+    assert snap.budget_status() == b.budget_status()
+    assert (snap.reserved, snap.leases) == (D("0.04"), 1)
+    assert snap.in_flight == {"svc": 1} and b.in_flight("svc") == 1
+    assert snap.state("svc") == b.service_state("svc")
+    assert snap.state("svc").breaker.failures == 1
+    assert snap.scope_status() == b.scope_status()
+    assert snap.scope_status("tenant", "acme")["tenant=acme"][1] == D("0.04")
+    assert b.snapshot(scopes=False).scopes == {}

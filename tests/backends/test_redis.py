@@ -527,3 +527,46 @@ def test_redis_killed_mid_run_and_restarted(server: RedisServer, mode: str) -> N
             assert not during and r["errors"].get("BackendUnavailableError", 0) > 0
     # the shared limits resumed on the new (empty) server
     assert server.client().hget("{llmg:kill}:ctr", "requests|svc|admitted")
+
+
+def test_a_monitor_frame_is_one_round_trip(server: RedisServer, backends: list[RedisBackend],
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Each `llm-governor monitor` frame reads the whole picture in one script call
+    (services, leases, budgets, counters, processes, scopes), however many services."""
+    from llm_governor.cli import main
+
+    url = server.url
+    config = llm_governor.load_config({
+        "backend": url, "budget": {"per_day": "5"},
+        "scopes": {"tenant": {"per_day": "1"}},
+        "services": {f"svc{i}": {"max_tokens": 50, "refill_rate": 50.0} for i in range(6)}})
+    gov = Governor(config)
+    try:
+        for i in range(6):
+            with llm_governor.scope(tenant=f"t{i}"):
+                gov.call(CallSpec(f"svc{i}", cost=D("0.01")), lambda: None)
+        gov.announce()
+        sends: list[Any] = []
+        original = redis.connection.Connection.send_packed_command
+
+        def counting(self: Any, command: Any, check_health: bool = True) -> None:
+            sends.append(command)
+            original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        env = {"LLM_GOVERNOR_BACKEND": url}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        counts = []
+        for frames in (1, 4):
+            sends.clear()
+            assert main(["monitor", "--plain", "--iterations", str(frames),
+                         "--interval", "0.01"]) in (0, 1)
+            counts.append(len(sends))
+        out = capsys.readouterr().out
+        assert out.count("=== llm-governor monitor") == 5
+        assert "svc5" in out
+        assert counts[1] - counts[0] == 3  # three more frames, three more round trips
+    finally:
+        gov.close()

@@ -415,3 +415,51 @@ def test_monitor_interval_must_be_positive(governor_factory: GovFactory) -> None
     gov = governor_factory({"backend": "memory"})
     with pytest.raises(ValueError, match="interval"):
         RateLimitMonitor(gov, None, 0)
+
+
+# --------------------------------------------------------------------- from a snapshot
+def test_health_and_alerts_are_functions_of_a_fabricated_snapshot() -> None:
+    """No governor, no backend: a snapshot made by hand gives the documented health and
+    the alerts its state calls for (an open circuit, a spent budget, another process's
+    full queue, a degraded backend)."""
+    from llm_governor.backends.base import Snapshot
+    from llm_governor.governor import GovernorSnapshot, limits_of
+    from llm_governor.policies import budget
+    from llm_governor.policies.admission import ServiceState
+    from llm_governor.policies.breaker import BreakerState
+
+    config = llm_governor.load_config({
+        "backend": "memory", "budget": {"per_day": "10"},
+        "services": {"svc": {"max_tokens": 10, "refill_rate": 1.0, "max_queue_size": 4}}})
+    now = 1_700_000_000.0
+    minute = budget.window_start("minute", now)
+    cfg = config.service("svc")
+    state = Snapshot(
+        now, states={"svc": ServiceState(breaker=BreakerState("open", 5, 0, now - 1),
+                                         minute=minute, ok=1, failed=9)},
+        names=("svc",), spends={"day": budget.WindowSpend(budget.window_start("day", now),
+                                                           Decimal("9.5"))},
+        reserved=Decimal("0.5"), leases=1, in_flight={"svc": 1},
+        processes={"other:1": {"queues": {"svc": 4}}}, degraded=True)
+    view = GovernorSnapshot(state, config, "me:1", config.budget.windows(), None,
+                            {"svc": (cfg, limits_of(cfg))}, {"svc": 1})
+
+    h = health(view)
+    svc = h["services"]["svc"]
+    assert (svc["circuit_state"], svc["success_rate"], svc["queue_size"]) == ("open", 0.1, 5)
+    assert svc["queue_fill"] == 1.0 and svc["in_flight"] == 1
+    # 100 - 50 (open) - 30·0.9 (failures) - 10 (a full queue) - 10·(1 - 10/10): 13
+    assert svc["health_score"] == 13.0
+    assert h["overall_status"] == "critical"  # spent and reserved: nothing left today
+    assert h["budgets"]["day"]["remaining"] == "0.0"
+    assert h["backend_degraded"] is True
+
+    idle = Governor(config, publish=False)  # its own state is pristine: alerts come from view
+    try:
+        raised = RateLimitMonitor(idle, lambda a: None, publish=False).evaluate(view=view)
+        assert {a.alert_type for a in raised} == {
+            "circuit_breaker_open", "high_failure_rate", "queue_backup",
+            "budget_nearly_exhausted", "backend_degraded"}
+        assert RateLimitMonitor(idle, lambda a: None, publish=False).evaluate() == []
+    finally:
+        idle.close()

@@ -172,6 +172,26 @@ def test_every_contract_instrument_has_its_kind_unit_and_attributes(
     assert not any("error.type" in p.attributes for p in duration)  # retried, then succeeded
 
 
+def test_gauges_follow_the_governor_that_replaced_the_first(otel: Otel) -> None:
+    """A meter keeps the first gauges registered under a name: after
+    ``instrument(config=…)`` replaces the governor, they must read the new one."""
+    def limit() -> float:
+        points = otel.points("llm_governor.budget.limit")
+        assert len(points) == 1, points
+        return float(points[0].value)
+
+    first = llm_governor.instrument({"backend": "memory", "budget": {"per_day": "10"}},
+                                    meter_provider=otel.meter_provider)
+    try:
+        assert limit() == 10.0
+        second = llm_governor.instrument({"backend": "memory", "budget": {"per_day": "3"}},
+                                         meter_provider=otel.meter_provider)
+        assert second is not first
+        assert limit() == 3.0
+    finally:
+        llm_governor.uninstrument()
+
+
 def test_gauges_read_the_shared_state(gov: Governor, otel: Otel) -> None:
     @llm_governor.rate_limited("svc", cost=Decimal("0.50"))
     def spend() -> None:
