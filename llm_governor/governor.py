@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_none
+
 from .accounts import host_of, scope_key, service_of
 from .backends import Backend, CallRecord, create_backend, schema
 from .backends.base import Charged, Snapshot
@@ -58,7 +60,7 @@ from .policies.admission import AdmitRequest, Decision, Limits, Observation
 from .policies.budget import AttemptState
 from .policies.custom import CallInfo, Policy, Refuse, Reprioritize, Substitute, digest
 from .policies.queue import AdmissionQueue, Waiter
-from .policies.retry import AttemptFailure, ProviderWait, RetryBudget
+from .policies.retry import AttemptFailure, ProviderWait, RetryBudget, function_failure
 from .pricing import Pricer, Usage
 from .reservations import OutputLearner, reservation_hint, reservation_mode
 from .scoping import CallScopes, ScopeKinds, scope_rows
@@ -195,6 +197,59 @@ def never_sent(exc: BaseException) -> bool:
             return True
         current, seen = current.__cause__ or current.__context__, seen + 1
     return False
+
+
+class _Vetoed(Exception):
+    """Raised from a decorated function's retry pacing: the governor refused the retry."""
+
+    def __init__(self, refusal: GovernorError) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
+class _FunctionRun:
+    """The attempts of one decorated function's call, shared by :meth:`Governor.call` and
+    :meth:`Governor.acall`: classification, tenacity's strategies, the veto."""
+
+    __slots__ = ("gov", "last", "retryable", "t")
+
+    def __init__(self, gov: Governor, t: Ticket) -> None:
+        self.gov, self.t = gov, t
+        self.last: BaseException | None = None
+        self.retryable = False
+
+    def strategies(self) -> dict[str, Any]:
+        """tenacity's stop and retry (the wait is the governor's, at its retry step)."""
+        retries = self.gov.max_retries(self.t) or 0
+        return {"stop": stop_after_attempt(retries + 1), "wait": wait_none(), "reraise": True,
+                "retry": retry_if_exception(lambda exc: self.retryable)}
+
+    def started(self) -> None:
+        self.gov.attempt_started(self.t)
+
+    def failed(self, exc: BaseException) -> None:
+        self.last, self.retryable = exc, False
+        if isinstance(exc, GovernorError):
+            self.t.state = "none"  # a refusal inside the function: nothing was sent
+        elif isinstance(exc, Exception):  # a cancellation is neither retried nor observed
+            failure, self.retryable = function_failure(exc, never_sent(exc))
+            self.gov.attempt_failed(self.t, failure, answered=False, judge_timeout=False)
+
+    def paced(self, refusal: GovernorError | None) -> None:
+        if refusal is not None:
+            raise _Vetoed(refusal)
+
+    def error(self, exc: BaseException) -> BaseException:
+        """What the call raises: for a vetoed retry, the last attempt's own error with a
+        note saying why it was not retried."""
+        if not isinstance(exc, _Vetoed) or self.last is None:
+            return exc
+        self.last.add_note(f"llm-governor did not retry: {exc.refusal}")
+        return self.last
+
+    def outcome(self) -> Literal["neutral"] | None:
+        """The final outcome to fold in: each failed attempt was observed already."""
+        return "neutral" if self.t.state in ("none", "sending") else None
 
 
 def _age(t: Ticket) -> float:
@@ -437,25 +492,26 @@ class Governor:
         return q
 
     # ---------------------------------------------------------------- accounts
-    def account(self, spec: CallSpec, base_url: str | None,
-                credential: str | None) -> CallSpec:
-        """``spec`` scoped to the provider account it goes to.
+    def account_fields(self, service: str, base_url: str | None,
+                       credential: str | None) -> dict[str, Any]:
+        """The :class:`CallSpec` fields that scope a call of ``service`` to the provider
+        account it goes to (none without a base URL).
 
         The service becomes the configured one whose ``base_url`` the call's
         endpoint starts with (an OpenAI-compatible host named in the config),
         and the limit scope key names (service, host, credential).
         """
         if base_url is None:
-            return spec
-        found = self._accounts.get((spec.service, base_url, credential))
+            return {}
+        found = self._accounts.get((service, base_url, credential))
         if found is None:
-            service = self._service_at(base_url) or spec.service
+            named = self._service_at(base_url) or service
             host = host_of(base_url)
-            found = (service, scope_key(service, host, credential), host)
+            found = (named, scope_key(named, host, credential), host)
             if len(self._accounts) > 1024:
                 self._accounts.clear()
-            self._accounts[(spec.service, base_url, credential)] = found
-        return replace(spec, service=found[0], key=found[1], endpoint=found[2])
+            self._accounts[(service, base_url, credential)] = found
+        return {"service": found[0], "key": found[1], "endpoint": found[2]}
 
     def _service_at(self, base_url: str) -> str | None:
         url = base_url.rstrip("/").lower()
@@ -961,13 +1017,18 @@ class Governor:
                 self._emit(self.telemetry.provider_remaining, t.service, "tokens",
                            provider.remaining_tokens)
 
-    def attempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool) -> None:
+    def attempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool,
+                       judge_timeout: bool = True) -> None:
         """An attempt failed: an error status (``answered``) or an exception.
 
         Failures feed the breaker, 429s the adaptive rate, at once (other
-        processes see them before this call settles).
+        processes see them before this call settles). ``judge_timeout``: a
+        timeout quicker than the service's typical latency is the caller's own
+        impatience, not the provider's failure (an SDK call's ``timeout=``);
+        a decorated function's errors all count, as documented.
         """
-        if not answered and failure.kind == "failure" and failure.reason == "timeout":
+        if judge_timeout and not answered and failure.kind == "failure" \
+                and failure.reason == "timeout":
             waited = time.monotonic() - t.attempt_started
             if waited < max(self._latency.get(t.key, 0.0), t.cfg.timeout_failure_floor):
                 # the caller's own short timeout says nothing of the provider's health
@@ -1163,44 +1224,65 @@ class Governor:
     def call(self, spec: CallSpec, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Govern one call of an arbitrary function (the decorator's engine).
 
-        The function counts as one attempt that may be billed: if it raises,
-        its reservation is charged (the charging rule), unless the error proves
-        nothing left the process (:func:`never_sent`); the error counts as a
-        failure for the breaker (a governor refusal inside it does not).
+        Each attempt may be billed: if the function raises, its reservation is
+        charged (the charging rule), unless the error proves nothing left the
+        process (:func:`never_sent`); the error counts as a failure for the
+        breaker (a governor refusal inside it does not). A tenacity loop retries
+        timeouts, connection errors, 408, 429 and 5xx up to the configured
+        ``max_retries`` (none by default); the governor paces and re-admits each
+        retry and may veto it, and then the last attempt's own error surfaces
+        with a note saying why (:meth:`retry`).
         """
-        t = self.admit(spec)
-        self.attempt_started(t)
+        run = _FunctionRun(self, self.admit(spec))
+
+        def attempt() -> T:
+            run.started()
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                run.failed(exc)
+                raise
+
+        def pace(seconds: float) -> None:
+            run.paced(self.retry(run.t, seconds))
+
+        retrying = Retrying(sleep=pace, **run.strategies())
         try:
-            result = fn(*args, **kwargs)
-        except GovernorError as exc:
-            t.state = "none"
-            self.settle(t, error=exc, outcome="neutral")
-            raise
+            result = retrying(attempt)
         except BaseException as exc:
-            if never_sent(exc):
-                t.state = "unsent"
-            self.settle(t, error=exc, outcome="failure")
-            raise
-        self.settle(t)
-        return result
+            error = run.error(exc)
+            self.settle(run.t, error=error, outcome=run.outcome())
+        else:
+            self.settle(run.t)
+            return result
+        raise error
 
     async def acall(self, spec: CallSpec, fn: Callable[..., Awaitable[T]], *args: Any,
                     **kwargs: Any) -> T:
-        t = await self.aadmit(spec)
-        self.attempt_started(t)
+        """:meth:`call` for coroutine functions."""
+        run = _FunctionRun(self, await self.aadmit(spec))
+
+        async def attempt() -> T:
+            run.started()
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                run.failed(exc)
+                raise
+
+        async def pace(seconds: float) -> None:
+            run.paced(await self.aretry(run.t, seconds))
+
+        retrying = AsyncRetrying(sleep=pace, **run.strategies())
         try:
-            result = await fn(*args, **kwargs)
-        except GovernorError as exc:
-            t.state = "none"
-            await self.asettle(t, error=exc, outcome="neutral")
-            raise
+            result: T = await retrying(attempt)
         except BaseException as exc:
-            if never_sent(exc):
-                t.state = "unsent"
-            await self.asettle(t, error=exc, outcome="failure")
-            raise
-        await self.asettle(t)
-        return result
+            error = run.error(exc)
+            await self.asettle(run.t, error=error, outcome=run.outcome())
+        else:
+            await self.asettle(run.t)
+            return result
+        raise error
 
     # -------------------------------------------------------------- heartbeat
     def _start_heartbeat(self) -> None:

@@ -295,3 +295,106 @@ def test_decorator_on_function_without_name_args(governor_factory: GovFactory) -
     assert plain(3) == 3
     with pytest.raises(ValueError, match="service name"):
         llm_governor.rate_limited("")
+
+
+# --------------------------------------------------------------------- retries of functions
+class Flaky:
+    """A function that raises ``errors`` in turn, then returns "ok"; sync or async."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls: list[float] = []
+
+    def step(self) -> str:
+        self.calls.append(time.monotonic())
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def decorated(service: str, flaky: Flaky, is_async: bool) -> Callable[[], Any]:
+    """``flaky`` behind ``@rate_limited(service)``, called to completion either way."""
+    if is_async:
+        @llm_governor.rate_limited(service, cost=Decimal("0.10"))
+        async def acall() -> str:
+            return flaky.step()
+
+        return lambda: asyncio.run(acall())
+
+    @llm_governor.rate_limited(service, cost=Decimal("0.10"))
+    def call() -> str:
+        return flaky.step()
+
+    return call
+
+
+class Status(Exception):
+    """An HTTP client's error carrying the status and the response headers."""
+
+    def __init__(self, status_code: int, retry_after: str | None = None) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.response = type("R", (), {"headers": {"retry-after": retry_after}
+                                       if retry_after else {}})()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_decorated_function_is_retried_by_a_tenacity_loop_the_governor_paces(
+        governor_factory: GovFactory, is_async: bool) -> None:
+    gov = governor_factory({"max_retries": 3, "budget": {"per_day": "10"},
+                            "services": {"api": FAST}})
+    flaky = Flaky(ConnectionResetError("reset"), Status(503), Status(429, retry_after="0.3"))
+    assert decorated("api", flaky, is_async)() == "ok"
+    assert len(flaky.calls) == 4
+    assert flaky.calls[3] - flaky.calls[2] >= 0.3  # the 429's retry-after was honoured
+    counters = gov.backend.counters()
+    assert counters["retries"]["api"] == 3
+    # the reset may have reached the server: charged; the 503 and the 429 were answered
+    spent, _, leases = gov.backend.budget_status()
+    assert spent["day"].spent == Decimal("0.20") and leases == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_only_transient_errors_are_retried_and_none_by_default(
+        governor_factory: GovFactory, is_async: bool) -> None:
+    governor_factory({"max_retries": 2, "services": {"api": FAST, "plain": FAST}})
+    flaky = Flaky(ValueError("bad input"))
+    with pytest.raises(ValueError, match="bad input"):
+        decorated("api", flaky, is_async)()
+    assert len(flaky.calls) == 1
+    flaky = Flaky(Status(404))
+    with pytest.raises(Status):
+        decorated("api", flaky, is_async)()
+    assert len(flaky.calls) == 1
+
+    governor_factory({"services": {"api": FAST}})  # no max_retries: one attempt
+    flaky = Flaky(TimeoutError("slow"))
+    with pytest.raises(TimeoutError):
+        decorated("api", flaky, is_async)()
+    assert len(flaky.calls) == 1
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_vetoed_retry_raises_the_functions_own_error_with_a_note(
+        governor_factory: GovFactory, is_async: bool) -> None:
+    gov = governor_factory({"max_retries": 3, "services": {"api": FAST},
+                            "retry": {"budget_ratio": 0.0, "budget_min_per_minute": 0}})
+    error = ConnectionResetError("reset by peer")
+    flaky = Flaky(error)
+    with pytest.raises(ConnectionResetError) as info:
+        decorated("api", flaky, is_async)()
+    assert info.value is error and len(flaky.calls) == 1
+    assert any("llm-governor did not retry" in note and "retry budget" in note
+               for note in getattr(info.value, "__notes__", []))
+    _, _, leases = gov.backend.budget_status()
+    assert leases == 0
+
+
+def test_graceful_api_call_retries_before_it_falls_back(governor_factory: GovFactory) -> None:
+    governor_factory({"max_retries": 1, "services": {"api": FAST}})
+    flaky = Flaky(ConnectionResetError("reset"))
+    assert llm_governor.graceful_api_call(flaky.step, lambda: "fallback", "api") == "ok"
+    assert len(flaky.calls) == 2
+    flaky = Flaky(ConnectionResetError("reset"), ConnectionResetError("again"))
+    assert llm_governor.graceful_api_call(flaky.step, lambda: "fallback", "api") == "fallback"
+    assert len(flaky.calls) == 2

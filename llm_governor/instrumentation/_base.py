@@ -141,17 +141,16 @@ class Adapter(abc.ABC):
         """
         return None, None
 
-    def annotate(self, instance: Any, call: Call, base_url: str | None) -> CallSpec:
-        """``call.spec`` with what telemetry reports of it: the SDK, and the request's
-        GenAI attributes (operation and provider names, ``server.*``, the request's own
-        settings from :meth:`request_attributes`)."""
-        spec = call.spec
+    def annotation(self, instance: Any, call: Call, base_url: str | None) -> dict[str, Any]:
+        """The :class:`CallSpec` fields telemetry reports of ``call``: the SDK, and the
+        request's GenAI attributes (operation and provider names, ``server.*``, the
+        request's own settings from :meth:`request_attributes`)."""
         server = server_attributes(base_url)
-        attrs: dict[str, Any] = {"gen_ai.operation.name": spec.operation}
+        attrs: dict[str, Any] = {"gen_ai.operation.name": call.spec.operation}
         attrs.update(self.request_attributes(instance, call))
         attrs["gen_ai.provider.name"] = self.provider_name(instance, server.get("server.address"))
         attrs.update(server)
-        return replace(spec, sdk=self.module, genai=attrs, sdk_spans=self.own_spans(instance))
+        return {"sdk": self.module, "genai": attrs, "sdk_spans": self.own_spans(instance)}
 
     def own_spans(self, instance: Any) -> bool:
         """Whether the SDK client itself emits a GenAI span for each call (default: no)."""
@@ -211,18 +210,21 @@ def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
 
 def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
     """``call`` with its spec scoped to the provider account it goes to, and annotated
-    for telemetry (:meth:`Adapter.annotate`)."""
+    for telemetry (:meth:`Adapter.annotation`): one copy of the spec for both."""
     base_url: str | None = None
+    fields: dict[str, Any] = {}
     try:
         base_url, credential = adapter.endpoint(instance, call)
     except Exception:  # an SDK shape we cannot read: the service is the scope
         logger.debug("reading the endpoint of a %s call failed", adapter.module, exc_info=True)
     else:
-        call.spec = gov.account(call.spec, base_url, credential)
+        fields = gov.account_fields(call.spec.service, base_url, credential)
     try:
-        call.spec = adapter.annotate(instance, call, base_url)
+        fields.update(adapter.annotation(instance, call, base_url))
     except Exception:  # telemetry never breaks a call: it goes unannotated
         logger.debug("annotating a %s call failed", adapter.module, exc_info=True)
+    if fields:
+        call.spec = replace(call.spec, **fields)
     return call
 
 

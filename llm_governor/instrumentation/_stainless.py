@@ -403,9 +403,9 @@ class StainlessAdapter(Adapter):
                     call.context)
 
     # ------------------------------------------------------------- telemetry
-    def annotate(self, instance: Any, call: Call, base_url: str | None) -> CallSpec:
-        spec = super().annotate(instance, call, base_url)
-        return replace(spec, **self.pricing_facts(_request_body(call)))
+    def annotation(self, instance: Any, call: Call, base_url: str | None) -> dict[str, Any]:
+        return {**super().annotation(instance, call, base_url),
+                **self.pricing_facts(_request_body(call))}
 
     def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
         return self.genai_request(call.spec.operation, _request_body(call))

@@ -18,7 +18,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from .adaptive import ProviderLimits
 
-__all__ = ["AttemptFailure", "ProviderWait", "RetryBudget"]
+__all__ = ["AttemptFailure", "ProviderWait", "RetryBudget", "function_failure"]
 
 FailureKind = Literal["throttled", "failure", "fatal"]
 
@@ -39,6 +39,60 @@ class AttemptFailure:
     provider: ProviderLimits | None = None
     reason: str = "error"
     lost: bool = False
+
+
+# Class names (anywhere in an exception's MRO) of transport errors raised before a request
+# left the process, by the HTTP clients decorated functions usually use (httpx, aiohttp).
+_UNSENT_NAMES = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "ClientConnectorError",
+                           "ConnectionRefusedError", "gaierror"})
+_TIMEOUT_NAMES = frozenset({"TimeoutError", "TimeoutException", "ReadTimeout",
+                            "ServerTimeoutError"})
+_TRANSPORT_NAMES = frozenset({"ConnectionError", "TransportError", "ClientConnectionError",
+                              "ClientOSError"})
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """An HTTP status an exception carries (``status_code``, ``status``, or its response's)."""
+    for holder in (exc, getattr(exc, "response", None)):
+        for name in ("status_code", "status"):
+            value = getattr(holder, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and 100 <= value < 600:
+                return value
+    return None
+
+
+def _retry_after_of(exc: BaseException) -> float | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        raw = headers.get("retry-after") if headers is not None else None
+        value = float(raw) if raw is not None else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return value if value is not None and 0 <= value < float("inf") else None
+
+
+def function_failure(exc: BaseException, unsent: bool) -> tuple[AttemptFailure, bool]:
+    """What a decorated function's exception means, and whether a retry may help.
+
+    Any exception counts as a failure for the breaker (``@rate_limited``'s
+    documented meaning), except a 429, which is ``throttled``. Retried: timeouts,
+    connection errors, 408, 429 and 5xx (by class name or an HTTP status the
+    exception carries, so httpx, requests and aiohttp errors need no import).
+    ``unsent``: the error proves the request never left the process.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    status = _status_of(exc)
+    if status == 429:
+        return AttemptFailure("throttled", _retry_after_of(exc), reason="throttled",
+                              lost=False), True
+    if status is not None:
+        return AttemptFailure("failure", reason=f"http_{status}", lost=False), \
+            status == 408 or status >= 500
+    if names & _TIMEOUT_NAMES:
+        return AttemptFailure("failure", reason="timeout", lost=not unsent), True
+    if names & (_TRANSPORT_NAMES | _UNSENT_NAMES):
+        return AttemptFailure("failure", reason="connection", lost=not unsent), True
+    return AttemptFailure("failure", reason=type(exc).__name__, lost=not unsent), False
 
 
 class ProviderWait:
