@@ -80,6 +80,7 @@ class Active:
     attempting: bool = False  # inside an attempt hook (nested hooks pass through)
     last: Any = None  # adapter-private: the latest attempt's response
     sdk_wait: float | None = None  # adapter-private: the wait the SDK already slept
+    sdk_retry: Any = None  # adapter-private: the SDK's own retry predicate for this call
 
 
 ACTIVE: contextvars.ContextVar[Active | None] = contextvars.ContextVar(

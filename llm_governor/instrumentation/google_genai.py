@@ -32,7 +32,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import tenacity
 
@@ -344,7 +344,7 @@ class GeminiAdapter(Adapter):
             errors = sys.modules["google.genai.errors"]
             failure = self.classify(exc)
             gov.attempt_failed(t, failure, answered=isinstance(exc, errors.APIError))
-            return failure.kind == "throttled"
+            return failure.kind == "throttled" and _sdk_would_retry(active, exc)
 
         if asynchronous:
             async def ahook(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
@@ -452,6 +452,7 @@ class GeminiAdapter(Adapter):
                     if refusal is not None:
                         veto(last, refusal)
 
+                active.sdk_retry = retrying.retry
                 loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
                 return loop(*call_args, **call_kwargs)
 
@@ -471,6 +472,7 @@ class GeminiAdapter(Adapter):
                 if refusal is not None:
                     veto(last, refusal)
 
+            active.sdk_retry = retrying.retry
             loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
             return loop(*call_args, **call_kwargs)
 
@@ -588,6 +590,20 @@ def _max_output_tokens(body: Mapping[str, Any]) -> int | None:
         budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
         most += _positive(budget) or 0
     return most
+
+
+def _sdk_would_retry(active: Active, exc: BaseException) -> bool:
+    """Whether the SDK's own retry predicate for this call (its ``HttpRetryOptions``'
+    ``http_status_codes``) retries ``exc``: only then is a 429 re-sent in place of that
+    retry. Unknown (no loop seen): left to the SDK."""
+    if active.sdk_retry is None:
+        return False
+    try:
+        state = tenacity.RetryCallState(cast(Any, None), None, (), {})
+        state.set_exception((type(exc), exc, exc.__traceback__))
+        return bool(active.sdk_retry(state))
+    except Exception:  # a strategy we cannot ask: leave the 429 to the SDK
+        return False
 
 
 def _client_retries(instance: Any, options: Any) -> int | None:

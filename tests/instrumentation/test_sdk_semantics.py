@@ -331,6 +331,41 @@ async def test_gemini_retries_are_its_retry_options_bare_or_governed(
     assert [e.status for e in fake.ledger.entries] == [503] * 3
 
 
+@pytest.mark.parametrize("scenario", ["429 not in codes", "429 in codes", "attempts run out"])
+async def test_gemini_throttles_and_attempts_run_out_as_bare(
+        fake: FakeProvider, governed: Governed, is_async: bool, scenario: str) -> None:
+    """A 429 is re-sent in place of the SDK's retry only when the SDK's own
+    ``http_status_codes`` retry it; when attempts run out, the same error."""
+    from google.genai import errors, types
+
+    from .test_gemini import Gemini
+
+    codes = [503] if scenario == "429 not in codes" else None
+    retry = types.HttpRetryOptions(attempts=3, initial_delay=0.01, max_delay=0.01,
+                                   http_status_codes=codes)
+
+    async def run() -> tuple[list[int], str]:
+        if scenario == "attempts run out":
+            fake.fail_next(3, status=503, provider="gemini")
+        else:
+            fake.fail_next(1, kind="rate_limit", retry_after=0.01, provider="gemini")
+        try:
+            text = (await Gemini(fake, is_async, retry_options=retry).generate()).text
+        except errors.APIError as exc:
+            text = f"{type(exc).__name__} {exc.code} {exc.message}"
+        statuses = [e.status for e in fake.ledger.entries]
+        fake.reset()
+        return statuses, text
+
+    bare = await run()
+    governed({"retry": {"max_wait": 0.05},
+              "services": {"gemini": {"max_tokens": 100, "refill_rate": 100.0,
+                                      "min_interval": 0.001}}})
+    assert await run() == bare
+    assert bare[0] == {"429 not in codes": [429], "429 in codes": [429, 200],
+                       "attempts run out": [503, 503, 503]}[scenario]
+
+
 async def test_deepgram_retries_are_its_own_bare_or_governed(
         fake: FakeProvider, governed: Governed, is_async: bool) -> None:
     from .test_deepgram import Deepgram
