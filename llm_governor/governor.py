@@ -780,6 +780,9 @@ class Governor:
         req = self._request(t, reserve)
         lease = t.lease_id if reserve else None
         ttl = self.lease_ttl
+        if not reserve and t.limits.max_concurrency and not t.observe:
+            yield from self._holder_admission(t, req)
+            return
         q = self.queue(t.key)
         start = time.monotonic()
         if t.observe or not len(q):  # fast path: nobody waiting (observed: nobody waits)
@@ -832,6 +835,33 @@ class Governor:
                 yield _Wait(w, wait)
         finally:
             q.leave(w)
+
+    def _holder_admission(self, t: Ticket, req: AdmitRequest) -> Steps[None]:
+        """Re-admit a retry that still holds its concurrency slot, outside the queue.
+
+        Callers in the queue may be waiting for that very slot: a retry queued
+        behind them would wait for itself until ``request_timeout``. There are
+        at most ``max_concurrency`` such retries, and they still wait for the
+        rate buckets (the backend's ``retry_after``).
+        """
+        deadline = time.monotonic() + t.cfg.request_timeout
+        counted = False
+        while True:
+            d: Decision = yield _Admit(t, req, None, self.lease_ttl)
+            if d.admitted:
+                self._after_decision(t, d, False)
+                return
+            self._explain(t, d)
+            if d.outcome != "rate_limited" or time.monotonic() + d.retry_after > deadline:
+                self._after_decision(t, d, False)
+                if d.outcome == "rate_limited":
+                    yield _Count(t.service, "rate_limited")
+                raise self._refusal(t, d)
+            if not counted:
+                counted = True
+                yield _Count(t.service, "queued")
+                self._emit(self.telemetry.decision, t, "queued", d.retry_after)
+            yield _Sleep(d.retry_after)
 
     def _observed(self, t: Ticket, d: Decision) -> bool:
         """Observe mode: a refusal by observed limits is counted and the call goes on

@@ -88,3 +88,46 @@ def test_long_call_and_slow_stream_keep_their_slot_past_the_lease_ttl(
     assert during and all(r > 0 and leases == 1 and slots == 1 for r, leases, slots in during)
     assert streaming.is_set()
     audit(gov, fake, BUDGET, exact=True)
+
+
+def test_a_retrying_call_keeps_its_slot_and_never_waits_for_itself(
+        kind: str, fake: FakeProvider, govern: Govern) -> None:
+    """With ``max_concurrency = 1``, a call retrying (a 503, then a 429 whose wait is longer
+    than the lease) keeps its slot and its hold through the waits, while a second call
+    waits in the queue for that slot. The retry's re-admission must not queue behind the
+    caller waiting for the slot the retry holds: both finish in seconds, one at a time,
+    not when the second call's ``request_timeout`` (30 s) gives up."""
+    gov = govern(kind, BUDGET, lease_ttl=1, services={"openai": {"max_concurrency": 1}},
+                 retry={"max_wait": 2.0, "budget_ratio": 10, "budget_min_per_minute": 10_000})
+    fake.fail_next(1, status=503)
+    fake.fail_next(1, kind="rate_limit", retry_after=1.5)
+    client = openai.OpenAI(api_key="sk-faults", base_url=fake.openai_base_url, max_retries=3)
+    held: list[tuple[Decimal, int]] = []
+    done: dict[str, float] = {}
+    start = time.monotonic()
+
+    def call(name: str) -> None:
+        result = outcome(client.chat.completions.create, model=GPT, messages=MESSAGES,
+                         max_tokens=10)
+        done[name] = time.monotonic() - start
+        check_errors([result] if isinstance(result, BaseException) else [])
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    time.sleep(0.3)  # the first call is retrying: the second queues for the slot
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    while first.is_alive():
+        _, reserved, leases = gov.backend.budget_status()
+        held.append((reserved, leases))
+        time.sleep(0.1)
+    first.join()
+    second.join()
+
+    assert set(done) == {"first", "second"}
+    assert max(done.values()) < 10, done  # not the 30 s of a queue waiting for itself
+    assert fake.ledger.max_concurrency() == 1
+    assert [e.status for e in fake.ledger.entries] == [503, 429, 200, 200]
+    # through the 1.5 s wait (longer than the 1 s lease) the first call's hold stayed
+    assert held and all(leases >= 1 and reserved > 0 for reserved, leases in held)
+    audit(gov, fake, BUDGET, exact=True)
