@@ -339,6 +339,12 @@ _governors: weakref.WeakSet[Governor] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    global _LEASE_PREFIX, _lease_seq
+    # A child's lease (and settle) ids must never repeat another process's: with only
+    # the pid to tell siblings apart, a reused pid would repeat a recent sibling's ids,
+    # and a backend that remembers applied settlements would drop the new one as done.
+    _LEASE_PREFIX = f"{uuid.uuid4().hex[:12]}-"
+    _lease_seq = itertools.count()
     for gov in list(_governors):
         gov._after_fork()
 

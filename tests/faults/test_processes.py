@@ -147,3 +147,76 @@ def test_killed_process_call_is_charged_when_its_lease_expires(
     books = audit(gov, fake, BUDGET)  # recorded >= billed: the killed call at its reservation
     assert gov.backend.counters()["expired"]["openai"] == 1
     assert books.recorded > books.billed
+
+
+def _long_call(base_url: str) -> None:
+    """In a forked child: one call that takes the provider's whole (slow) latency."""
+    client = openai.OpenAI(api_key="sk-faults", base_url=base_url, max_retries=0)
+    client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=10)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_forked_childs_heartbeat_renews_its_long_call(
+        kind: str, fake: FakeProvider, govern: Govern) -> None:
+    """The heartbeat is per process: a child's own keeps its 3 s call's lease (1 s) alive,
+    so the slot stays taken the whole time, as seen from the parent."""
+    gov = govern(kind, BUDGET, lease_ttl=1, services={"openai": {"max_concurrency": 1}})
+    client = openai.OpenAI(api_key="sk-faults", base_url=fake.openai_base_url, max_retries=0)
+    client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=10)  # a live parent
+    fake.latency = 3.0
+    child = FORK.Process(target=_long_call, args=(fake.openai_base_url,))
+    child.start()
+    time.sleep(0.4)
+    seen = []
+    for _ in range(20):  # from 0.4 s to 2.4 s into the child's 3 s call
+        seen.append(flying(gov, "openai"))
+        time.sleep(0.1)
+    child.join(10)
+    assert child.exitcode == 0
+    assert seen == [1] * 20
+    fake.latency = 0.0
+    audit(gov, fake, BUDGET, exact=True)
+
+
+def test_children_forked_while_the_parents_settler_runs_settle_their_own_streams(
+        fake: FakeProvider, govern: Govern, tmp_path: Path) -> None:
+    """The parent's stream settler thread is alive at the fork: each child still gets a
+    settler of its own (a thread does not survive a fork), so every dropped stream settles."""
+    from llm_governor.instrumentation import streams
+
+    gov = govern("sqlite", BUDGET)
+    client = openai.OpenAI(api_key="sk-faults", base_url=fake.openai_base_url, max_retries=0)
+    stream = client.chat.completions.create(model=GPT, messages=MESSAGES, max_tokens=12,
+                                            stream=True)
+    next(iter(stream))
+    del stream
+    gc.collect()
+    assert streams._reaper is not None  # the parent's settler, alive while children fork
+    children = [FORK.Process(target=_drop_a_stream, args=(fake.openai_base_url,))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(20)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert wait_for(lambda: calls(gov) == 4, 5), calls(gov)
+    audit(gov, fake, BUDGET)
+
+
+def test_sibling_children_never_share_lease_ids() -> None:
+    """Ids differ by more than the pid, which the OS reuses: a settlement remembered as
+    applied under a reused id would drop a new call's charge."""
+    from llm_governor.governor import new_lease_id
+
+    read, write = os.pipe()
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.write(write, (new_lease_id() + "\n").encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+    os.close(write)
+    with os.fdopen(read) as lines:
+        first, second = lines.read().split()
+    prefix = new_lease_id().rsplit("-", 2)[0]
+    assert len({first.rsplit("-", 2)[0], second.rsplit("-", 2)[0], prefix}) == 3
