@@ -890,15 +890,7 @@ class Governor:
         it a substitution is skipped); ``body()`` gives the request's parts,
         digested when a policy reads the call's fingerprint.
         """
-        t = self._consult(self.ticket(spec), substitute, body)
-        self._emit(self.telemetry.start_call, t)
-        try:
-            self._run(self._admission(t, reserve=True))
-        except BaseException as exc:
-            self._emit(self.telemetry.end_call, t, exc, None, _ZERO)
-            raise
-        self.retry_budget(t.service).record_call(time.monotonic())
-        return t
+        return self._run(self._admit_steps(spec, substitute, body))
 
     async def aadmit(self, spec: CallSpec,
                      substitute: Callable[[str], CallSpec | None] | None = None,
@@ -909,10 +901,14 @@ class Governor:
         backend admission that completes in its worker thread after the
         caller was cancelled.
         """
+        return await self._arun(self._admit_steps(spec, substitute, body))
+
+    def _admit_steps(self, spec: CallSpec, substitute: Callable[[str], CallSpec | None] | None,
+                     body: Callable[[], Sequence[object]] | None) -> Steps[Ticket]:
         t = self._consult(self.ticket(spec), substitute, body)
         self._emit(self.telemetry.start_call, t)
         try:
-            await self._arun(self._admission(t, reserve=True))
+            yield from self._admission(t, reserve=True)
         except BaseException as exc:
             self._emit(self.telemetry.end_call, t, exc, None, _ZERO)
             raise
@@ -1083,6 +1079,15 @@ class Governor:
             self.backend.observe(t.key, t.limits, Observation(outcome, provider, _age(t)))
         except Exception:  # never fail the SDK's own error path for a lost observation
             logger.debug("observing a failed attempt failed", exc_info=True)
+
+    async def aattempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool,
+                              judge_timeout: bool = True) -> None:
+        """:meth:`attempt_failed` without blocking the event loop on a blocking backend."""
+        if not self.backend.blocking:
+            self.attempt_failed(t, failure, answered=answered, judge_timeout=judge_timeout)
+            return
+        await self._ablocking(lambda: self.attempt_failed(
+            t, failure, answered=answered, judge_timeout=judge_timeout))
 
     # ---------------------------------------------------------------- retries
     def _retry_steps(self, t: Ticket, sdk_wait: float | None,

@@ -26,9 +26,9 @@ from __future__ import annotations
 import abc
 import contextvars
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ..errors import GovernorError
 from ..governor import CallSpec, Governor, Ticket
@@ -39,9 +39,9 @@ from .streams import UsageTracker
 if TYPE_CHECKING:
     from ..pricing import Usage
 
-__all__ = ["ACTIVE", "Active", "Adapter", "Call", "GovernorGetter", "Patch", "Wrapper",
-           "active_for", "async_governed", "call_failed", "note_veto", "scoped",
-           "sync_governed", "unobserved"]
+__all__ = ["ACTIVE", "Active", "Adapter", "Call", "Do", "GovernorGetter", "Patch", "Steps",
+           "Wrapper", "active_for", "arun_steps", "async_governed", "call_failed", "governed",
+           "governed_call", "note_veto", "run_steps", "scoped", "sync_governed", "unobserved"]
 
 logger = logging.getLogger("llm_governor")
 GovernorGetter = Callable[[], Governor]
@@ -269,8 +269,98 @@ def unobserved(t: Ticket) -> Literal["neutral"] | None:
     return None if t.state in ("rejected", "unsent", "lost", "charged") else "neutral"
 
 
-def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
-    """A wrapt wrapper governing every call ``adapter`` describes, for sync functions."""
+@dataclass(frozen=True, slots=True)
+class Do:
+    """One I/O step of a call's lifecycle, as the sync and the async runner perform it:
+    ``sync(*args, **kwargs)``, or ``await asynchronous(*args, **kwargs)``."""
+
+    sync: Callable[..., Any]
+    asynchronous: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, sync: Callable[..., Any], asynchronous: Callable[..., Any], *args: Any,
+           **kwargs: Any) -> Do:
+        return cls(sync, asynchronous, args, kwargs)
+
+
+T = TypeVar("T")
+Steps = Generator[Do, Any, T]
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """Drive a lifecycle in this thread: each step's result (or error) goes back in."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return cast(T, done.value)
+        value, error = None, None
+        try:
+            value = step.sync(*step.args, **step.kwargs)
+        except BaseException as exc:  # handed to the lifecycle, which decides
+            error = exc
+
+
+async def arun_steps(steps: Steps[T]) -> T:
+    """:func:`run_steps` for asyncio: each step awaited."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(value) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return cast(T, done.value)
+        value, error = None, None
+        try:
+            value = await step.asynchronous(*step.args, **step.kwargs)
+        except BaseException as exc:
+            error = exc
+
+
+def governed_call(adapter: Adapter, gov: Governor, instance: Any, call: Call,
+                  wrapped: Callable[..., Any],
+                  complete: tuple[Callable[..., Any], Callable[..., Any]] | None = None
+                  ) -> Steps[Any]:
+    """The lifecycle of one governed SDK call, written once for sync and async: admit
+    (custom policies may change the call), run the SDK's own call with its attempts
+    reported (:data:`ACTIVE`), hand the result to the adapter (which settles it, now or
+    when its stream ends; ``complete`` replaces the adapter's sync and async
+    ``complete``), settle on any error."""
+    holder = [scoped(adapter, gov, instance, call)]
+    try:
+        t = yield Do.of(gov.admit, gov.aadmit, holder[0].spec,
+                        **_policy_hooks(adapter, gov, holder))
+    except GovernorError as exc:
+        raise adapter.rejection(exc, holder[0]) from None
+    call = holder[0]
+    retries = gov.max_retries(t)
+    if retries is not None:
+        call = adapter.limit_retries(call, retries)
+    token = ACTIVE.set(Active(gov, t, adapter, instance, call))
+    try:
+        result = yield Do.of(wrapped, wrapped, *call.args, **call.kwargs)
+    except BaseException as exc:
+        call_failed(adapter, gov, t, exc)
+        yield Do.of(gov.settle, gov.asettle, t, error=exc, outcome=unobserved(t))
+        raise
+    finally:
+        ACTIVE.reset(token)
+    try:
+        done = complete or (adapter.complete, adapter.acomplete)
+        return (yield Do.of(done[0], done[1], gov, t, call, result))
+    except BaseException as exc:
+        yield Do.of(gov.settle, gov.asettle, t, error=exc, outcome="neutral")
+        raise
+
+
+def governed(adapter: Adapter, getter: GovernorGetter, asynchronous: bool) -> Wrapper:
+    """A wrapt wrapper governing every call ``adapter`` describes: the sync runner, or
+    (for methods returning awaitables, called and not awaited by wrapt) the async one."""
+    runner = arun_steps if asynchronous else run_steps
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
@@ -279,70 +369,16 @@ def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
         call = _describe(adapter, instance, args, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
-        gov = getter()
-        holder = [scoped(adapter, gov, instance, call)]
-        try:
-            t = gov.admit(holder[0].spec, **_policy_hooks(adapter, gov, holder))
-        except GovernorError as exc:
-            raise adapter.rejection(exc, holder[0]) from None
-        call = holder[0]
-        retries = gov.max_retries(t)
-        if retries is not None:
-            call = adapter.limit_retries(call, retries)
-        token = ACTIVE.set(Active(gov, t, adapter, instance, call))
-        try:
-            result = wrapped(*call.args, **call.kwargs)
-        except BaseException as exc:
-            call_failed(adapter, gov, t, exc)
-            gov.settle(t, error=exc, outcome=unobserved(t))
-            raise
-        finally:
-            ACTIVE.reset(token)
-        try:
-            return adapter.complete(gov, t, call, result)
-        except BaseException as exc:
-            gov.settle(t, error=exc, outcome="neutral")
-            raise
+        return runner(governed_call(adapter, getter(), instance, call, wrapped))
 
     return wrapper
+
+
+def sync_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
+    """:func:`governed` for sync functions."""
+    return governed(adapter, getter, asynchronous=False)
 
 
 def async_governed(adapter: Adapter, getter: GovernorGetter) -> Wrapper:
-    """:func:`sync_governed` for functions returning awaitables (called, not awaited, by wrapt)."""
-
-    async def governed(wrapped: Callable[..., Any], instance: Any, call: Call) -> Any:
-        gov = getter()
-        holder = [scoped(adapter, gov, instance, call)]
-        try:
-            t = await gov.aadmit(holder[0].spec, **_policy_hooks(adapter, gov, holder))
-        except GovernorError as exc:
-            raise adapter.rejection(exc, holder[0]) from None
-        call = holder[0]
-        retries = gov.max_retries(t)
-        if retries is not None:
-            call = adapter.limit_retries(call, retries)
-        token = ACTIVE.set(Active(gov, t, adapter, instance, call))
-        try:
-            result = await wrapped(*call.args, **call.kwargs)
-        except BaseException as exc:
-            call_failed(adapter, gov, t, exc)
-            await gov.asettle(t, error=exc, outcome=unobserved(t))
-            raise
-        finally:
-            ACTIVE.reset(token)
-        try:
-            return await adapter.acomplete(gov, t, call, result)
-        except BaseException as exc:
-            await gov.asettle(t, error=exc, outcome="neutral")
-            raise
-
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        if active_for(instance) is not None:
-            return wrapped(*args, **kwargs)
-        call = _describe(adapter, instance, args, kwargs)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        return governed(wrapped, instance, call)
-
-    return wrapper
+    """:func:`governed` for functions returning awaitables."""
+    return governed(adapter, getter, asynchronous=True)

@@ -34,12 +34,16 @@ from ._base import (
     Active,
     Adapter,
     Call,
+    Do,
     GovernorGetter,
     Patch,
+    Steps,
     Wrapper,
     active_for,
+    arun_steps,
     async_governed,
     note_veto,
+    run_steps,
     sync_governed,
 )
 from ._errors import classify_status, retry_headers, sdk_rejection, transport_failure
@@ -157,65 +161,43 @@ class StainlessAdapter(Adapter):
             active.attempting = True
             return active
 
-        def failed(active: Active, exc: BaseException) -> None:
+        def failed(active: Active, exc: BaseException) -> Steps[None]:
             active.attempting = False
             if isinstance(exc, Exception):
-                active.gov.attempt_failed(active.ticket, self.classify(exc), answered=False)
+                yield Do.of(active.gov.attempt_failed, active.gov.aattempt_failed,
+                            active.ticket, self.classify(exc), answered=False)
 
-        if asynchronous:
-            async def ahook(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
-                            kwargs: dict[str, Any]) -> Any:
-                while True:
-                    try:
-                        result = await wrapped(*args, **kwargs)
-                    except BaseException as exc:
-                        failed(active, exc)
-                        raise
-                    active.attempting = False
-                    response = self.attempt_response(result)
-                    if not response.is_success and not response.is_closed:
-                        with contextlib.suppress(Exception):
-                            await response.aread()
-                    self._answered(active, response)
-                    if not self._absorbable(active, response, args, kwargs) \
-                            or not await active.gov.arequeue(active.ticket):
-                        return result
-                    await response.aclose()
-                    active.gov.attempt_started(active.ticket)
-                    active.attempting = True
+        def attempts(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Steps[Any]:
+            """The attempt, and a throttled one re-sent while the governor re-queues it."""
+            while True:
+                try:
+                    result = yield Do.of(wrapped, wrapped, *args, **kwargs)
+                except BaseException as exc:
+                    yield from failed(active, exc)
+                    raise
+                active.attempting = False
+                response = self.attempt_response(result)
+                if not response.is_success and not response.is_closed:
+                    with contextlib.suppress(Exception):
+                        yield Do.of(response.read, response.aread)
+                yield from self._answered(active, response)
+                if not self._absorbable(active, response, args, kwargs) or \
+                        not (yield Do.of(active.gov.requeue, active.gov.arequeue,
+                                         active.ticket)):
+                    return result
+                yield Do.of(response.close, response.aclose)
+                active.gov.attempt_started(active.ticket)
+                active.attempting = True
 
-            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> Any:
-                active = start(instance)
-                if active is None:
-                    return wrapped(*args, **kwargs)
-                return ahook(wrapped, active, args, kwargs)
-
-            return awrapper
+        runner = arun_steps if asynchronous else run_steps
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
             active = start(instance)
             if active is None:
                 return wrapped(*args, **kwargs)
-            while True:
-                try:
-                    result = wrapped(*args, **kwargs)
-                except BaseException as exc:
-                    failed(active, exc)
-                    raise
-                active.attempting = False
-                response = self.attempt_response(result)
-                if not response.is_success and not response.is_closed:
-                    with contextlib.suppress(Exception):
-                        response.read()
-                self._answered(active, response)
-                if not self._absorbable(active, response, args, kwargs) \
-                        or not active.gov.requeue(active.ticket):
-                    return result
-                response.close()
-                active.gov.attempt_started(active.ticket)
-                active.attempting = True
+            return runner(attempts(wrapped, active, args, kwargs))
 
         return wrapper
 
@@ -235,12 +217,13 @@ class StainlessAdapter(Adapter):
         """Whether the attempt method's arguments can be sent once more."""
         return False
 
-    def _answered(self, active: Active, response: Any) -> None:
+    def _answered(self, active: Active, response: Any) -> Steps[None]:
         gov, t = active.gov, active.ticket
         if response.is_success:
             gov.attempt_succeeded(t, self.provider_limits(response.headers))
         else:
-            gov.attempt_failed(t, self._status_failure(response), answered=True)
+            yield Do.of(gov.attempt_failed, gov.aattempt_failed, t,
+                        self._status_failure(response), answered=True)
 
     def _status_failure(self, response: Any) -> AttemptFailure:
         code: str | None = None
@@ -269,32 +252,21 @@ class StainlessAdapter(Adapter):
             except Exception:  # an SDK shape we do not know: wait our own back-off
                 return None
 
-        if asynchronous:
-            async def ahook(active: Any, wait: float | None, response: Any,
-                            in_flight: BaseException | None) -> None:
-                refusal = await active.gov.aretry(active.ticket, wait)
-                if refusal is not None:
-                    self._raise_veto(active.instance, response, in_flight, refusal)
+        def pace(active: Active, wait: float | None, response: Any,
+                 in_flight: BaseException | None) -> Steps[None]:
+            refusal = yield Do.of(active.gov.retry, active.gov.aretry, active.ticket, wait)
+            if refusal is not None:
+                self._raise_veto(active.instance, response, in_flight, refusal)
 
-            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> Any:
-                active = active_for(instance)
-                if active is None or args:
-                    return wrapped(*args, **kwargs)
-                return ahook(active, sdk_wait(instance, kwargs), kwargs.get("response"),
-                             sys.exc_info()[1])
-
-            return awrapper
+        runner = arun_steps if asynchronous else run_steps
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
             active = active_for(instance)
             if active is None or args:
                 return wrapped(*args, **kwargs)
-            refusal = active.gov.retry(active.ticket, sdk_wait(instance, kwargs))
-            if refusal is not None:
-                self._raise_veto(instance, kwargs.get("response"), sys.exc_info()[1], refusal)
-            return None
+            return runner(pace(active, sdk_wait(instance, kwargs), kwargs.get("response"),
+                               sys.exc_info()[1]))
 
         return wrapper
 

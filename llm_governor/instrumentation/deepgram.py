@@ -49,12 +49,16 @@ from ._base import (
     Active,
     Adapter,
     Call,
+    Do,
     GovernorGetter,
     Patch,
+    Steps,
     Wrapper,
     active_for,
+    arun_steps,
     async_governed,
     note_veto,
+    run_steps,
     sync_governed,
 )
 from ._errors import classify_status, sdk_rejection, transport_failure
@@ -139,28 +143,25 @@ class DeepgramAdapter(Adapter):
             if active is None:
                 return governed(self._first(wrapped), instance, args, kwargs)
             in_flight = sys.exc_info()[1]  # the SDK retries a connection error from its except
-            if in_flight is not None and active.ticket.state == "sending":
-                active.gov.attempt_failed(active.ticket, self.classify(in_flight),
-                                          answered=False)
             waited, active.sdk_wait = active.sdk_wait or 0.0, None
-            if asynchronous:
-                return self._aretry(active, wrapped, args, kwargs, in_flight, waited)
-            refusal = active.gov.retry(active.ticket, waited, already_waited=waited)
-            if refusal is not None:
-                return self._veto(active, in_flight, refusal)
-            active.gov.attempt_started(active.ticket)
-            return wrapped(*args, **kwargs)
+            return runner(self._retry(active, wrapped, args, kwargs, in_flight, waited))
 
+        runner = arun_steps if asynchronous else run_steps
         return wrapper
 
-    async def _aretry(self, active: Active, wrapped: Callable[..., Any], args: tuple[Any, ...],
-                      kwargs: dict[str, Any], in_flight: BaseException | None,
-                      waited: float) -> Any:
-        refusal = await active.gov.aretry(active.ticket, waited, already_waited=waited)
+    def _retry(self, active: Active, wrapped: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: dict[str, Any], in_flight: BaseException | None,
+               waited: float) -> Steps[Any]:
+        """The governor's part of the SDK's retry (the nested call), then the call."""
+        if in_flight is not None and active.ticket.state == "sending":
+            yield Do.of(active.gov.attempt_failed, active.gov.aattempt_failed, active.ticket,
+                        self.classify(in_flight), answered=False)
+        refusal = yield Do.of(active.gov.retry, active.gov.aretry, active.ticket, waited,
+                              already_waited=waited)
         if refusal is not None:
             return self._veto(active, in_flight, refusal)
         active.gov.attempt_started(active.ticket)
-        return await wrapped(*args, **kwargs)
+        return (yield Do.of(wrapped, wrapped, *args, **kwargs))
 
     def _veto(self, active: Active, in_flight: BaseException | None,
               refusal: GovernorError) -> Any:

@@ -32,7 +32,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import tenacity
 
@@ -41,20 +41,21 @@ from ..governor import CallSpec, Governor, Ticket
 from ..policies.retry import AttemptFailure
 from ..pricing import Usage
 from ._base import (
-    ACTIVE,
     Active,
     Adapter,
     Call,
+    Do,
     GovernorGetter,
     Patch,
+    Steps,
     Wrapper,
     active_for,
+    arun_steps,
     async_governed,
-    call_failed,
+    governed_call,
     note_veto,
-    scoped,
+    run_steps,
     sync_governed,
-    unobserved,
 )
 from ._errors import sdk_rejection, transport_failure
 from ._genai import gemini_info, gemini_request
@@ -332,7 +333,7 @@ class GeminiAdapter(Adapter):
             active.attempting = True
             return active
 
-        def ended(active: Active, exc: BaseException | None) -> bool:
+        def ended(active: Active, exc: BaseException | None) -> Steps[bool]:
             """Record how the attempt went; True when it was throttled (and may be re-sent)."""
             active.attempting = False
             gov, t = active.gov, active.ticket
@@ -343,50 +344,36 @@ class GeminiAdapter(Adapter):
                 return False
             errors = sys.modules["google.genai.errors"]
             failure = self.classify(exc)
-            gov.attempt_failed(t, failure, answered=isinstance(exc, errors.APIError))
+            yield Do.of(gov.attempt_failed, gov.aattempt_failed, t, failure,
+                        answered=isinstance(exc, errors.APIError))
             return failure.kind == "throttled" and _sdk_would_retry(active, exc)
 
-        if asynchronous:
-            async def ahook(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
-                            kwargs: dict[str, Any]) -> Any:
-                while True:
-                    try:
-                        result = await wrapped(*args, **kwargs)
-                    except BaseException as exc:
-                        if not ended(active, exc) or \
-                                not await active.gov.arequeue(active.ticket):
-                            raise
-                        active.gov.attempt_started(active.ticket)
-                        active.attempting = True
-                        continue
-                    ended(active, None)
-                    return result
+        def attempts(wrapped: Callable[..., Any], active: Active, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Steps[Any]:
+            """The attempt, and a throttled one re-sent while the governor re-queues it."""
+            while True:
+                try:
+                    result = yield Do.of(wrapped, wrapped, *args, **kwargs)
+                except BaseException as exc:
+                    throttled = yield from ended(active, exc)
+                    if not throttled or not (
+                            yield Do.of(active.gov.requeue, active.gov.arequeue,
+                                        active.ticket)):
+                        raise
+                    active.gov.attempt_started(active.ticket)
+                    active.attempting = True
+                    continue
+                yield from ended(active, None)
+                return result
 
-            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> Any:
-                active = start(instance)
-                if active is None:
-                    return wrapped(*args, **kwargs)
-                return ahook(wrapped, active, args, kwargs)
-
-            return awrapper
+        runner = arun_steps if asynchronous else run_steps
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
             active = start(instance)
             if active is None:
                 return wrapped(*args, **kwargs)
-            while True:
-                try:
-                    result = wrapped(*args, **kwargs)
-                except BaseException as exc:
-                    if not ended(active, exc) or not active.gov.requeue(active.ticket):
-                        raise
-                    active.gov.attempt_started(active.ticket)
-                    active.attempting = True
-                    continue
-                ended(active, None)
-                return result
+            return runner(attempts(wrapped, active, args, kwargs))
 
         return wrapper
 
@@ -432,31 +419,15 @@ class GeminiAdapter(Adapter):
                     original(state)
             return hook
 
-        def veto(last: list[BaseException], refusal: GovernorError) -> NoReturn:
-            if not last:
-                raise refusal
-            raise note_veto(last[0], refusal)
+        def pace(active: Active, last: list[BaseException], seconds: float) -> Steps[None]:
+            """The governor's sleep: wait, re-admit, or veto with the SDK's last error."""
+            refusal = yield Do.of(active.gov.retry, active.gov.aretry, active.ticket, seconds)
+            if refusal is not None:
+                if not last:
+                    raise refusal
+                raise note_veto(last[0], refusal)
 
-        if asynchronous:
-            def awrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                         kwargs: dict[str, Any]) -> Any:
-                active = active_for(instance)
-                planned = plan(instance, args, kwargs) if active is not None else None
-                if active is None or planned is None:
-                    return wrapped(*args, **kwargs)
-                retrying, call_args, call_kwargs = planned
-                last: list[BaseException] = []
-
-                async def sleep(seconds: float) -> None:
-                    refusal = await active.gov.aretry(active.ticket, seconds)
-                    if refusal is not None:
-                        veto(last, refusal)
-
-                active.sdk_retry = retrying.retry
-                loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
-                return loop(*call_args, **call_kwargs)
-
-            return awrapper
+        runner = arun_steps if asynchronous else run_steps
 
         def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
@@ -467,10 +438,8 @@ class GeminiAdapter(Adapter):
             retrying, call_args, call_kwargs = planned
             last: list[BaseException] = []
 
-            def sleep(seconds: float) -> None:
-                refusal = active.gov.retry(active.ticket, seconds)
-                if refusal is not None:
-                    veto(last, refusal)
+            def sleep(seconds: float) -> Any:  # a coroutine for the SDK's AsyncRetrying
+                return runner(pace(active, last, seconds))
 
             active.sdk_retry = retrying.retry
             loop = retrying.copy(sleep=sleep, before_sleep=before_sleep(retrying, last))
@@ -547,33 +516,31 @@ class GeminiAdapter(Adapter):
                 call = None
             if call is None:
                 return wrapped(*args, **kwargs)
-            gov = getter()
-            return self._governed_stream(gov, wrapped, instance, scoped(self, gov, instance, call))
+            return self._governed_stream(getter(), wrapped, instance, call)
 
         return wrapper
 
     def _governed_stream(self, gov: Governor, wrapped: Callable[..., Any], instance: Any,
                          call: Call) -> Iterator[Any]:
-        try:
-            t = gov.admit(call.spec)
-        except GovernorError as exc:
-            raise self.rejection(exc, call) from None
-        token = ACTIVE.set(Active(gov, t, self, instance, call))
-        try:
-            source = wrapped(*call.args, **call.kwargs)
+        """The common call lifecycle, run when the user first asks for a chunk; its result
+        is the primed SDK generator, watched until it ends."""
+
+        def first(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], Any]:
+            source = wrapped(*args, **kwargs)
             try:
-                head: tuple[Any, ...] = (next(source),)
+                return (next(source),), source
             except StopIteration:
-                head = ()
-        except BaseException as exc:
-            call_failed(self, gov, t, exc)
-            gov.settle(t, error=exc, outcome=unobserved(t))
-            raise
-        finally:
-            ACTIVE.reset(token)
-        tracker = self.tracker(call)
-        yield from watch_iter(_through(head, source, tracker), Settlement(gov, t, tracker),
+                return (), source
+
+        def watch(gov: Governor, t: Ticket, call: Call,
+                  primed: tuple[tuple[Any, ...], Any]) -> Iterator[Any]:
+            head, source = primed
+            tracker = self.tracker(call)
+            return watch_iter(_through(head, source, tracker), Settlement(gov, t, tracker),
                               self.failed)
+
+        yield from run_steps(governed_call(self, gov, instance, call, first,
+                                           complete=(watch, watch)))
 
 
 def _max_output_tokens(body: Mapping[str, Any]) -> int | None:
