@@ -384,3 +384,87 @@ async def test_deepgram_retries_are_its_own_bare_or_governed(
     governed({"services": {"deepgram": {"max_tokens": 100, "refill_rate": 100.0,
                                         "min_interval": 0.001}}})
     assert await run() == bare == ([500, 409, 200], 2.0)
+
+
+# ------------------------------------------------------------------ bodies the SDK cannot replay
+class OneShot:
+    """A file the SDK can read once and not rewind (a pipe, a socket, a generator)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+@pytest.mark.parametrize("body", ["one-shot", "seekable"])
+async def test_an_upload_the_sdk_cannot_replay_is_not_sent_again(
+        governed: Governed, is_async: bool, body: str) -> None:
+    """openai's transcription upload after a 500: the SDK retries a seekable file (rewound)
+    and never a one-shot one (it raises the 500); governed, the same requests and result.
+    (No governed anthropic operation takes a file body.)"""
+    import io
+
+    import httpx2
+
+    audio = b"RIFF" + bytes(64)
+    seen: list[tuple[int, bytes]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        status = 500 if not seen else 200
+        seen.append((status, request.read()))
+        if status == 500:
+            return httpx2.Response(500, headers={"retry-after-ms": "5"},
+                                   json={"error": {"message": "boom", "type": "server_error"}})
+        return httpx2.Response(200, json={"text": "hello"})
+
+    async def run() -> tuple[list[tuple[int, int]], str]:
+        seen.clear()
+        if is_async:
+            http: Any = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+            client: Any = openai.AsyncOpenAI(api_key=OPENAI_KEY, http_client=http)
+        else:
+            http = httpx2.Client(transport=httpx2.MockTransport(handler))
+            client = openai.OpenAI(api_key=OPENAI_KEY, http_client=http)
+        file = OneShot(audio) if body == "one-shot" else io.BytesIO(audio)
+        try:
+            result = await resolve(client.audio.transcriptions.create(
+                model="whisper-1", file=("a.wav", file)))
+            got = f"ok {result.text}"
+        except openai.APIStatusError as exc:
+            got = f"{type(exc).__name__} {exc.status_code}"
+        finally:
+            await resolve(http.aclose() if is_async else http.close())
+        return [(status, len(sent)) for status, sent in seen], got
+
+    bare = await run()
+    governed()
+    assert await run() == bare
+    if body == "one-shot":
+        assert bare[1] == "InternalServerError 500" and [s for s, _ in bare[0]] == [500]
+    else:
+        assert bare[1] == "ok hello" and [s for s, _ in bare[0]] == [500, 200]
+        assert bare[0][0][1] == bare[0][1][1] > len(audio)  # the whole file, both times
+
+
+async def test_a_vetoed_retry_raises_the_sdks_own_error_with_a_note(
+        sdk: str, fake: FakeProvider, governed: Governed, is_async: bool) -> None:
+    """The retry budget refuses the SDK's retry: the caller gets the SDK's own error for
+    the 500, as a bare client with no retries left raises it, with a note saying why."""
+    make, call = SDKS[sdk]
+    fake.set_headers({"retry-after-ms": "5"}, statuses=list(range(400, 600)))
+    fake.fail_next(1, status=500)
+    bare = await outcome_of(lambda: make(fake, is_async, max_retries=0), call)
+    fake.reset()
+    fake.set_headers({"retry-after-ms": "5"}, statuses=list(range(400, 600)))
+    governed({"retry": {"budget_ratio": 0.0, "budget_min_per_minute": 0}})
+    fake.fail_next(1, status=500)
+    client = make(fake, is_async, max_retries=2)
+    with pytest.raises(Exception) as info:
+        await resolve(call(client))
+    got = info.value
+    assert f"{type(got).__name__}: {REQUEST_ID.sub('req_*', str(got.args[0]))}" == bare
+    assert [e.status for e in fake.ledger.entries] == [500]
+    assert any(note.startswith("llm-governor did not retry") and "retry budget" in note
+               for note in getattr(got, "__notes__", []))
