@@ -1474,6 +1474,7 @@ class Governor:
             "pid": os.getpid(), "host": socket.gethostname(),
             "queues": {s: len(q) for s, q in self._queues.items()},
             "in_flight": in_flight,
+            "telemetry_errors": self.telemetry_errors,
             "enforces": self.enforcement(),
         }
 

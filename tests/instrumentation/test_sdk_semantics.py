@@ -239,13 +239,22 @@ class Exploding(SimpleSpanProcessor):
 
 
 async def test_a_failing_span_processor_never_fails_a_call(
-        sdk: str, fake: FakeProvider, governed: Governed, is_async: bool) -> None:
+        sdk: str, fake: FakeProvider, governed: Governed, is_async: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Calls go on as bare; the failure is logged once, and counted (in the governor and
+    in the status every process publishes)."""
     provider = TracerProvider()
     provider.add_span_processor(Exploding(InMemorySpanExporter()))
     gov = governed(tracer_provider=provider)
     make, call = SDKS[sdk]
-    assert (await outcome_of(lambda: make(fake, is_async), call)).startswith("ok")
-    assert gov.telemetry_errors >= 1
+    with caplog.at_level("WARNING", logger="llm_governor"):
+        for _ in range(2):
+            assert (await outcome_of(lambda: make(fake, is_async), call)).startswith("ok")
+    assert [r.getMessage() for r in caplog.records if "telemetry failed" in r.getMessage()] \
+        == ["RATE_LIMIT telemetry failed; calls go on without it "
+            "(counted in Governor.telemetry_errors)"]
+    assert gov.telemetry_errors >= 2
+    assert gov.local_status()["telemetry_errors"] == gov.telemetry_errors
 
 
 async def test_anthropics_own_spans_are_one_per_call(
