@@ -35,7 +35,9 @@ _QUOTA_CODES = frozenset({"insufficient_quota"})
 # Transport errors raised before the request could reach the provider.
 _UNSENT = ("ConnectError", "ConnectTimeout", "PoolTimeout", "WriteError", "WriteTimeout",
            "UnsupportedProtocol", "LocalProtocolError", "ProxyError")
-_AIOHTTP_UNSENT = ("ClientConnectorError", "ClientOSError")
+# aiohttp: only a failure to connect proves nothing was sent. ClientOSError is also what
+# a connection reset while reading the answer raises: the request may have been billed.
+_AIOHTTP_UNSENT = ("ClientConnectorError",)
 
 
 def classify_status(

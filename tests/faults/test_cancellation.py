@@ -72,18 +72,20 @@ async def test_cancelled_at_random_points_leaves_nothing_behind(
 
     tasks = [asyncio.create_task(one()) for _ in range(200)]
 
-    async def cancel_later(task: asyncio.Task[Any]) -> None:
+    async def cancel_later(task: asyncio.Task[Any], i: int) -> None:
+        if i % 20 == 0:
+            return  # ten calls run to the end, however slow the machine
         await asyncio.sleep(rng.uniform(0, 0.6))
         task.cancel()
 
-    await asyncio.gather(*(cancel_later(t) for t in tasks))
+    await asyncio.gather(*(cancel_later(t, i) for i, t in enumerate(tasks)))
     results = await asyncio.gather(*tasks, return_exceptions=True)
 
     cancelled = sum(isinstance(r, asyncio.CancelledError) for r in results)
     done = sum(not isinstance(r, BaseException) for r in results)
     errors = [r for r in results if isinstance(r, Exception)]
     check_errors(errors)
-    assert cancelled > 50 and done >= 5, (cancelled, done, errors[:3])
+    assert cancelled > 50 and done >= 10, (cancelled, done, errors[:3])
     assert not [e for e in errors if not isinstance(e, openai.RateLimitError)]
     await until(lambda: idle(gov), timeout=10)
     assert gov.local_status()["in_flight"].get("openai", 0) == 0

@@ -217,7 +217,7 @@ async def test_429_is_absorbed_after_retry_after(deepgram: Deepgram, fake: FakeP
     assert spent(gov) == fake.ledger.total_billed()
 
 
-@pytest.mark.parametrize(("client_retries", "sent"), [(None, 3), (0, 1), (3, 4)])
+@pytest.mark.parametrize(("client_retries", "sent"), [(None, 3), (0, 1), (1, 2)])
 async def test_sdk_retries_never_multiply_ours(
         client_retries: int | None, sent: int, fake: FakeProvider, governed: Governed,
         is_async: bool) -> None:

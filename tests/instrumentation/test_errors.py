@@ -10,6 +10,7 @@ resets within ``retry.max_wait``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anthropic
@@ -160,3 +161,32 @@ async def test_emergency_refusal_is_a_rate_limit_error(driver: Driver, fake: Fak
         await call(driver, "anthropic")
     assert isinstance(caught.value, llm_governor.EmergencyModeError)
     assert caught.value.response.headers["retry-after"] == "60"
+
+
+def test_an_aiohttp_reset_while_reading_may_have_been_billed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp (google-genai's async transport when installed; not in this test
+    environment, so its exception tree stands in): only a failure to connect proves
+    nothing was sent. A ``ClientOSError`` is also what a reset while reading the answer
+    raises, so it is charged as possibly billed."""
+    import types
+
+    from llm_governor.instrumentation._errors import transport_failure
+
+    aiohttp = types.ModuleType("aiohttp")
+
+    class ClientError(Exception):
+        pass
+
+    class ClientOSError(ClientError, OSError):
+        pass
+
+    class ClientConnectorError(ClientOSError):
+        pass
+
+    aiohttp.ClientError = ClientError  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "aiohttp", aiohttp)
+    reset = transport_failure(ClientOSError(104, "Connection reset by peer"))
+    refused = transport_failure(ClientConnectorError(111, "Connect call failed"))
+    assert reset is not None and reset.lost
+    assert refused is not None and not refused.lost

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -227,3 +228,34 @@ async def test_raw_stream_that_asked_for_usage_gets_it(driver: Driver, fake: Fak
     assert '"usage"' in seen[-2] and seen[-1] == "[DONE]"  # the user's own usage chunk
     assert await eventually(lambda: calls(gov) == 1)
     assert spy.settled == [fake.ledger.total_billed()]
+
+
+@pytest.mark.parametrize("how", ["streaming_lines", "raw_parse"])
+async def test_raw_stream_keeps_the_usage_a_server_always_sends(
+        driver: Driver, fake: FakeProvider, governed: Governed, how: str) -> None:
+    """An OpenAI-compatible server that ends every stream with a usage chunk, asked or not:
+    the governor asked for it too, but the server did not honour the request the way
+    api.openai.com does (``"usage": null`` on earlier chunks), so the user's raw stream
+    keeps the chunk, as bare."""
+
+    def shape(items: list[str]) -> list[Any]:
+        out = []
+        for item in items:
+            if item == "[DONE]":
+                out.append(item)
+                continue
+            chunk = json.loads(item)
+            out.append({k: v for k, v in chunk.items() if k not in ("id", "created")})
+        return out
+
+    fake.usage_always = True
+    try:
+        bare = await read_raw(driver, "openai", how)
+        gov = governed()
+        got = await read_raw(driver, "openai", how)
+    finally:
+        fake.usage_always = False
+    assert shape(got) == shape(bare)
+    assert any('"usage"' in item and '"usage": null' not in item and '"usage":null' not in item
+               for item in got)
+    assert await eventually(lambda: calls(gov) == 1)
