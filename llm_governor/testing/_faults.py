@@ -11,7 +11,7 @@ Two families of faults:
   ``inflate_usage``. Like ``slow``, they pass the rate limiter first and apply
   to the next requests it *admits* (a queued one survives a 429).
 
-Pure functions over :class:`~llm_governor.testing._wire.Reply`; the socket
+Pure functions over :class:`~llm_governor.testing.wire.Reply`; the socket
 side (hanging, cutting, resetting) lives in the fake provider's handler.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Literal
 
 from llm_governor.testing._ledger import ProviderName
-from llm_governor.testing._wire import Reply
+from llm_governor.testing.wire import Reply
 
 FaultKind = Literal[
     "error",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llm_governor.testing import _wire
+from llm_governor.testing import wire
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -58,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_reply(
         self,
-        reply: _wire.Reply,
+        reply: wire.Reply,
         headers: Sequence[tuple[str, str]],
         overrides: Sequence[tuple[str, str]] = (),
     ) -> None:
@@ -73,7 +73,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_cut(
         self,
-        reply: _wire.Reply,
+        reply: wire.Reply,
         headers: Sequence[tuple[str, str]],
         overrides: Sequence[tuple[str, str]],
         frames: int,
@@ -89,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_head(
         self,
-        reply: _wire.Reply,
+        reply: wire.Reply,
         headers: Sequence[tuple[str, str]],
         overrides: Sequence[tuple[str, str]],
     ) -> None:

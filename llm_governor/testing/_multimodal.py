@@ -7,7 +7,7 @@ exact server-side count. A prompt's tokens are::
     ceil(text bytes / 4) + sum of each media part's tokens
 
 where *text bytes* are the UTF-8 bytes of every string value outside media
-parts (plus 4 per integer, as in ``_wire.count_input_tokens``): a media
+parts (plus 4 per integer, as in ``wire.count_input_tokens``): a media
 part's own fields (its base64 payload, URL, mime type, detail...) are never
 counted as text. Media parts recognised:
 
@@ -47,7 +47,7 @@ class MediaError(ValueError):
 
 
 class MediaSettings(Protocol):
-    """The settings the media rules read (``_wire.Settings`` satisfies it)."""
+    """The settings the media rules read (``wire.Settings`` satisfies it)."""
 
     @property
     def url_image_size(self) -> tuple[int, int]: ...

@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-from llm_governor.testing import _wire
+from llm_governor.testing import wire
 from llm_governor.testing._faults import (
     BROKEN_FAULTS,
     REPLY_FAULTS,
@@ -190,7 +190,7 @@ class FakeProvider:
             rpm=rpm, tpm=tpm, window=window, max_concurrency=max_concurrency, per_key=per_key
         )
         self._limiter = RateLimiter(self._limits)
-        self._settings = _wire.Settings(
+        self._settings = wire.Settings(
             output_tokens=output_tokens,
             url_audio_seconds=url_audio_seconds,
             audio_bytes_per_second=audio_bytes_per_second,
@@ -467,7 +467,7 @@ class FakeProvider:
             return sticky, False
         return None, False
 
-    def _decide(self, call: _wire.Call, key_id: str | None) -> _Decision:
+    def _decide(self, call: wire.Call, key_id: str | None) -> _Decision:
         with self._lock:
             now = time.monotonic()
             scope = key_id if self._limits.per_key else None
@@ -510,7 +510,7 @@ class FakeProvider:
 
     def _record(
         self,
-        call: _wire.Call,
+        call: wire.Call,
         start: float,
         status: int,
         api_key_seen: bool,
@@ -564,11 +564,11 @@ class FakeProvider:
         key_id = None if api_key is None else key_fingerprint(api_key)
         retry_count = handler.headers.get("x-stainless-retry-count")
         body_sha256 = hashlib.sha256(body).hexdigest()
-        target = _wire.route(split.path)
+        target = wire.route(split.path)
         if target is None or handler.command != "POST":
             message = f"fake provider has no route for {handler.command} {split.path}"
             handler.send_reply(
-                _wire.Reply(404, b'{"error":{"message":"%s"}}' % message.encode()),
+                wire.Reply(404, b'{"error":{"message":"%s"}}' % message.encode()),
                 (),
                 self._overrides(None, 404),
             )
@@ -576,7 +576,7 @@ class FakeProvider:
         provider, endpoint, path_model = target
         content_type = handler.headers.get("Content-Type", "")
         try:
-            call = _wire.parse_call(
+            call = wire.parse_call(
                 provider,
                 endpoint,
                 split.path,
@@ -586,16 +586,16 @@ class FakeProvider:
                 content_type,
                 self._settings,
             )
-        except _wire.BadRequestError as exc:
-            call = _wire.Call(provider, endpoint, split.path, path_model or "")
+        except wire.BadRequestError as exc:
+            call = wire.Call(provider, endpoint, split.path, path_model or "")
             self._record(call, time.monotonic(), exc.status, key_seen, len(body), key_id=key_id,
                          retry_count=retry_count, body_sha256=body_sha256)
-            reply = _wire.error_reply(provider, exc.status, message=str(exc))
+            reply = wire.error_reply(provider, exc.status, message=str(exc))
             handler.send_reply(reply, (), self._overrides(provider, reply.status))
             return
 
         decision = self._decide(call, key_id)
-        headers = [(_REQUEST_ID_HEADER[provider], _wire.new_id("req_"))]
+        headers = [(_REQUEST_ID_HEADER[provider], wire.new_id("req_"))]
         headers += ratelimit_headers(provider, decision.state, time.time())
         fault = decision.fault
         record = functools.partial(
@@ -616,7 +616,7 @@ class FakeProvider:
             return
         if not decision.admitted:
             limit = decision.state.tpm if decision.reason == "tokens" else decision.state.rpm
-            reply = _wire.error_reply(
+            reply = wire.error_reply(
                 provider,
                 429,
                 reason=decision.reason,
@@ -631,7 +631,7 @@ class FakeProvider:
             return
         self._serve_admitted(handler, call, decision, headers, record)
 
-    def _resolve_cache(self, call: _wire.Call) -> None:
+    def _resolve_cache(self, call: wire.Call) -> None:
         """An Anthropic prompt prefix marked for caching: read if cached and alive (its
         TTL refreshed), else written; 5 minutes or 1 hour, as its ``cache_control`` says."""
         if not call.cache_key or not call.cache_tokens:
@@ -650,7 +650,7 @@ class FakeProvider:
     def _serve_admitted(
         self,
         handler: Handler,
-        call: _wire.Call,
+        call: wire.Call,
         decision: _Decision,
         headers: list[tuple[str, str]],
         record: Callable[..., LedgerEntry],
@@ -681,7 +681,7 @@ class FakeProvider:
             record(status=0, release=call.metered)
             handler.reset_connection()
             return
-        reply = _wire.render(call)
+        reply = wire.render(call)
         if kind == "no_usage":
             reply = strip_usage(reply, call.provider)
         elif kind == "malformed":
@@ -694,12 +694,12 @@ class FakeProvider:
         else:
             handler.send_reply(reply, headers, self._overrides(call.provider, reply.status))
 
-    def _fault_reply(self, call: _wire.Call, fault: Fault) -> tuple[_wire.Reply, float | None]:
+    def _fault_reply(self, call: wire.Call, fault: Fault) -> tuple[wire.Reply, float | None]:
         if fault.kind == "insufficient_quota":
-            status = _wire.quota_status(call.provider)
-            return _wire.error_reply(call.provider, status, reason="quota", model=call.model), None
+            status = wire.quota_status(call.provider)
+            return wire.error_reply(call.provider, status, reason="quota", model=call.model), None
         if fault.kind == "rate_limit" or fault.status == 429:
-            reply = _wire.error_reply(
+            reply = wire.error_reply(
                 call.provider,
                 429,
                 reason="requests",
@@ -707,7 +707,7 @@ class FakeProvider:
                 retry_after=fault.retry_after,
             )
             return reply, fault.retry_after
-        return _wire.error_reply(call.provider, fault.status, model=call.model), None
+        return wire.error_reply(call.provider, fault.status, model=call.model), None
 
 
 def _api_key(handler: Handler, query: Mapping[str, list[str]]) -> str | None:
