@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_none
 
 from .accounts import host_of, scope_key, service_of
+from .admission_queue import AdmissionQueue, Waiter
 from .backends import Backend, CallRecord, create_backend, schema
 from .backends.base import Charged, Snapshot
 from .config import GovernorConfig, RateLimitConfig
@@ -59,10 +60,10 @@ from .policies.adaptive import ProviderLimits
 from .policies.admission import AdmitRequest, Decision, Limits, Observation
 from .policies.budget import AttemptState
 from .policies.custom import CallInfo, Policy, Refuse, Reprioritize, Substitute, digest
-from .policies.queue import AdmissionQueue, Waiter
-from .policies.retry import AttemptFailure, ProviderWait, RetryBudget, function_failure
+from .policies.retry import AttemptFailure, ProviderWait, function_failure
 from .pricing import Pricer, Usage
 from .reservations import OutputLearner, reservation_hint, reservation_mode
+from .retry_budget import RetryBudget
 from .scoping import CallScopes, ScopeKinds, scope_rows
 
 __all__ = ["CallSpec", "Governor", "GovernorSnapshot", "Ticket", "never_sent"]

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends",),
     ("config",),
     ("pricing", "scoping"),
-    ("reservations",),
+    ("reservations", "admission_queue", "retry_budget"),
     ("governor",),
     ("exporters",),
     ("instrumentation",),

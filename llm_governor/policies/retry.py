@@ -5,8 +5,9 @@ hints, body replay guards, token refresh, ``max_retries``); the governor
 decides *when*. At the SDK's retry point it waits at least what the SDK would,
 and at least :class:`ProviderWait` (what the provider asked for, else
 tenacity's exponential backoff with full jitter), then re-admits the attempt.
-:class:`RetryBudget` caps retries at a share of recent calls, so a storm of
-failures cannot multiply traffic.
+The retry budget (:mod:`llm_governor.retry_budget`, per-process state) caps
+retries at a share of recent calls, so a storm of failures cannot multiply
+traffic.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tenacity import RetryCallState, wait_random_exponential
 
 from .adaptive import ProviderLimits
 
-__all__ = ["AttemptFailure", "ProviderWait", "RetryBudget", "function_failure"]
+__all__ = ["AttemptFailure", "ProviderWait", "function_failure"]
 
 FailureKind = Literal["throttled", "failure", "fatal"]
 
@@ -109,39 +110,3 @@ class ProviderWait:
         state = RetryCallState(cast(Any, None), None, (), {})
         state.attempt_number = max(1, attempt_number)
         return float(self._backoff(state))
-
-
-class RetryBudget:
-    """Retries allowed: ``ratio`` per call made plus ``min_per_minute``, over a sliding minute.
-
-    Pure bookkeeping with an injected ``now``; one per service per process.
-    """
-
-    def __init__(self, ratio: float, min_per_minute: int) -> None:
-        self.ratio = ratio
-        self.min_per_minute = min_per_minute
-        self._calls: list[float] = []
-        self._retries: list[float] = []
-
-    @staticmethod
-    def _trim(events: list[float], now: float) -> None:
-        cutoff = now - 60.0
-        i = 0
-        while i < len(events) and events[i] <= cutoff:
-            i += 1
-        del events[:i]
-
-    def record_call(self, now: float) -> None:
-        self._calls.append(now)
-        if len(self._calls) > 4096:
-            self._trim(self._calls, now)
-
-    def try_retry(self, now: float) -> bool:
-        """Take one retry from the budget if there is one left."""
-        self._trim(self._calls, now)
-        self._trim(self._retries, now)
-        allowed = self.min_per_minute + self.ratio * len(self._calls)
-        if len(self._retries) + 1 > allowed:
-            return False
-        self._retries.append(now)
-        return True

@@ -21,10 +21,10 @@ import pytest
 
 import llm_governor
 from llm_governor import Priority, RateLimitAlert
+from llm_governor.admission_queue import Waiter
 from llm_governor.backends import MemoryBackend
 from llm_governor.exporters.monitor import RateLimitMonitor, health, log_alert_handler
 from llm_governor.governor import Governor
-from llm_governor.policies.queue import Waiter
 from tests.conftest import FakeClock
 
 GovFactory = Callable[..., Governor]

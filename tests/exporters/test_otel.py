@@ -23,8 +23,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import llm_governor
 from llm_governor import Priority
+from llm_governor.admission_queue import Waiter
 from llm_governor.governor import CallSpec, Governor
-from llm_governor.policies.queue import Waiter
 from llm_governor.policies.retry import AttemptFailure
 from llm_governor.pricing import Usage
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from llm_governor.policies.queue import AdmissionQueue, Waiter
-from llm_governor.policies.retry import RetryBudget
+from llm_governor.admission_queue import AdmissionQueue, Waiter
 
 
 def test_priority_then_fifo_order() -> None:
@@ -63,12 +62,3 @@ async def test_async_waiter_is_woken_from_another_thread() -> None:
     await second.await_(5.0)
     assert loop.time() - start < 2.0
     assert q.is_head(second)
-
-
-def test_retry_budget_allows_floor_plus_ratio_of_calls() -> None:
-    rb = RetryBudget(ratio=0.1, min_per_minute=2)
-    for i in range(50):
-        rb.record_call(float(i) / 10)
-    granted = sum(rb.try_retry(5.0) for _ in range(20))
-    assert granted == 7  # 2 + 0.1 * 50
-    assert rb.try_retry(70.0)  # a minute later the window is empty again
