@@ -1,4 +1,4 @@
-"""Govern any function, no SDK needed: the decorator, budgets and fallbacks.
+"""Govern any function, no SDK needed: the decorator, retries, budgets and fallbacks.
 
 Run: python examples/decorator_budget.py
 """
@@ -13,8 +13,24 @@ from llm_governor import BudgetExceededError, Priority, check_budget, graceful_a
 llm_governor.instrument({
     "backend": "memory",                      # the default is a SQLite file shared per host
     "budget": {"per_day": "0.10"},
-    "services": {"my_service": {"max_tokens": 5, "refill_rate": 20.0, "min_interval": 0.01}},
+    "services": {"my_service": {"max_tokens": 5, "refill_rate": 20.0, "min_interval": 0.01},
+                 # transient failures (timeouts, connection errors, 429, 5xx) retried twice
+                 "flaky_service": {"max_retries": 2, "min_interval": 0.01}},
 })
+
+attempts: list[str] = []
+
+
+@llm_governor.rate_limited("flaky_service", cost=Decimal("0"))
+def flaky_api_call() -> str:
+    attempts.append("sent")
+    if len(attempts) < 3:
+        raise ConnectionResetError("connection reset by peer")
+    return "answered"
+
+
+# The decorator's tenacity loop retries; the governor paces and re-admits each retry.
+print(f"flaky service: {flaky_api_call()} after {len(attempts)} attempts")
 
 
 @llm_governor.rate_limited("my_service", Priority.HIGH, Decimal("0.01"))

@@ -14,7 +14,8 @@ from tests.conftest import require
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
 EXPECTED = {
-    "decorator_budget.py": ["10 calls fit the $0.10 budget", "processed item-x locally"],
+    "decorator_budget.py": ["flaky service: answered after 3 attempts",
+                            "10 calls fit the $0.10 budget", "processed item-x locally"],
     "priorities_jobs.py": ["'user-request'", "'video_123': '0.002'"],
     "monitoring.py": ["circuit_breaker_open", "emergency mode: True"],
     "redis_fleet.py": ["paid calls across 4 processes: 10; spent $0.10 of $0.10"],
