@@ -415,7 +415,7 @@ async def test_an_upload_the_sdk_cannot_replay_is_not_sent_again(
     (No governed anthropic operation takes a file body.)"""
     import io
 
-    import httpx2
+    from .conftest import httpx2  # the SDK's own HTTP library (httpx on older openai)
 
     audio = b"RIFF" + bytes(64)
     seen: list[tuple[int, bytes]] = []
@@ -450,8 +450,11 @@ async def test_an_upload_the_sdk_cannot_replay_is_not_sent_again(
     bare = await run()
     governed()
     assert await run() == bare
-    if body == "one-shot":
+    if body == "one-shot" and hasattr(openai._base_client, "_RequestBodyReplay"):
+        # the SDK's replay guard (openai 3): bare, a one-shot body is never sent twice
         assert bare[1] == "InternalServerError 500" and [s for s, _ in bare[0]] == [500]
+    elif body == "one-shot":  # older SDKs re-send what is left of it (nothing), governed too
+        assert [s for s, _ in bare[0]] == [500, 200]
     else:
         assert bare[1] == "ok hello" and [s for s, _ in bare[0]] == [500, 200]
         assert bare[0][0][1] == bare[0][1][1] > len(audio)  # the whole file, both times
