@@ -317,6 +317,14 @@ def _child(sc: Scenario, variant: str, client: Client, base_url: str, workers: i
         return start
 
     try:
+        # A fresh interpreter builds the SDK's pydantic models lazily, on first use; threads
+        # racing to use one first can see it half built (PydanticUserError, bare or not).
+        # Build them here, once, before the callers start.
+        import openai
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        for model in (openai._models.FinalRequestOptions, ChatCompletion, ChatCompletionChunk):
+            model.model_rebuild()
         results.put(process_main(sc, variant, client, base_url, workers, go, grace, config))
     except BaseException as exc:  # the parent reports it
         results.put(exc)

@@ -56,6 +56,34 @@ __all__ = ["SQLiteBackend", "SQLiteStore", "prepare_path"]
 BUSY_TIMEOUT = 5.0  # seconds a step waits for the file's write lock before failing over
 _FILE_CHECK = 1.0  # seconds between checks that the path still names the open file
 
+# SQLite keeps the bookkeeping of its file locks per process, inside the library. A fork
+# while a thread holds a lock on the file (the stream settler mid-settlement, say) leaves
+# the child believing a connection of its own holds it: every connection the child opens
+# then waits for a lock nobody will release. So nothing touches the file while the
+# process forks: each step holds this guard, and a fork waits for the step to end.
+_fork_guard = threading.RLock()
+
+
+def _guard() -> threading.RLock:
+    return _fork_guard
+
+
+def _before_fork() -> None:
+    _fork_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.RLock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS services (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -221,7 +249,8 @@ class SQLiteStore(TransactionalBackend, SharedStore):
         self.namespace = namespace
         self.readonly = readonly
         self._local = threading.local()
-        self._connect()
+        with _guard():
+            self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -310,33 +339,36 @@ class SQLiteStore(TransactionalBackend, SharedStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Txn]:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield _SQLiteTxn(conn, self.namespace)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+        with _guard():
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTxn(conn, self.namespace)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
         """A deferred (shared-lock) transaction: status reads never queue behind admissions."""
-        conn = self._connect()
-        conn.execute("BEGIN")
-        try:
-            yield _SQLiteTxn(conn, self.namespace, readonly=True)
-        finally:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("COMMIT")
+        with _guard():
+            conn = self._connect()
+            conn.execute("BEGIN")
+            try:
+                yield _SQLiteTxn(conn, self.namespace, readonly=True)
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("COMMIT")
 
     def _kv(self, key: str) -> str | None:
-        row = self._connect().execute("SELECT value FROM kv WHERE key=?",
-                                      (f"{self.namespace}|{key}",)).fetchone()
-        return row[0] if row else None
+        with _guard():
+            row = self._connect().execute("SELECT value FROM kv WHERE key=?",
+                                          (f"{self.namespace}|{key}",)).fetchone()
+            return row[0] if row else None
 
     def emergency(self) -> bool:
         return self._kv("emergency") == "1"
@@ -347,25 +379,28 @@ class SQLiteStore(TransactionalBackend, SharedStore):
                                     (f"{self.namespace}|emergency", "1" if enabled else "0"))
 
     def services(self) -> list[str]:
-        conn = self._connect()
-        prefix = f"{self.namespace}|"
-        names = {n.removeprefix(prefix) for (n,) in conn.execute(
-            "SELECT name FROM services WHERE name >= ? AND name < ?", _span(prefix))}
-        for kind in schema.CALL_KINDS:
-            for (k,) in conn.execute("SELECT key FROM counters WHERE key >= ? AND key < ?",
-                                     _span(f"{prefix}{kind}{schema.SEP}")):
-                names.add(schema.split(k.removeprefix(prefix))[1])
-        return sorted(names)
+        with _guard():
+            conn = self._connect()
+            prefix = f"{self.namespace}|"
+            names = {n.removeprefix(prefix) for (n,) in conn.execute(
+                "SELECT name FROM services WHERE name >= ? AND name < ?", _span(prefix))}
+            for kind in schema.CALL_KINDS:
+                for (k,) in conn.execute("SELECT key FROM counters WHERE key >= ? AND key < ?",
+                                         _span(f"{prefix}{kind}{schema.SEP}")):
+                    names.add(schema.split(k.removeprefix(prefix))[1])
+            return sorted(names)
 
     def counters(self) -> dict[str, Any]:
-        prefix = f"{self.namespace}|"
-        rows = self._connect().execute(
-            "SELECT key, value FROM counters WHERE key >= ? AND key < ?", _span(prefix)).fetchall()
-        flat: list[tuple[str, int | Decimal]] = []
-        for key, value in rows:
-            k = key.removeprefix(prefix)
-            flat.append((k, Decimal(value) if schema.is_money(k) else int(value)))
-        return nest_counters(iter(flat))
+        with _guard():
+            prefix = f"{self.namespace}|"
+            rows = self._connect().execute(
+                "SELECT key, value FROM counters WHERE key >= ? AND key < ?",
+                _span(prefix)).fetchall()
+            flat: list[tuple[str, int | Decimal]] = []
+            for key, value in rows:
+                k = key.removeprefix(prefix)
+                flat.append((k, Decimal(value) if schema.is_money(k) else int(value)))
+            return nest_counters(iter(flat))
 
     def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
         with self.transaction():
@@ -376,11 +411,12 @@ class SQLiteStore(TransactionalBackend, SharedStore):
                          (f"{self.namespace}|{process_id}", now + ttl, json.dumps(doc)))
 
     def processes(self) -> dict[str, dict[str, Any]]:
-        prefix = f"{self.namespace}|"
-        rows = self._connect().execute(
-            "SELECT id, doc FROM processes WHERE id >= ? AND id < ? AND expires > ?",
-            (*_span(prefix), self._clock())).fetchall()
-        return {i.removeprefix(prefix): json.loads(d) for i, d in rows}
+        with _guard():
+            prefix = f"{self.namespace}|"
+            rows = self._connect().execute(
+                "SELECT id, doc FROM processes WHERE id >= ? AND id < ? AND expires > ?",
+                (*_span(prefix), self._clock())).fetchall()
+            return {i.removeprefix(prefix): json.loads(d) for i, d in rows}
 
     def snapshot(self, scopes: bool = True) -> Snapshot:
         """Every table of the namespace in one deferred read transaction."""
