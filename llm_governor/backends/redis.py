@@ -373,10 +373,7 @@ class RedisStore(SharedStore):
             pipe.hkeys(self._k_svc)
             pipe.hkeys(self._k_ctr)
             states, counters = pipe.execute()
-            names = set(states)
-            names.update(schema.split(k)[1] for k in counters
-                         if schema.kind(k) in schema.CALL_KINDS)
-            return sorted(names)
+            return list(call_names(states, counters))
 
         return remote()
 

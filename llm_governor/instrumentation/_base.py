@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from ..pricing import Usage
 
 __all__ = ["ACTIVE", "Active", "Adapter", "Call", "Do", "GovernorGetter", "Patch", "Steps",
-           "Wrapper", "active_for", "arun_steps", "async_governed", "call_failed", "governed",
-           "governed_call", "note_veto", "run_steps", "scoped", "sync_governed", "unobserved"]
+           "Wrapper", "active_for", "arun_steps", "async_governed", "attempt_point",
+           "call_failed", "governed", "governed_call", "note_veto", "run_steps", "scoped",
+           "sync_governed", "unobserved"]
 
 logger = logging.getLogger("llm_governor")
 GovernorGetter = Callable[[], Governor]
@@ -355,6 +356,27 @@ def governed_call(adapter: Adapter, gov: Governor, instance: Any, call: Call,
     except BaseException as exc:
         yield Do.of(gov.settle, gov.asettle, t, error=exc, outcome="neutral")
         raise
+
+
+Attempts = Callable[[Callable[..., Any], Active, tuple[Any, ...], dict[str, Any]], Steps[Any]]
+
+
+def attempt_point(attempts: Attempts, asynchronous: bool) -> Wrapper:
+    """A wrapt wrapper for an SDK's per-attempt method: inside a governed call (and not
+    nested in another attempt) the attempt is reported started, then ``attempts`` runs
+    it as steps; elsewhere the method runs untouched."""
+    runner = arun_steps if asynchronous else run_steps
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        active = active_for(instance)
+        if active is None or active.attempting:
+            return wrapped(*args, **kwargs)
+        active.gov.attempt_started(active.ticket)
+        active.attempting = True
+        return runner(attempts(wrapped, active, args, kwargs))
+
+    return wrapper
 
 
 def governed(adapter: Adapter, getter: GovernorGetter, asynchronous: bool) -> Wrapper:

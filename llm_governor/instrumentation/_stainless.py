@@ -42,6 +42,7 @@ from ._base import (
     active_for,
     arun_steps,
     async_governed,
+    attempt_point,
     note_veto,
     run_steps,
     sync_governed,
@@ -153,14 +154,6 @@ class StainlessAdapter(Adapter):
         SDK's own error with it.
         """
 
-        def start(instance: Any) -> Active | None:
-            active = active_for(instance)
-            if active is None or active.attempting:
-                return None
-            active.gov.attempt_started(active.ticket)
-            active.attempting = True
-            return active
-
         def failed(active: Active, exc: BaseException) -> Steps[None]:
             active.attempting = False
             if isinstance(exc, Exception):
@@ -190,16 +183,7 @@ class StainlessAdapter(Adapter):
                 active.gov.attempt_started(active.ticket)
                 active.attempting = True
 
-        runner = arun_steps if asynchronous else run_steps
-
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            active = start(instance)
-            if active is None:
-                return wrapped(*args, **kwargs)
-            return runner(attempts(wrapped, active, args, kwargs))
-
-        return wrapper
+        return attempt_point(attempts, asynchronous)
 
     def _absorbable(self, active: Active, response: Any, args: tuple[Any, ...],
                     kwargs: Mapping[str, Any]) -> bool:

@@ -52,6 +52,7 @@ from ._base import (
     active_for,
     arun_steps,
     async_governed,
+    attempt_point,
     governed_call,
     note_veto,
     run_steps,
@@ -325,14 +326,6 @@ class GeminiAdapter(Adapter):
     def _attempt_point(self, asynchronous: bool) -> Wrapper:
         """``_request_once`` / ``_async_request_once``: one HTTP attempt of a governed call."""
 
-        def start(instance: Any) -> Active | None:
-            active = active_for(instance)
-            if active is None or active.attempting:
-                return None
-            active.gov.attempt_started(active.ticket)
-            active.attempting = True
-            return active
-
         def ended(active: Active, exc: BaseException | None) -> Steps[bool]:
             """Record how the attempt went; True when it was throttled (and may be re-sent)."""
             active.attempting = False
@@ -366,16 +359,7 @@ class GeminiAdapter(Adapter):
                 yield from ended(active, None)
                 return result
 
-        runner = arun_steps if asynchronous else run_steps
-
-        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            active = start(instance)
-            if active is None:
-                return wrapped(*args, **kwargs)
-            return runner(attempts(wrapped, active, args, kwargs))
-
-        return wrapper
+        return attempt_point(attempts, asynchronous)
 
     def _retry_loop(self, asynchronous: bool) -> Wrapper:
         """``_request`` / ``_async_request``: the SDK's own tenacity loop, but the governor sleeps.

@@ -79,6 +79,19 @@ def make(made: list[RedisBackend], url: str, budget: dict[str, Decimal] | None =
     return b
 
 
+def count_sends(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every command buffer redis-py writes to a socket from now on (one per round trip)."""
+    sends: list[Any] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sends.append(command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sends
+
+
 def wait_for(condition: Any, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -101,14 +114,7 @@ def test_one_round_trip_to_admit_and_one_to_settle(server: RedisServer,
     b.admit(req(), "warm-up", 60)  # connect once
     c = server.client()
     c.ping()
-    sends: list[Any] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sends.append(command)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sends = count_sends(monkeypatch)
     for step in ("admit", "settle", "observe"):
         c.config_resetstat()
         sends.clear()
@@ -134,14 +140,7 @@ def test_scopes_keep_admission_one_round_trip_in_one_slot_and_expire(
               ScopeRequest("job=j:1/a", {"hour": D("1")}))
     request = AdmitRequest("svc", 0, 0.0, D("0.01"), LIM, LIM, scopes=scopes)
     b.admit(request, "warm-up", 60)
-    sends: list[Any] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sends.append(command)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sends = count_sends(monkeypatch)
     for i in range(10):
         assert b.admit(request, f"l{i}", 60).admitted
         b.settle(f"l{i}", LIM, None, CallRecord(
@@ -547,14 +546,7 @@ def test_a_monitor_frame_is_one_round_trip(server: RedisServer, backends: list[R
             with llm_governor.scope(tenant=f"t{i}"):
                 gov.call(CallSpec(f"svc{i}", cost=D("0.01")), lambda: None)
         gov.announce()
-        sends: list[Any] = []
-        original = redis.connection.Connection.send_packed_command
-
-        def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            sends.append(command)
-            original(self, command, check_health)
-
-        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+        sends = count_sends(monkeypatch)
         env = {"LLM_GOVERNOR_BACKEND": url}
         for key, value in env.items():
             monkeypatch.setenv(key, value)
