@@ -33,6 +33,7 @@ from typing import Any, Literal, TypeVar
 
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt, wait_none
 
+from . import events
 from .accounts import host_of, scope_key, service_of
 from .admission_queue import AdmissionQueue, Waiter
 from .backends import Backend, CallRecord, create_backend, schema
@@ -116,12 +117,12 @@ class Ticket:
     attempts) and the chunk times of a stream time the provider's work.
     """
 
-    __slots__ = ("attempt_started", "attempts", "cfg", "chunk_gaps", "client_span", "emergency",
-                 "failure", "first_chunk", "genai_metrics", "held", "holding", "job", "key",
-                 "labels", "last_chunk", "lease_id", "limits", "llm_tokens", "model", "observe",
+    __slots__ = ("attempt_started", "attempts", "call", "cfg", "chunk_gaps", "emergency",
+                 "failure", "first_chunk", "held", "holding", "job", "key", "labels",
+                 "last_chunk", "lease_id", "limits", "llm_tokens", "model", "observe",
                  "paused_at", "pid", "priority", "provider", "queue_wait", "requeues",
-                 "reservation", "reserved", "scopes", "sent_at", "service", "settled", "span",
-                 "spec", "started", "state", "sunk", "usage_hint", "would")
+                 "reservation", "reserved", "scopes", "sent_at", "service", "settled", "spec",
+                 "started", "state", "sunk", "usage_hint", "would")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
                  reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None,
@@ -151,9 +152,7 @@ class Ticket:
         self.emergency = False
         self.provider: ProviderLimits | None = None
         self.failure: AttemptFailure | None = None
-        self.span: Any = None  # the governor's own INTERNAL span
-        self.client_span: Any = None  # the GenAI CLIENT span, from the first send
-        self.genai_metrics = False  # the gen_ai.client.* metrics are recorded for this call
+        self.call: events.Call | None = None  # what observers see, once policies have run
         self.sent_at = 0.0  # monotonic time of the first send (0: never sent)
         self.held = 0.0  # seconds the governor held the call between attempts
         self.paused_at = 0.0  # monotonic time a retry pause began (0: none)
@@ -168,6 +167,25 @@ class Ticket:
         # how the output part was reserved: "capped" (the call's own max tokens), "stated",
         # "learned", or "worst_case" (no cap: the model's output cap)
         self.reservation = "capped"
+
+
+def _call_of(t: Ticket, keep: bool = True) -> events.Call:
+    """The call's record for observers, made once (``keep`` False: a record of the
+    call as it stands, not kept, while its policies may still change it)."""
+    call = t.call
+    if call is None:
+        call = events.Call(t.service, t.model, t.priority.name.lower(), t.reserved, t.job,
+                           t.labels, t.scopes.metric_attributes, t.observe, t.spec)
+        if keep:
+            t.call = call
+    return call
+
+
+def _settled(t: Ticket, error: BaseException | None, usage: Usage | None,
+             cost: Decimal) -> events.Settled:
+    return events.Settled(_call_of(t), t.settled, error, usage, cost, t.attempts, t.queue_wait,
+                          t.emergency, t.held, t.would, t.sent_at, t.first_chunk, t.last_chunk,
+                          tuple(t.chunk_gaps))
 
 
 def new_lease_id() -> str:
@@ -445,6 +463,7 @@ class Governor:
         self._init_process_state()
         self.telemetry_errors = 0
         self.telemetry = Telemetry(self, meter_provider, tracer_provider)
+        self.observers: tuple[events.Observer, ...] = (self.telemetry,)
         _governors.add(self)
 
     def _init_process_state(self) -> None:
@@ -557,16 +576,28 @@ class Governor:
         configured = t.cfg.max_retries
         return configured if configured is not None else self.config.max_retries
 
-    # -------------------------------------------------------------- telemetry
-    def _emit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Report to telemetry; an exporter that fails never fails a call (logged once)."""
-        try:
-            fn(*args)
-        except Exception:
-            self.telemetry_errors += 1
-            if self.telemetry_errors == 1:
-                logger.warning("RATE_LIMIT telemetry failed; calls go on without it "
-                               "(counted in Governor.telemetry_errors)", exc_info=True)
+    # -------------------------------------------------------------- observers
+    def add_observer(self, observer: events.Observer) -> None:
+        """Tell ``observer`` every event from now on (see :mod:`llm_governor.events`)."""
+        self.observers = (*self.observers, observer)
+
+    def remove_observer(self, observer: events.Observer) -> None:
+        self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def _emit(self, method: str, event: Any) -> None:
+        """Tell every observer; one that fails never fails a call (logged once)."""
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(event)
+            except Exception:
+                self.telemetry_errors += 1
+                if self.telemetry_errors == 1:
+                    logger.warning("RATE_LIMIT an observer (telemetry) failed; calls go on "
+                                   "without it (counted in Governor.telemetry_errors)",
+                                   exc_info=True)
+
+    def _decided(self, t: Ticket, outcome: str, retry_after: float) -> None:
+        self._emit("on_admit", events.Decided(_call_of(t), outcome, retry_after, t.queue_wait))
 
     # -------------------------------------------------------------- admission
     def ticket(self, spec: CallSpec) -> Ticket:
@@ -649,7 +680,7 @@ class Governor:
         if d.observed is not None:  # admitted; an observed scope would have refused
             t.would = t.would or d.observed
             outcome = f"would_{d.observed}"
-        self._emit(self.telemetry.decision, t, outcome, d.retry_after)
+        self._decided(t, outcome, d.retry_after)
 
     def _explain(self, t: Ticket, d: Decision) -> None:
         """Say once per scope and limit why calls wait or are refused, and how to change it."""
@@ -726,7 +757,8 @@ class Governor:
                     t.would = t.would or outcome
                     outcome = f"would_{outcome}"
                 self.backend.count_decision(t.service, outcome)
-                self._emit(self.telemetry.decision, t, outcome, 0.0)
+                self._emit("on_admit", events.Decided(
+                    _call_of(t, keep=False), outcome, 0.0, t.queue_wait))
                 if t.observe:
                     continue
                 raise PolicyRefusedError(
@@ -765,7 +797,7 @@ class Governor:
 
     def _shed(self, t: Ticket) -> Steps[QueueFullError]:
         yield _Count(t.service, "queue_full")
-        self._emit(self.telemetry.decision, t, "queue_full", 0.0)
+        self._decided(t, "queue_full", 0.0)
         return QueueFullError(
             f"RATE_LIMIT {t.service} queue is full (max_queue_size={t.cfg.max_queue_size}); "
             "shed for higher-priority calls", service=t.service,
@@ -838,7 +870,7 @@ class Governor:
                 if not waited:
                     waited = True
                     yield _Count(t.service, "queued")
-                    self._emit(self.telemetry.decision, t, "queued", wait)
+                    self._decided(t, "queued", wait)
                 yield _Wait(w, wait)
         finally:
             q.leave(w)
@@ -867,7 +899,7 @@ class Governor:
             if not counted:
                 counted = True
                 yield _Count(t.service, "queued")
-                self._emit(self.telemetry.decision, t, "queued", d.retry_after)
+                self._decided(t, "queued", d.retry_after)
             yield _Sleep(d.retry_after)
 
     def _observed(self, t: Ticket, d: Decision) -> bool:
@@ -878,7 +910,7 @@ class Governor:
         t.emergency = d.emergency
         would = d.observed or d.outcome
         t.would = t.would or would
-        self._emit(self.telemetry.decision, t, f"would_{would}", d.retry_after)
+        self._decided(t, f"would_{would}", d.retry_after)
         return True
 
     def admit(self, spec: CallSpec,
@@ -907,11 +939,11 @@ class Governor:
     def _admit_steps(self, spec: CallSpec, substitute: Callable[[str], CallSpec | None] | None,
                      body: Callable[[], Sequence[object]] | None) -> Steps[Ticket]:
         t = self._consult(self.ticket(spec), substitute, body)
-        self._emit(self.telemetry.start_call, t)
+        self._emit("on_start", events.Started(_call_of(t)))
         try:
             yield from self._admission(t, reserve=True)
         except BaseException as exc:
-            self._emit(self.telemetry.end_call, t, exc, None, _ZERO)
+            self._emit("on_settle", _settled(t, exc, None, _ZERO))
             raise
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
@@ -1029,7 +1061,7 @@ class Governor:
             t.paused_at = 0.0
         if not t.sent_at:
             t.sent_at = now
-            self._emit(self.telemetry.sent, t)
+            self._emit("on_send", events.Sent(_call_of(t), now))
 
     def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
         """The provider answered with success; its rate-limit headers are folded in at settle."""
@@ -1043,12 +1075,8 @@ class Governor:
                 if len(self._learned) >= 256 and t.key not in self._learned:
                     self._learned.clear()
                 self._learned[t.key] = (provider, time.time())
-            if provider.remaining_requests is not None:
-                self._emit(self.telemetry.provider_remaining, t.service, "requests",
-                           provider.remaining_requests)
-            if provider.remaining_tokens is not None:
-                self._emit(self.telemetry.provider_remaining, t.service, "tokens",
-                           provider.remaining_tokens)
+            self._emit("on_provider_limits", events.ProviderLimitsSeen(t.service, t.key,
+                                                                        provider))
 
     def attempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool,
                        judge_timeout: bool = True) -> None:
@@ -1119,7 +1147,8 @@ class Governor:
                 f"RATE_LIMIT retry budget of {t.service} exhausted (retry.budget_ratio="
                 f"{self.config.retry.budget_ratio:g})", service=t.service)
         wait = max(sdk_wait or 0.0, self._wait(failure, t.attempts)) - already_waited
-        self._emit(self.telemetry.retry, t, failure.reason if failure else "error", wait)
+        self._emit("on_retry", events.Retried(_call_of(t), t.attempts,
+                                            failure.reason if failure else "error", wait))
         if wait > 0:
             yield _Sleep(wait)
         reserve = t.state in budget.BILLABLE
@@ -1176,7 +1205,7 @@ class Governor:
         deadline = t.started + t.cfg.request_timeout
         if time.monotonic() + wait >= deadline:
             return False
-        self._emit(self.telemetry.retry, t, failure.reason, wait)
+        self._emit("on_retry", events.Retried(_call_of(t), t.attempts, failure.reason, wait))
         if wait > 0:
             yield _Sleep(wait)
         try:
@@ -1236,7 +1265,7 @@ class Governor:
                 "RATE_LIMIT %s call to %s cost $%s, $%s above its reservation of $%s: the "
                 "difference is charged and the next calls wait until the budget has room",
                 t.service, t.model, cost, overrun, t.reserved)
-            self._emit(self.telemetry.overrun, t, overrun)
+            self._emit("on_overrun", events.Overrun(_call_of(t), overrun))
         if outcome is None and error is None:
             outcome = "success"
         obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
@@ -1252,7 +1281,7 @@ class Governor:
         except Exception:
             logger.exception("RATE_LIMIT settling a %s call failed", t.service)
         total = t.sunk + cost
-        self._emit(self.telemetry.end_call, t, error, usage, total)
+        self._emit("on_settle", _settled(t, error, usage, total))
         self._maybe_publish()
         return total
 
@@ -1444,7 +1473,7 @@ class Governor:
             self.backend.count(schema.key("alerts", "budget_threshold", whose, window, threshold))
         except Exception:
             logger.debug("counting a budget threshold alert failed", exc_info=True)
-        self._emit(self.telemetry.budget_threshold, key, window, threshold)
+        self._emit("on_threshold", events.ThresholdCrossed(key, window, threshold))
 
     def enforcement(self) -> dict[str, Any]:
         """What this process enforces (:meth:`GovernorConfig.summary` of its
@@ -1510,5 +1539,9 @@ class Governor:
                 self.backend.publish_process(self.process_id, {"pid": os.getpid()}, ttl=0.0)
             except Exception:
                 logger.debug("withdrawing the process status failed", exc_info=True)
-        self._emit(self.telemetry.close)
+        for observer in self.observers:
+            try:
+                observer.close()
+            except Exception:
+                logger.debug("closing an observer failed", exc_info=True)
         self.backend.close()

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("backends",),
     ("config",),
     ("pricing", "scoping"),
-    ("reservations", "admission_queue", "retry_budget"),
+    ("reservations", "admission_queue", "retry_budget", "events"),
     ("governor",),
     ("exporters",),
     ("instrumentation",),
@@ -50,6 +50,8 @@ KNOWN: dict[tuple[str, str, str], str] = {
         "which itself imports instrumentation",
     ("llm_governor.reservations", "llm_governor.governor", "type"):
         "annotations only: LearnedReservations takes the Governor's Ticket",
+    ("llm_governor.events", "llm_governor.governor", "type"):
+        "annotations only: a Call record carries the adapter's CallSpec",
 }
 
 

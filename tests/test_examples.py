@@ -25,6 +25,9 @@ EXPECTED = {
                               "initech/ivy: refused, the day budget of tenant initech is spent",
                               "budget threshold: 50% of the day budget of tenant=globex",
                               "  acme: $0.0025800 of $0.01 today"],
+    "audit_log.py": ['"tenant": "acme", "model": "gpt-4o-mini", "cost_usd": "0.00001305", '
+                     '"attempts": 2', '"tenant": "initech"', '"outcome": "BudgetExceededError"',
+                     "'retried after rate_limit': 1"],
     "observe_first.py": ["observe: 16 answered, 0 refused",
                          "'would_budget_exceeded': 12",
                          "enforce: 4 answered, 12 refused"],

@@ -48,11 +48,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from .._version import __version__ as _VERSION
 from ..accounts import scopes, service_of
 from ..errors import GovernorError
+from ..events import (
+    Call,
+    Decided,
+    Observer,
+    Overrun,
+    ProviderLimitsSeen,
+    Retried,
+    Sent,
+    Settled,
+    Started,
+    ThresholdCrossed,
+)
 from ..policies import admission, breaker
 from .coexist import Coverage
 
 if TYPE_CHECKING:
-    from ..governor import Governor, GovernorSnapshot, Ticket
+    from ..governor import Governor, GovernorSnapshot
     from ..pricing import Usage
 
 __all__ = ["LATEST", "SCHEMA_URL", "SEMCONV_VERSION", "Telemetry", "error_type"]
@@ -135,8 +147,25 @@ def _epoch_ns(monotonic: float) -> int:
     return time.time_ns() - int(max(0.0, time.monotonic() - monotonic) * 1e9)
 
 
-class Telemetry:
-    """Emits the contract's metrics, the governor's span and the GenAI client span."""
+class _CallState:
+    """What telemetry keeps per call between its events."""
+
+    __slots__ = ("client_span", "genai_metrics", "span", "waited")
+
+    def __init__(self) -> None:
+        self.span: Any = None  # the governor's own INTERNAL span
+        self.client_span: Any = None  # the GenAI CLIENT span, from the first send
+        self.genai_metrics = False  # the gen_ai.client.* metrics are recorded for this call
+        self.waited = 0.0  # queue wait already recorded (a re-admission records its own)
+
+
+class Telemetry(Observer):
+    """Emits the contract's metrics, the governor's span and the GenAI client span.
+
+    An observer of the governor's events (:mod:`llm_governor.events`): its spans
+    live here, per call, and disappear with the call if it is dropped unsettled.
+    The gauges read the governor's snapshot (its read model), nothing else.
+    """
 
     def __init__(self, governor: Governor, meter_provider: Any = None,
                  tracer_provider: Any = None) -> None:
@@ -232,9 +261,7 @@ class Telemetry:
           description="1 while the shared backend is unreachable and limits are local")
         self._provider: dict[tuple[str, str], float] = {}
         self._start_threshold_series()
-        # Queue wait already recorded per ticket (lease id): a retry's re-admission
-        # records only its own wait, not the call's cumulative one again.
-        self._waited: dict[str, float] = {}
+        self._calls: weakref.WeakKeyDictionary[Call, _CallState] = weakref.WeakKeyDictionary()
 
     def _start_threshold_series(self) -> None:
         """Every threshold series that can be known in advance starts at 0, so the first
@@ -260,36 +287,38 @@ class Telemetry:
         self.thresholds.add(1, attrs)
 
     # ------------------------------------------------------------ per call
-    def _governor_attributes(self, t: Ticket) -> dict[str, Any]:
+    def _governor_attributes(self, call: Call) -> dict[str, Any]:
         attrs: dict[str, Any] = {
-            "llm_governor.service": t.service,
-            "llm_governor.priority": t.priority.name.lower(),
-            "llm_governor.reserved_usd": float(t.reserved),
+            "llm_governor.service": call.service,
+            "llm_governor.priority": call.priority,
+            "llm_governor.reserved_usd": float(call.reserved),
         }
-        if t.job:
-            attrs["llm_governor.job"] = t.job
-        for kind, value in t.labels.items():
+        if call.job:
+            attrs["llm_governor.job"] = call.job
+        for kind, value in call.labels.items():
             attrs[f"llm_governor.scope.{kind}"] = value
-        if t.observe:
+        if call.observe:
             attrs["llm_governor.mode"] = "observe"
         return attrs
 
-    def start_call(self, t: Ticket) -> None:
+    def on_start(self, event: Started) -> None:
         """The governor's INTERNAL span, from admission to settlement."""
-        attrs = self._governor_attributes(t)
-        attrs["llm_governor.operation"] = t.spec.operation
-        if t.spec.model:
-            attrs["llm_governor.model"] = t.spec.model
-        t.span = self._tracer.start_span(f"llm_governor {t.service}", kind=SpanKind.INTERNAL,
-                                         attributes=attrs)
+        call = event.call
+        attrs = self._governor_attributes(call)
+        attrs["llm_governor.operation"] = call.spec.operation
+        if call.spec.model:
+            attrs["llm_governor.model"] = call.spec.model
+        state = self._calls[call] = _CallState()
+        state.span = self._tracer.start_span(f"llm_governor {call.service}",
+                                             kind=SpanKind.INTERNAL, attributes=attrs)
 
-    def genai_for(self, t: Ticket) -> tuple[bool, bool]:
+    def genai_for(self, call: Call) -> tuple[bool, bool]:
         """Whether this call gets ``(the GenAI span, the gen_ai.client.* metrics)``.
 
         In ``auto``: neither when another instrumentation covers the call; no span
         when the SDK client emits GenAI spans itself (it records no metrics).
         """
-        spec = t.spec
+        spec = call.spec
         if spec.sdk is None or spec.genai is None or self.genai_mode == "off":
             return False, False
         if self.genai_mode == "on":
@@ -298,104 +327,130 @@ class Telemetry:
             return False, False
         return not spec.sdk_spans, True
 
-    def sent(self, t: Ticket) -> None:
+    def on_send(self, event: Sent) -> None:
         """The first attempt leaves the process: the GenAI CLIENT span starts."""
-        span, t.genai_metrics = self.genai_for(t)
+        call = event.call
+        state = self._state(call)
+        span, state.genai_metrics = self.genai_for(call)
         if not span:
             return
-        genai = t.spec.genai or {}
+        genai = call.spec.genai or {}
         attrs: dict[str, Any] = dict(genai)
-        model = t.spec.model  # after a policy's substitution, the model asked for
+        model = call.spec.model  # after a policy's substitution, the model asked for
         if model:
             attrs["gen_ai.request.model"] = model
-        attrs.update(self._governor_attributes(t))
-        op = genai.get("gen_ai.operation.name", t.spec.operation)
-        parent = trace.set_span_in_context(t.span) if t.span is not None else None
-        t.client_span = self._tracer.start_span(
+        attrs.update(self._governor_attributes(call))
+        op = genai.get("gen_ai.operation.name", call.spec.operation)
+        parent = trace.set_span_in_context(state.span) if state.span is not None else None
+        state.client_span = self._tracer.start_span(
             f"{op} {model}" if model else str(op), context=parent, kind=SpanKind.CLIENT,
             attributes=attrs)
 
-    def decision(self, t: Ticket, outcome: str, retry_after: float) -> None:
-        prio = t.priority.name.lower()
-        self.requests.add(1, {"service": t.service, "model": t.model, "priority": prio,
-                              "decision": outcome, **t.scopes.metric_attributes})
+    def on_admit(self, event: Decided) -> None:
+        call, outcome = event.call, event.outcome
+        self.requests.add(1, {"service": call.service, "model": call.model,
+                              "priority": call.priority, "decision": outcome,
+                              **call.metric_attributes})
         if outcome == "queued":  # a wait began; the admission or refusal ending it is the event
             return
-        # t.queue_wait is cumulative over the call's admissions (first one and retries).
-        waited = t.queue_wait - self._waited.get(t.lease_id, 0.0)
+        state = self._calls.get(call)
+        # event.queue_wait is cumulative over the call's admissions (first one and retries).
+        waited = event.queue_wait - (state.waited if state is not None else 0.0)
         if outcome == "admitted":
-            self._waited[t.lease_id] = t.queue_wait
-            self.queue_wait.record(waited, {"service": t.service, "priority": prio})
-        if outcome != "admitted" or waited > 0:
-            event = {"llm_governor.decision": outcome, "llm_governor.retry_after_s": retry_after,
+            if state is not None:
+                state.waited = event.queue_wait
+            self.queue_wait.record(waited, {"service": call.service, "priority": call.priority})
+        if state is not None and (outcome != "admitted" or waited > 0):
+            attrs = {"llm_governor.decision": outcome,
+                     "llm_governor.retry_after_s": event.retry_after,
                      "llm_governor.queue_wait_s": waited}
-            for span in (t.span, t.client_span):
+            for span in (state.span, state.client_span):
                 if span is not None:
-                    span.add_event("llm_governor.throttle", event)
+                    span.add_event("llm_governor.throttle", attrs)
         if outcome == "circuit_open":
-            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
+            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", call.service)
 
-    def retry(self, t: Ticket, reason: str, wait: float | None) -> None:
-        self.retries.add(1, {"service": t.service, "reason": reason})
-        event = {"llm_governor.attempt": t.attempts, "llm_governor.reason": reason,
-                 "llm_governor.wait_s": wait if wait is not None else -1.0}
-        for span in (t.span, t.client_span):
-            if span is not None:
-                span.add_event("llm_governor.retry", event)
-        logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
-                    t.attempts)
+    def on_retry(self, event: Retried) -> None:
+        call = event.call
+        self.retries.add(1, {"service": call.service, "reason": event.reason})
+        attrs = {"llm_governor.attempt": event.attempt, "llm_governor.reason": event.reason,
+                 "llm_governor.wait_s": event.wait if event.wait is not None else -1.0}
+        state = self._calls.get(call)
+        if state is not None:
+            for span in (state.span, state.client_span):
+                if span is not None:
+                    span.add_event("llm_governor.retry", attrs)
+        logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", call.service,
+                    event.reason, event.attempt)
 
-    def overrun(self, t: Ticket, amount: Decimal) -> None:
-        self.overruns.add(float(amount), {"service": t.service, "model": t.model})
+    def on_overrun(self, event: Overrun) -> None:
+        self.overruns.add(float(event.amount), {"service": event.call.service,
+                                                "model": event.call.model})
 
-    def provider_remaining(self, service: str, resource: str, value: float) -> None:
-        self._provider[(service, resource)] = value
+    def on_provider_limits(self, event: ProviderLimitsSeen) -> None:
+        p = event.limits
+        if p.remaining_requests is not None:
+            self._provider[(event.service, "requests")] = p.remaining_requests
+        if p.remaining_tokens is not None:
+            self._provider[(event.service, "tokens")] = p.remaining_tokens
 
-    def end_call(self, t: Ticket, error: BaseException | None, usage: Usage | None,
-                 cost: Decimal) -> None:
-        self._waited.pop(t.lease_id, None)
+    def on_threshold(self, event: ThresholdCrossed) -> None:
+        self.budget_threshold(event.key, event.window, event.threshold)
+
+    def on_settle(self, event: Settled) -> None:
+        call, error, cost = event.call, event.error, event.cost
+        state = self._calls.pop(call, None)
         kind = None if error is None else error_type(error)
-        # Only calls that were admitted and ran count in llm_governor.calls (settle()
-        # marks the ticket first); a refusal at admission is already counted by its
-        # decision in llm_governor.requests and must not look like a provider failure.
-        if t.settled:
-            call_attrs: dict[str, Any] = {"service": t.service, "model": t.model,
+        # Only calls that were admitted and ran count in llm_governor.calls; a refusal at
+        # admission is already counted by its decision in llm_governor.requests and must
+        # not look like a provider failure.
+        if event.ran:
+            call_attrs: dict[str, Any] = {"service": call.service, "model": call.model,
                                           "status": "ok" if error is None else "error",
-                                          **t.scopes.metric_attributes}
+                                          **call.metric_attributes}
             if kind:
                 call_attrs["error.type"] = kind
             self.calls.add(1, call_attrs)
         if cost:
-            self.cost.add(float(cost), {"service": t.service, "model": t.model,
-                                        **t.scopes.metric_attributes})
+            self.cost.add(float(cost), {"service": call.service, "model": call.model,
+                                        **call.metric_attributes})
+        if state is None:
+            return
         final: dict[str, Any] = {
-            "llm_governor.queue_wait_s": t.queue_wait, "llm_governor.cost_usd": float(cost),
-            "llm_governor.attempts": t.attempts, "llm_governor.emergency": t.emergency,
+            "llm_governor.queue_wait_s": event.queue_wait, "llm_governor.cost_usd": float(cost),
+            "llm_governor.attempts": event.attempts, "llm_governor.emergency": event.emergency,
         }
-        if t.held:
-            final["llm_governor.held_s"] = t.held
-        if t.would:
-            final["llm_governor.would"] = t.would
-        if t.genai_metrics:
-            self._end_client(t, kind, usage, cost, final)
-        span = t.span
+        if event.held:
+            final["llm_governor.held_s"] = event.held
+        if event.would:
+            final["llm_governor.would"] = event.would
+        if state.genai_metrics:
+            self._end_client(event, state, kind, final)
+        span = state.span
         if span is None:
             return
-        t.span = None
+        state.span = None
         if kind:
             final["error.type"] = kind
             span.set_status(Status(StatusCode.ERROR, kind))
         span.set_attributes(final)
         span.end()
 
-    def _end_client(self, t: Ticket, kind: str | None, usage: Usage | None, cost: Decimal,
+    def _state(self, call: Call) -> _CallState:
+        state = self._calls.get(call)
+        if state is None:
+            state = self._calls[call] = _CallState()
+        return state
+
+    def _end_client(self, event: Settled, state: _CallState, kind: str | None,
                     final: dict[str, Any]) -> None:
         """Record the ``gen_ai.client.*`` metrics of a sent call and end its GenAI span."""
-        span, t.client_span = t.client_span, None
-        t.genai_metrics = False
-        spec = t.spec
+        span, state.client_span = state.client_span, None
+        state.genai_metrics = False
+        usage, cost = event.usage, event.cost
+        spec = event.call.spec
         genai = spec.genai or {}
-        end = t.last_chunk if spec.stream and t.last_chunk else time.monotonic()
+        end = event.last_chunk if spec.stream and event.last_chunk else time.monotonic()
         attrs = {k: genai[k] for k in _METRIC_KEYS if k in genai}
         if spec.model:
             attrs["gen_ai.request.model"] = spec.model
@@ -414,15 +469,15 @@ class Telemetry:
             if info is not None and info.system_fingerprint:
                 attrs["openai.response.system_fingerprint"] = info.system_fingerprint
             out.update((k, v) for k, v in attrs.items() if k.startswith("openai."))
-        duration = max(0.0, end - t.sent_at - t.held)
+        duration = max(0.0, end - event.sent_at - event.held)
         self.op_duration.record(duration, {**attrs, "error.type": kind} if kind else attrs)
         if usage is not None:
             self._usage(usage, attrs, out)
-        if spec.stream and t.first_chunk:
-            first = max(0.0, t.first_chunk - t.sent_at - t.held)
+        if spec.stream and event.first_chunk:
+            first = max(0.0, event.first_chunk - event.sent_at - event.held)
             out["gen_ai.response.time_to_first_chunk"] = first
             self.ttfc.record(first, attrs)
-            for gap in t.chunk_gaps:
+            for gap in event.chunk_gaps:
                 self.tpoc.record(gap, attrs)
         if self.cost_attributes and (cost or usage is not None):
             out["gen_ai.usage.cost.amount"] = float(cost)

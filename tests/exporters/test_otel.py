@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import llm_governor
 from llm_governor import Priority
 from llm_governor.admission_queue import Waiter
+from llm_governor.events import Decided
 from llm_governor.governor import CallSpec, Governor
 from llm_governor.policies.retry import AttemptFailure
 from llm_governor.pricing import Usage
@@ -496,8 +497,10 @@ def test_queue_wait_is_recorded_once_per_admission(gov: Governor, otel: Otel) ->
     """A retry's re-admission records its own wait, not the call's total again."""
     t = gov.admit(CallSpec("svc", cost=Decimal("0.001")))
     t.queue_wait = 0.25  # as if the first admission had waited
-    gov.telemetry.decision(t, "admitted", 0.0)
-    gov.telemetry.decision(t, "admitted", 0.0)  # a re-admission that did not wait
+    assert t.call is not None
+    gov.telemetry.on_admit(Decided(t.call, "admitted", 0.0, t.queue_wait))
+    # a re-admission that did not wait
+    gov.telemetry.on_admit(Decided(t.call, "admitted", 0.0, t.queue_wait))
     gov.settle(t)
     waits = otel.points("llm_governor.queue.wait")
     assert sum(p.sum for p in waits) == pytest.approx(0.25)
