@@ -142,6 +142,16 @@ _READERS: dict[int, weakref.ref[Telemetry]] = {}
 """id of a meter → the newest Telemetry made on it, whose governor its gauges read."""
 
 
+def _records(provider: Any) -> bool:
+    """Whether ``provider`` (a tracer or meter provider, None: none given) records:
+    not the API's proxy before the application sets one, nor a no-op one."""
+    if provider is None:
+        return False
+    name = type(provider).__name__
+    return not (name.startswith("NoOp") or name in ("ProxyTracerProvider",
+                                                     "_ProxyMeterProvider"))
+
+
 def _epoch_ns(monotonic: float) -> int:
     """A past ``time.monotonic()`` value as an epoch timestamp in ns (span end times)."""
     return time.time_ns() - int(max(0.0, time.monotonic() - monotonic) * 1e9)
@@ -177,6 +187,10 @@ class Telemetry(Observer):
         self.genai_mode = tcfg.genai
         self.cost_attributes = tcfg.cost_attributes
         self.coverage = Coverage()
+        # Whether spans and metrics go anywhere (see ``tracing`` and ``metering``).
+        self._tracing = _records(tracer_provider)
+        self._metering = _records(meter_provider)
+        self._checked = 0.0  # monotonic time the global providers were last looked at
         meter = (meter_provider or metrics.get_meter_provider()).get_meter(
             _SCOPE, version, schema_url=schema)
         self._meter_key = id(meter)
@@ -301,8 +315,38 @@ class Telemetry(Observer):
             attrs["llm_governor.mode"] = "observe"
         return attrs
 
+    @property
+    def tracing(self) -> bool:
+        """Whether spans go anywhere: a recording tracer provider was passed, or the
+        application has set a global one (until then the API hands out non-recording
+        spans, and building their attributes is wasted work on every call)."""
+        if not self._tracing:
+            self._look()
+        return self._tracing
+
+    @property
+    def metering(self) -> bool:
+        """Whether metrics go anywhere (as :attr:`tracing`, for the meter provider).
+        Instruments made before the application sets its provider record into it from
+        then on: the API's proxies delegate."""
+        if not self._metering:
+            self._look()
+        return self._metering
+
+    def _look(self) -> None:
+        """Look at the global providers, at most once a second: an application that sets
+        them after ``instrument()`` is recorded from then on, within a second."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return
+        self._checked = now
+        self._tracing = self._tracing or _records(trace.get_tracer_provider())
+        self._metering = self._metering or _records(metrics.get_meter_provider())
+
     def on_start(self, event: Started) -> None:
         """The governor's INTERNAL span, from admission to settlement."""
+        if not self.tracing:
+            return
         call = event.call
         attrs = self._governor_attributes(call)
         attrs["llm_governor.operation"] = call.spec.operation
@@ -329,10 +373,14 @@ class Telemetry(Observer):
 
     def on_send(self, event: Sent) -> None:
         """The first attempt leaves the process: the GenAI CLIENT span starts."""
+        tracing, metering = self.tracing, self.metering
+        if not (tracing or metering):
+            return
         call = event.call
         state = self._state(call)
-        span, state.genai_metrics = self.genai_for(call)
-        if not span:
+        span, genai_metrics = self.genai_for(call)
+        state.genai_metrics = genai_metrics and metering
+        if not (span and tracing):
             return
         genai = call.spec.genai or {}
         attrs: dict[str, Any] = dict(genai)
@@ -348,18 +396,26 @@ class Telemetry(Observer):
 
     def on_admit(self, event: Decided) -> None:
         call, outcome = event.call, event.outcome
-        self.requests.add(1, {"service": call.service, "model": call.model,
-                              "priority": call.priority, "decision": outcome,
-                              **call.metric_attributes})
+        if outcome == "circuit_open":
+            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", call.service)
+        metering = self.metering
+        if metering:
+            self.requests.add(1, {"service": call.service, "model": call.model,
+                                  "priority": call.priority, "decision": outcome,
+                                  **call.metric_attributes})
         if outcome == "queued":  # a wait began; the admission or refusal ending it is the event
             return
         state = self._calls.get(call)
+        if state is None and not metering:
+            return
         # event.queue_wait is cumulative over the call's admissions (first one and retries).
         waited = event.queue_wait - (state.waited if state is not None else 0.0)
         if outcome == "admitted":
             if state is not None:
                 state.waited = event.queue_wait
-            self.queue_wait.record(waited, {"service": call.service, "priority": call.priority})
+            if metering:
+                self.queue_wait.record(waited, {"service": call.service,
+                                                "priority": call.priority})
         if state is not None and (outcome != "admitted" or waited > 0):
             attrs = {"llm_governor.decision": outcome,
                      "llm_governor.retry_after_s": event.retry_after,
@@ -367,12 +423,11 @@ class Telemetry(Observer):
             for span in (state.span, state.client_span):
                 if span is not None:
                     span.add_event("llm_governor.throttle", attrs)
-        if outcome == "circuit_open":
-            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", call.service)
 
     def on_retry(self, event: Retried) -> None:
         call = event.call
-        self.retries.add(1, {"service": call.service, "reason": event.reason})
+        if self.metering:
+            self.retries.add(1, {"service": call.service, "reason": event.reason})
         attrs = {"llm_governor.attempt": event.attempt, "llm_governor.reason": event.reason,
                  "llm_governor.wait_s": event.wait if event.wait is not None else -1.0}
         state = self._calls.get(call)
@@ -384,8 +439,9 @@ class Telemetry(Observer):
                     event.reason, event.attempt)
 
     def on_overrun(self, event: Overrun) -> None:
-        self.overruns.add(float(event.amount), {"service": event.call.service,
-                                                "model": event.call.model})
+        if self.metering:
+            self.overruns.add(float(event.amount), {"service": event.call.service,
+                                                    "model": event.call.model})
 
     def on_provider_limits(self, event: ProviderLimitsSeen) -> None:
         p = event.limits
@@ -400,18 +456,21 @@ class Telemetry(Observer):
     def on_settle(self, event: Settled) -> None:
         call, error, cost = event.call, event.error, event.cost
         state = self._calls.pop(call, None)
+        metering = self.metering
+        if state is None and not metering:
+            return
         kind = None if error is None else error_type(error)
         # Only calls that were admitted and ran count in llm_governor.calls; a refusal at
         # admission is already counted by its decision in llm_governor.requests and must
         # not look like a provider failure.
-        if event.ran:
+        if event.ran and metering:
             call_attrs: dict[str, Any] = {"service": call.service, "model": call.model,
                                           "status": "ok" if error is None else "error",
                                           **call.metric_attributes}
             if kind:
                 call_attrs["error.type"] = kind
             self.calls.add(1, call_attrs)
-        if cost:
+        if cost and metering:
             self.cost.add(float(cost), {"service": call.service, "model": call.model,
                                         **call.metric_attributes})
         if state is None:
@@ -424,7 +483,7 @@ class Telemetry(Observer):
             final["llm_governor.held_s"] = event.held
         if event.would:
             final["llm_governor.would"] = event.would
-        if state.genai_metrics:
+        if state.genai_metrics or state.client_span is not None:
             self._end_client(event, state, kind, final)
         span = state.span
         if span is None:
@@ -446,7 +505,7 @@ class Telemetry(Observer):
                     final: dict[str, Any]) -> None:
         """Record the ``gen_ai.client.*`` metrics of a sent call and end its GenAI span."""
         span, state.client_span = state.client_span, None
-        state.genai_metrics = False
+        record, state.genai_metrics = state.genai_metrics, False
         usage, cost = event.usage, event.cost
         spec = event.call.spec
         genai = spec.genai or {}
@@ -470,15 +529,17 @@ class Telemetry(Observer):
                 attrs["openai.response.system_fingerprint"] = info.system_fingerprint
             out.update((k, v) for k, v in attrs.items() if k.startswith("openai."))
         duration = max(0.0, end - event.sent_at - event.held)
-        self.op_duration.record(duration, {**attrs, "error.type": kind} if kind else attrs)
+        if record:
+            self.op_duration.record(duration, {**attrs, "error.type": kind} if kind else attrs)
         if usage is not None:
-            self._usage(usage, attrs, out)
+            self._usage(usage, attrs, out, record)
         if spec.stream and event.first_chunk:
             first = max(0.0, event.first_chunk - event.sent_at - event.held)
             out["gen_ai.response.time_to_first_chunk"] = first
-            self.ttfc.record(first, attrs)
-            for gap in event.chunk_gaps:
-                self.tpoc.record(gap, attrs)
+            if record:
+                self.ttfc.record(first, attrs)
+                for gap in event.chunk_gaps:
+                    self.tpoc.record(gap, attrs)
         if self.cost_attributes and (cost or usage is not None):
             out["gen_ai.usage.cost.amount"] = float(cost)
             out["gen_ai.usage.cost.currency"] = "USD"
@@ -491,7 +552,8 @@ class Telemetry(Observer):
         span.set_attributes(out)
         span.end(end_time=_epoch_ns(end))
 
-    def _usage(self, usage: Usage, attrs: Mapping[str, Any], out: dict[str, Any]) -> None:
+    def _usage(self, usage: Usage, attrs: Mapping[str, Any], out: dict[str, Any],
+               record: bool = True) -> None:
         out["gen_ai.usage.input_tokens"] = usage.input_tokens
         out["gen_ai.usage.output_tokens"] = usage.output_tokens
         if usage.cache_read_tokens:
@@ -505,7 +567,7 @@ class Telemetry(Observer):
             out["llm_governor.audio_seconds"] = usage.audio_seconds
         for count, direction in ((usage.input_tokens, "input"),
                                  (usage.output_tokens, "output")):
-            if not count:
+            if not count or not record:
                 continue  # embeddings and audio: no such tokens
             if self.latest:
                 (self.input_tokens if direction == "input" else self.output_tokens).record(

@@ -11,6 +11,9 @@ are in test_genai.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -516,6 +519,59 @@ def test_without_sdk_providers_it_is_a_no_op(governor_factory: GovFactory) -> No
         return 1
 
     assert sum(ok() for _ in range(50)) == 50
+
+
+LATE_PROVIDERS = """
+import time
+from decimal import Decimal
+import llm_governor
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+gov = llm_governor.instrument({"backend": "memory",
+                               "services": {"svc": {"max_tokens": 100, "refill_rate": 100.0}}})
+
+@llm_governor.rate_limited("svc", cost=Decimal("0.001"))
+def ok() -> int:
+    return 1
+
+assert sum(ok() for _ in range(20)) == 20
+assert not gov.telemetry.tracing and not gov.telemetry.metering
+assert len(gov.telemetry._calls) == 0  # no span was started, no per-call state kept
+spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+tracer = TracerProvider()
+tracer.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(tracer)
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+time.sleep(1.1)  # the providers are looked at once a second
+ok()
+names = [s.name for s in spans.get_finished_spans()]
+assert names == ["llm_governor svc"], names
+data = reader.get_metrics_data()
+got = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+assert {"llm_governor.requests", "llm_governor.calls", "llm_governor.cost"} <= got, got
+print("recorded after the application set its providers")
+"""
+
+
+def test_providers_set_after_instrument_are_recorded_into(tmp_path: Path) -> None:
+    """No provider: nothing is built per call. Providers the application sets later
+    (as the OpenTelemetry agent or an app's start-up code may, after ``instrument()``)
+    receive spans and metrics from then on."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_PROVIDERS)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}
+    for name in ("LLM_GOVERNOR_CONFIG", "OTEL_PYTHON_TRACER_PROVIDER",
+                 "OTEL_PYTHON_METER_PROVIDER"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "recorded after the application set its providers" in proc.stdout
 
 
 # ------------------------------------------------------------------ real SDKs
