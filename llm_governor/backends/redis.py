@@ -47,12 +47,10 @@ from redis.retry import Retry
 
 from ..errors import ConfigError
 from ..policies import adaptive, budget, rate, scopes
-from ..policies.adaptive import AdaptiveState
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
-from ..policies.breaker import BreakerName, BreakerState
 from ..policies.scopes import ScopeRequest, ScopeState
 from ..redaction import Scrubber, redact_url
-from . import schema
+from . import records, schema
 from .base import CallRecord, Charged, Clock, Snapshot, call_names, lease_totals, nest_counters
 from .failover import MODES, FailoverBackend, SharedStore
 
@@ -102,21 +100,8 @@ def _observation_args(obs: Observation, lim: Limits) -> tuple[str, str, str, str
     return obs.outcome, provider, _limits_arg(lim), repr(float(obs.age))
 
 
-def _load_state(raw: str | None) -> ServiceState:
-    """Decode the space-separated record the scripts store (field order as in ``_codec``)."""
-    if not raw:
-        return ServiceState()
-    v = raw.split(" ")
-    v += ["0"] * (25 - len(v))  # records written before fields were appended
-    return ServiceState(
-        float(v[0]), float(v[1]), float(v[2]),
-        BreakerState(cast(BreakerName, v[3]), int(v[4]), int(v[5]), float(v[6]), int(v[18]),
-                     float(v[19])),
-        AdaptiveState(float(v[7]), int(v[8]), float(v[9]), float(v[10]), float(v[11]),
-                      float(v[12]), float(v[20]), float(v[21]), float(v[22]), float(v[23]),
-                      float(v[24])),
-        float(v[13]), int(v[14]), int(v[15]), int(v[16]), int(v[17]),
-    )
+_load_state = records.load_text
+"""Decode the space-separated record the scripts store (layout: ``records.SERVICE_STATE``)."""
 
 
 def _live_leases(raw: dict[str, str], now: float) -> list[tuple[str, int, list[str]]]:
@@ -163,8 +148,10 @@ def _glob_escape(text: str) -> str:
 
 @functools.cache
 def _prelude() -> str:
-    """``common.lua`` with its ``$NAME`` placeholders filled from the Python constants."""
+    """``common.lua`` with its ``$NAME`` placeholders filled from the Python constants
+    and the service-state codec generated from ``records.SERVICE_STATE``."""
     prelude = (_SCRIPTS / "common.lua").read_text("utf-8")
+    prelude = prelude.replace("$STATE_CODEC", records.lua_source())
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
                        ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
                        ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):

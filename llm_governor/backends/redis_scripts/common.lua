@@ -7,7 +7,8 @@
 -- (Lua) strings, so both sides compute on the same IEEE doubles in the same
 -- order and get the same bits. Money is integer nano-dollars (exact in a
 -- double up to 2^53, about 9 million USD). $NAME placeholders are filled in
--- from the Python constants when the script is loaded.
+-- from the Python constants when the script is loaded, and one with code
+-- generated from Python (the service-state codec, backends/records.py).
 if redis.replicate_commands then redis.replicate_commands() end
 
 local EPS = $EPS
@@ -114,35 +115,8 @@ local function read_windows(text)
   return ws
 end
 
--- ServiceState, space-separated in _codec order (see RedisBackend._load_state).
-local FIELDS = {'req_tat', 'tok_tat', 'cost_tat', 'b_state', 'b_fail', 'b_succ', 'opened_at',
-  'a_rate', 'a_succ', 'req_cap', 'tok_cap', 'cap_until', 'blocked_until', 'minute', 'ok',
-  'failed', 'prev_ok', 'prev_failed', 'b_probes', 'b_probe_at', 'req_limit', 'tok_limit',
-  'learned_until', 'slowed_at', 'throttled_at'}
-
-local function load_state(raw)
-  local s = {}
-  for _, f in ipairs(FIELDS) do s[f] = 0 end  -- fields appended later default to 0
-  s.b_state = 'closed'
-  if raw then
-    local i = 1
-    for tok in string.gmatch(raw, '%S+') do
-      local f = FIELDS[i]
-      if f == 'b_state' then s[f] = tok else s[f] = tonumber(tok) end
-      i = i + 1
-    end
-  end
-  return s
-end
-
-local STATE_FORMAT = '%.17g %.17g %.17g %s' .. string.rep(' %.17g', 21)
-
-local function dump_state(s)
-  return string.format(STATE_FORMAT, s.req_tat, s.tok_tat, s.cost_tat, s.b_state, s.b_fail,
-    s.b_succ, s.opened_at, s.a_rate, s.a_succ, s.req_cap, s.tok_cap, s.cap_until,
-    s.blocked_until, s.minute, s.ok, s.failed, s.prev_ok, s.prev_failed, s.b_probes,
-    s.b_probe_at, s.req_limit, s.tok_limit, s.learned_until, s.slowed_at, s.throttled_at)
-end
+-- ServiceState: load_state(raw) and dump_state(s).
+$STATE_CODEC
 
 -- budget.py ---------------------------------------------------------------
 local function load_spends(key, ws)
