@@ -130,6 +130,10 @@ class Observer:
     """Receives the governor's events; override what you need (each default does
     nothing). Called on the thread or task of the call, so keep them quick."""
 
+    #: False: build no event for this observer now (the governor skips building the
+    #: records when no observer listens; telemetry does not while nothing records)
+    listening: bool = True
+
     def on_start(self, event: Started) -> None:
         """A call starts waiting for admission."""
 

@@ -596,8 +596,25 @@ class Governor:
                                    "without it (counted in Governor.telemetry_errors)",
                                    exc_info=True)
 
+    def _retried(self, t: Ticket, reason: str, wait: float | None) -> None:
+        logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
+                    t.attempts)
+        if self._listening():
+            self._emit("on_retry", events.Retried(_call_of(t), t.attempts, reason, wait))
+
+    def _listening(self) -> bool:
+        """Whether any observer listens now (else no event record is built at all)."""
+        for observer in self.observers:  # noqa: SIM110 - a loop: no generator per event
+            if observer.listening:
+                return True
+        return False
+
     def _decided(self, t: Ticket, outcome: str, retry_after: float) -> None:
-        self._emit("on_admit", events.Decided(_call_of(t), outcome, retry_after, t.queue_wait))
+        if outcome == "circuit_open":
+            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
+        if self._listening():
+            self._emit("on_admit", events.Decided(_call_of(t), outcome, retry_after,
+                                                  t.queue_wait))
 
     # -------------------------------------------------------------- admission
     def ticket(self, spec: CallSpec) -> Ticket:
@@ -757,8 +774,9 @@ class Governor:
                     t.would = t.would or outcome
                     outcome = f"would_{outcome}"
                 self.backend.count_decision(t.service, outcome)
-                self._emit("on_admit", events.Decided(
-                    _call_of(t, keep=False), outcome, 0.0, t.queue_wait))
+                if self._listening():
+                    self._emit("on_admit", events.Decided(
+                        _call_of(t, keep=False), outcome, 0.0, t.queue_wait))
                 if t.observe:
                     continue
                 raise PolicyRefusedError(
@@ -939,11 +957,13 @@ class Governor:
     def _admit_steps(self, spec: CallSpec, substitute: Callable[[str], CallSpec | None] | None,
                      body: Callable[[], Sequence[object]] | None) -> Steps[Ticket]:
         t = self._consult(self.ticket(spec), substitute, body)
-        self._emit("on_start", events.Started(_call_of(t)))
+        if self._listening():
+            self._emit("on_start", events.Started(_call_of(t)))
         try:
             yield from self._admission(t, reserve=True)
         except BaseException as exc:
-            self._emit("on_settle", _settled(t, exc, None, _ZERO))
+            if self._listening():
+                self._emit("on_settle", _settled(t, exc, None, _ZERO))
             raise
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
@@ -1061,7 +1081,8 @@ class Governor:
             t.paused_at = 0.0
         if not t.sent_at:
             t.sent_at = now
-            self._emit("on_send", events.Sent(_call_of(t), now))
+            if self._listening():
+                self._emit("on_send", events.Sent(_call_of(t), now))
 
     def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
         """The provider answered with success; its rate-limit headers are folded in at settle."""
@@ -1075,8 +1096,9 @@ class Governor:
                 if len(self._learned) >= 256 and t.key not in self._learned:
                     self._learned.clear()
                 self._learned[t.key] = (provider, time.time())
-            self._emit("on_provider_limits", events.ProviderLimitsSeen(t.service, t.key,
-                                                                        provider))
+            if self._listening():
+                self._emit("on_provider_limits",
+                           events.ProviderLimitsSeen(t.service, t.key, provider))
 
     def attempt_failed(self, t: Ticket, failure: AttemptFailure, *, answered: bool,
                        judge_timeout: bool = True) -> None:
@@ -1147,8 +1169,7 @@ class Governor:
                 f"RATE_LIMIT retry budget of {t.service} exhausted (retry.budget_ratio="
                 f"{self.config.retry.budget_ratio:g})", service=t.service)
         wait = max(sdk_wait or 0.0, self._wait(failure, t.attempts)) - already_waited
-        self._emit("on_retry", events.Retried(_call_of(t), t.attempts,
-                                            failure.reason if failure else "error", wait))
+        self._retried(t, failure.reason if failure else "error", wait)
         if wait > 0:
             yield _Sleep(wait)
         reserve = t.state in budget.BILLABLE
@@ -1205,7 +1226,7 @@ class Governor:
         deadline = t.started + t.cfg.request_timeout
         if time.monotonic() + wait >= deadline:
             return False
-        self._emit("on_retry", events.Retried(_call_of(t), t.attempts, failure.reason, wait))
+        self._retried(t, failure.reason, wait)
         if wait > 0:
             yield _Sleep(wait)
         try:
@@ -1265,7 +1286,8 @@ class Governor:
                 "RATE_LIMIT %s call to %s cost $%s, $%s above its reservation of $%s: the "
                 "difference is charged and the next calls wait until the budget has room",
                 t.service, t.model, cost, overrun, t.reserved)
-            self._emit("on_overrun", events.Overrun(_call_of(t), overrun))
+            if self._listening():
+                self._emit("on_overrun", events.Overrun(_call_of(t), overrun))
         if outcome is None and error is None:
             outcome = "success"
         obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
@@ -1281,7 +1303,8 @@ class Governor:
         except Exception:
             logger.exception("RATE_LIMIT settling a %s call failed", t.service)
         total = t.sunk + cost
-        self._emit("on_settle", _settled(t, error, usage, total))
+        if self._listening():
+            self._emit("on_settle", _settled(t, error, usage, total))
         self._maybe_publish()
         return total
 
@@ -1473,7 +1496,8 @@ class Governor:
             self.backend.count(schema.key("alerts", "budget_threshold", whose, window, threshold))
         except Exception:
             logger.debug("counting a budget threshold alert failed", exc_info=True)
-        self._emit("on_threshold", events.ThresholdCrossed(key, window, threshold))
+        if self._listening():
+            self._emit("on_threshold", events.ThresholdCrossed(key, window, threshold))
 
     def enforcement(self) -> dict[str, Any]:
         """What this process enforces (:meth:`GovernorConfig.summary` of its

@@ -110,7 +110,7 @@ async def test_a_call_is_told_in_order_as_frozen_records(
     assert settled.ran and settled.error is None and settled.attempts == 2
     assert settled.usage is not None and settled.cost > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
-        call.service = "x"  # type: ignore[misc]
+        call.service = "x"
     with pytest.raises(AttributeError):
         settled.cost = Decimal(0)  # type: ignore[misc]
 
@@ -173,3 +173,33 @@ async def test_telemetry_keeps_its_call_state_itself_and_drops_it_at_settlement(
             await create(driver)
     assert len(gov.telemetry._calls) == 0
     assert kept.of_calls().count("on_settle") == kept.of_calls().count("on_start") > 3
+
+
+def test_no_record_is_built_while_no_observer_listens(
+        governed: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telemetry without a recording provider does not listen; an observer that does
+    not either makes the governor skip every event, and hears them once it listens."""
+    gov = governed()
+    assert not gov.telemetry.listening  # the suite sets no global OTel providers
+    seen = Recorder()
+    seen.listening = False
+    gov.add_observer(seen)
+    built: list[object] = []
+    real = events.Started.__new__
+
+    def counting(cls: Any, *args: Any) -> Any:
+        built.append(args)
+        return real(cls, *args)
+
+    monkeypatch.setattr(events.Started, "__new__", counting)
+
+    @llm_governor.rate_limited("openai", cost=Decimal("0.001"))
+    def ok() -> int:
+        return 1
+
+    assert ok() == 1
+    assert built == [] and seen.seen == []
+    seen.listening = True
+    assert ok() == 1
+    assert len(built) == 1
+    assert seen.of_calls() == ["on_start", "on_admit", "on_send", "on_settle"]

@@ -316,6 +316,11 @@ class Telemetry(Observer):
         return attrs
 
     @property
+    def listening(self) -> bool:  # type: ignore[override]
+        """Events matter only while spans or metrics go somewhere."""
+        return self.tracing or self.metering
+
+    @property
     def tracing(self) -> bool:
         """Whether spans go anywhere: a recording tracer provider was passed, or the
         application has set a global one (until then the API hands out non-recording
@@ -396,8 +401,6 @@ class Telemetry(Observer):
 
     def on_admit(self, event: Decided) -> None:
         call, outcome = event.call, event.outcome
-        if outcome == "circuit_open":
-            logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", call.service)
         metering = self.metering
         if metering:
             self.requests.add(1, {"service": call.service, "model": call.model,
@@ -435,8 +438,6 @@ class Telemetry(Observer):
             for span in (state.span, state.client_span):
                 if span is not None:
                     span.add_event("llm_governor.retry", attrs)
-        logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", call.service,
-                    event.reason, event.attempt)
 
     def on_overrun(self, event: Overrun) -> None:
         if self.metering:
