@@ -9,7 +9,6 @@ state itself, and none of it outlives the call.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +16,10 @@ import pytest
 
 import llm_governor
 from llm_governor import BudgetExceededError, events
-from llm_governor.api import set_governor
-from llm_governor.governor import Governor, Ticket
+from llm_governor.governor import Ticket
 from llm_governor.testing import FakeProvider
-from tests.instrumentation.conftest import FAST, Driver
+
+from .conftest import Driver
 
 MODEL = "gpt-4o-mini"
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -50,36 +49,6 @@ class Broken(events.Observer):
 
     def on_settle(self, event: events.Settled) -> None:
         raise RuntimeError("observer bug")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider() as provider:
-        yield provider
-
-
-@pytest.fixture
-def governed() -> Iterator[Any]:
-    previous = set_governor(None)
-    made: list[Governor] = []
-
-    def factory(**config: Any) -> Governor:
-        cfg: dict[str, Any] = {"backend": "memory", "retry": {"max_wait": 0.05},
-                               "services": {"openai": dict(FAST)}, **config}
-        gov = llm_governor.instrument(config=cfg)
-        made.append(gov)
-        return gov
-
-    yield factory
-    llm_governor.uninstrument()
-    set_governor(previous)
-    for gov in made:
-        gov.close()
-
-
-@pytest.fixture(params=[False, True], ids=["sync", "async"])
-def driver(request: pytest.FixtureRequest, fake: FakeProvider) -> Driver:
-    return Driver(fake, request.param)
 
 
 async def create(driver: Driver) -> Any:
@@ -117,7 +86,7 @@ async def test_a_call_is_told_in_order_as_frozen_records(
 
 async def test_a_refused_call_ends_with_a_settlement_that_did_not_run(
         governed: Any, fake: FakeProvider, driver: Driver) -> None:
-    gov = governed(budget={"per_day": "0.000001"})
+    gov = governed({"budget": {"per_day": "0.000001"}})
     seen = Recorder()
     gov.add_observer(seen)
     with pytest.raises(BudgetExceededError):
@@ -163,7 +132,7 @@ async def test_telemetry_keeps_its_call_state_itself_and_drops_it_at_settlement(
     """The ticket carries no span; telemetry's per-call state is gone once calls end,
     refused ones included."""
     assert not {"span", "client_span", "genai_metrics"} & set(Ticket.__slots__)
-    gov = governed(budget={"per_day": "0.0005"})
+    gov = governed({"budget": {"per_day": "0.0005"}})
     kept = Recorder()  # keeps every Call record alive: only settlement may drop the state
     gov.add_observer(kept)
     for _ in range(3):
