@@ -25,6 +25,7 @@ from typing import Any
 
 from ..accounts import service_of
 from ..policies import admission, budget, scopes
+from ..policies._fast import maker
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeState
 from . import schema
@@ -34,6 +35,9 @@ __all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "Snaps
 
 _ZERO = Decimal(0)
 Clock = Callable[[], float]
+# Shared empty mappings for the hot path: read, never written.
+_NO_SPENDS: dict[str, budget.WindowSpend] = {}
+_NO_HOLDS: dict[str, Decimal] = {}
 
 
 Charged = tuple[tuple[str, str, Decimal, Decimal], ...]
@@ -54,6 +58,9 @@ class Lease:
     amount: Decimal
     expires_at: float
     scopes: tuple[str, ...] = ()
+
+
+_lease = maker(Lease)  # Lease(...) with every field given, for the admission's hot path
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +362,7 @@ class TransactionalBackend(Backend):
     def __init__(self, budget_limits: dict[str, Decimal], clock: Clock | None = None) -> None:
         self.budget_limits = dict(budget_limits)
         self._clock = clock or time.time
-        self._decision_keys: dict[tuple[str, str], str] = {}  # counter keys, built once
+        self._keys: dict[tuple[str, ...], str] = {}  # counter keys, built once (see _key)
 
     def now(self) -> float:
         return self._clock()
@@ -369,39 +376,69 @@ class TransactionalBackend(Backend):
 
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
         with self.transaction() as tx:
-            now = self._clock()
-            emergency = tx.emergency()
-            lim = req.emergency_limits if emergency else req.limits
-            held = req.reserve and any(sr.budgets for sr in req.scopes)
-            scope_reserved: dict[str, Decimal] = {}
-            if req.reserve and (self.budget_limits or lim.max_concurrency or held):
-                self._charge_expired(tx, now)
-                leases = tx.leases(now, ttl)
-                reserved = sum((le.amount for le in leases), _ZERO)
-                in_flight = sum(1 for le in leases if le.service == req.key)
+            return self._admit(tx, req, lease_id, ttl)
+
+    def _admit(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
+        """:meth:`admit` inside the caller's transaction ``tx``."""
+        now = self._clock()
+        emergency = tx.emergency()
+        lim = req.emergency_limits if emergency else req.limits
+        sreqs = req.scopes
+        held = bool(sreqs) and req.reserve and any(sr.budgets for sr in sreqs)
+        scope_reserved: dict[str, Decimal] = {} if held else _NO_HOLDS
+        reserved, in_flight = _ZERO, 0
+        if req.reserve and (self.budget_limits or lim.max_concurrency or held):
+            self._charge_expired(tx, now)
+            key = req.key
+            # one pass over the live leases: what they reserve, how many are this scope's
+            # (the same additions, in the same order, as a sum() per total)
+            for le in tx.leases(now, ttl):
+                reserved += le.amount
+                if le.service == key:
+                    in_flight += 1
                 if held:
-                    for le in leases:
-                        for sk in le.scopes:
-                            scope_reserved[sk] = scope_reserved.get(sk, _ZERO) + le.amount
-            else:
-                reserved, in_flight = _ZERO, 0
-            decision = self._decide(tx, req, lease_id, ttl, now, emergency, reserved, in_flight,
-                                    scope_reserved)
-            # one count per admission: observed limits count the first refusal they would
-            # have made (as would_…); an enforced scope's refusal is real
-            if decision.observed is not None:
-                outcome = f"would_{decision.observed}"
-            elif decision.admitted or not req.observe or decision.scope:
-                outcome = decision.outcome
-            else:
-                outcome = f"would_{decision.outcome}"
-            key = self._decision_keys.get((req.service, outcome))
-            if key is None:
-                key = self._decision_keys[(req.service, outcome)] = \
-                    schema.key("requests", req.service, outcome)
-            if outcome != "rate_limited":  # a wait, not a refusal: see count_decision
-                tx.incr(key, 1)
-            return decision
+                    for sk in le.scopes:
+                        scope_reserved[sk] = scope_reserved.get(sk, _ZERO) + le.amount
+        decision = self._decide(tx, req, lease_id, ttl, now, emergency, reserved, in_flight,
+                                scope_reserved) if sreqs else \
+            self._decide_unscoped(tx, req, lease_id, ttl, now, emergency, reserved, in_flight)
+        # one count per admission: observed limits count the first refusal they would
+        # have made (as would_…); an enforced scope's refusal is real
+        if decision.observed is not None:
+            outcome = f"would_{decision.observed}"
+        elif decision.admitted or not req.observe or decision.scope:
+            outcome = decision.outcome
+        else:
+            outcome = f"would_{decision.outcome}"
+        if outcome != "rate_limited":  # a wait, not a refusal: see count_decision
+            tx.incr(self._key("requests", req.service, outcome), 1)
+        return decision
+
+    def _key(self, *parts: str) -> str:
+        """:func:`.schema.key` of ``parts``, built once per distinct parts (the hot path
+        counts the same few keys over and over). Bounded: job ids are unbounded."""
+        key = self._keys.get(parts)
+        if key is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            key = self._keys[parts] = schema.key(*parts)
+        return key
+
+    def _decide_unscoped(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float,
+                         now: float, emergency: bool, reserved: Decimal,
+                         in_flight: int) -> Decision:
+        """:meth:`_decide` of a call without scope values (most calls): the same steps and
+        the same result, without the scopes' bookkeeping (tests/backends hold the two
+        paths to identical decisions and state)."""
+        state = tx.service(req.key)
+        decision, new_state = admission.decide(
+            state, tx.spends() if self.budget_limits else _NO_SPENDS, self.budget_limits,
+            reserved, in_flight, req, now, emergency=emergency)
+        if new_state is not state:
+            tx.put_service(req.key, new_state)
+        if lease_id is not None and decision.admitted:
+            tx.add_lease(_lease(lease_id, req.key, req.cost, now + ttl, ()))
+        return decision
 
     def _decide(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float, now: float,
                 emergency: bool, reserved: Decimal, in_flight: int,
@@ -494,44 +531,52 @@ class TransactionalBackend(Backend):
         self, lease_id: str | None, limits: Limits, obs: Observation | None, record: CallRecord
     ) -> Charged:
         with self.transaction() as tx:
-            now = self._clock()
-            if lease_id is not None and tx.pop_lease(lease_id) is None \
-                    and tx.done(lease_id, now):
-                return ()  # its lease expired and was charged already: count it once
-            if record.settle_id is not None and record.settle_id != lease_id \
-                    and tx.done(record.settle_id, now):
-                return ()
-            charged: list[tuple[str, str, Decimal, Decimal]] = []
-            if record.cost and self.budget_limits:
+            return self._settle(tx, lease_id, limits, obs, record)
+
+    def _settle(self, tx: Txn, lease_id: str | None, limits: Limits, obs: Observation | None,
+                record: CallRecord) -> Charged:
+        """:meth:`settle` inside the caller's transaction ``tx``."""
+        now = self._clock()
+        if lease_id is not None and tx.pop_lease(lease_id) is None \
+                and tx.done(lease_id, now):
+            return ()  # its lease expired and was charged already: count it once
+        if record.settle_id is not None and record.settle_id != lease_id \
+                and tx.done(record.settle_id, now):
+            return ()
+        charged: list[tuple[str, str, Decimal, Decimal]] = []
+        cost = record.cost
+        if cost:
+            if self.budget_limits:
                 before = tx.spends()
-                after = budget.settle(before, self.budget_limits, record.cost, now)
+                after = budget.settle(before, self.budget_limits, cost, now)
                 tx.put_spends(after)
                 charged += _changes("", before, after, self.budget_limits, now)
-            if record.cost:
-                for key, windows in record.scopes:
-                    held = tx.scope(key)
-                    new = scopes.settle(held, windows, record.cost, now)
-                    tx.put_scope(key, new)
-                    charged += _changes(key, held.spends, new.spends, windows, now)
-            if obs is not None:
-                state = tx.service(record.scope)
-                new_state = admission.observe(state, limits, obs, now,
-                                              _in_flight(tx, now, record.scope, obs))
-                if new_state is not state:
-                    tx.put_service(record.scope, new_state)
-            if record.final:
-                tx.incr(schema.key("calls", record.service, record.model, record.status), 1)
-                if record.attempts > 1:
-                    tx.incr(schema.key("retries", record.service), record.attempts - 1)
-            else:
-                tx.incr(schema.key("lost", record.service), 1)
-            if record.cost:
-                tx.incr(schema.key("cost", record.service, record.model), record.cost)
-                if record.job:
-                    tx.incr(schema.key("job", record.job), record.cost)
-            if record.overrun:
-                tx.incr(schema.key("overrun", record.service, record.model), record.overrun)
-            return tuple(charged)
+            for key, windows in record.scopes:
+                held = tx.scope(key)
+                new = scopes.settle(held, windows, cost, now)
+                tx.put_scope(key, new)
+                charged += _changes(key, held.spends, new.spends, windows, now)
+        if obs is not None:
+            scope = record.key or record.service
+            state = tx.service(scope)
+            new_state = admission.observe(state, limits, obs, now,
+                                          _in_flight(tx, now, scope, obs))
+            if new_state is not state:
+                tx.put_service(scope, new_state)
+        service, model = record.service, record.model
+        if record.final:
+            tx.incr(self._key("calls", service, model, record.status), 1)
+            if record.attempts > 1:
+                tx.incr(self._key("retries", service), record.attempts - 1)
+        else:
+            tx.incr(self._key("lost", service), 1)
+        if cost:
+            tx.incr(self._key("cost", service, model), cost)
+            if record.job:
+                tx.incr(self._key("job", record.job), cost)
+        if record.overrun:
+            tx.incr(self._key("overrun", service, model), record.overrun)
+        return tuple(charged) if charged else ()
 
     def forget(self, keys: list[str]) -> None:
         with self.transaction() as tx:

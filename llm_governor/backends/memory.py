@@ -8,9 +8,11 @@ from decimal import Decimal
 from typing import Any
 
 from ..policies import budget
-from ..policies.admission import ServiceState
+from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeState
 from .base import (
+    CallRecord,
+    Charged,
     Clock,
     Lease,
     Snapshot,
@@ -162,6 +164,16 @@ class MemoryBackend(TransactionalBackend):
 
     def transaction(self) -> _Locked:
         return self._locked
+
+    # The two steps of every call take the lock itself (a C-level context manager).
+    def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:
+        with self._lock:
+            return self._admit(self._txn, req, lease_id, ttl)
+
+    def settle(self, lease_id: str | None, limits: Limits, obs: Observation | None,
+               record: CallRecord) -> Charged:
+        with self._lock:
+            return self._settle(self._txn, lease_id, limits, obs, record)
 
     def read(self) -> _Locked:
         return self._reading

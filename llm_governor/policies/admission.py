@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 from . import adaptive, breaker, budget, rate
+from ._fast import maker
 from .adaptive import AdaptiveState, ProviderLimits
 from .breaker import BreakerState
 
@@ -132,6 +133,9 @@ class Observation:
 
 
 _ADMITTED = (Decision(True, "admitted"), Decision(True, "admitted", emergency=True))
+# ServiceState(...) with every field given, built without the frozen dataclass's per-field
+# object.__setattr__ (see _fast): a decision and a settlement each build one.
+_state = maker(ServiceState)
 
 
 def decide(
@@ -189,7 +193,13 @@ def decide(
     # and that correction is kept even if the call is refused (else it never drains).
     req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
     # the furthest a tat can legitimately be: an empty bucket now, or one token at a block's end
-    horizon = max(now + cap / req_rate, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
+    # max(now + cap / req_rate, a.blocked_until + max(0.0, cap - 1.0) / req_rate), spelt
+    # out: what the builtins return, without their calls
+    spare = cap - 1.0
+    horizon = a.blocked_until + (spare if spare > 0.0 else 0.0) / req_rate
+    empty = now + cap / req_rate
+    if not horizon > empty:
+        horizon = empty
     clamped = a is not s.adaptive
     if req_tat > horizon:
         req_tat, clamped = horizon, True
@@ -204,7 +214,7 @@ def decide(
     if tok_rate > 0 and req.llm_tokens > 0 and tok_cap > 0:
         if tok_tat > now + tok_cap / tok_rate:
             tok_tat, clamped = now + tok_cap / tok_rate, True
-        cost = min(req.llm_tokens, tok_cap)
+        cost = tok_cap if tok_cap < req.llm_tokens else req.llm_tokens  # min(tokens, cap)
         ok_t, new_tok, w = rate.gcra(tok_tat, now, cost, tok_rate, tok_cap,
                                      rate.headroom(tok_cap, cost, share))
         if not ok_t and w > longest:
@@ -213,7 +223,7 @@ def decide(
     if req.cost_f > 0:
         pacing = budget.pacing_factor(spends, budget_limits, now) if budget_limits else 1.0
         per_minute = lim.cost_per_minute_f * pacing
-        cost = min(req.cost_f, per_minute)
+        cost = per_minute if per_minute < req.cost_f else req.cost_f  # min(cost, per_minute)
         ok_c, new_cost, w = rate.gcra(cost_tat, now, cost, per_minute / 60.0, per_minute,
                                       rate.headroom(per_minute, cost, share))
         if not ok_c and w > longest:
@@ -222,11 +232,11 @@ def decide(
         refused = Decision(False, "rate_limited", longest, emergency=emergency, bound=bound)
         if not clamped:
             return refused, s
-        return refused, ServiceState(req_tat, tok_tat, cost_tat, s.breaker, a, s.minute, s.ok,
-                                     s.failed, s.prev_ok, s.prev_failed)
+        return refused, _state(req_tat, tok_tat, cost_tat, s.breaker, a, s.minute, s.ok,
+                               s.failed, s.prev_ok, s.prev_failed)
     # Direct construction: dataclasses.replace costs more than the whole decision.
-    new = ServiceState(new_req, new_tok, new_cost, new_breaker, a, s.minute, s.ok,
-                       s.failed, s.prev_ok, s.prev_failed)
+    new = _state(new_req, new_tok, new_cost, new_breaker, a, s.minute, s.ok,
+                 s.failed, s.prev_ok, s.prev_failed)
     return _ADMITTED[emergency], new
 
 
@@ -249,8 +259,8 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         b = s.breaker
         if b.state != breaker.CLOSED or b.failures:
             b = breaker.record(b, True, now, lim.failure_threshold, lim.success_threshold)
-        s = ServiceState(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
-                         s.failed, s.prev_ok, s.prev_failed)
+        s = _state(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
+                   s.failed, s.prev_ok, s.prev_failed)
         if a.rate > 0 or a.successes:
             a = adaptive.on_success(a, lim.rate_floor, adaptive.ceiling_in_force(
                 a, now, lim.rate_floor, lim.rate_ceiling))

@@ -121,6 +121,9 @@ class WindowSpend:
     spent: Decimal = _ZERO
 
 
+_NO_SPEND = WindowSpend()  # a window with no record yet (immutable, so shared)
+
+
 def roll(spend: WindowSpend, window: str, now: float) -> WindowSpend:
     """The spend record for the window instance containing ``now``.
 
@@ -163,15 +166,17 @@ def check(
     now: float,
 ) -> tuple[bool, Decimal | None, str | None, float]:
     """Can ``amount`` be reserved? ``(ok, remaining, refusing_window, seconds_to_reset)``."""
+    best: Decimal | None = None  # the tightest room so far: what remaining() finds, in one pass
     for window, limit in limits.items():
-        spend = roll(spends.get(window, WindowSpend()), window, now)
+        spend = roll(spends.get(window, _NO_SPEND), window, now)
         left = limit - spend.spent - reserved
         if amount > left:
             reset = window_end(window, window_start(window, now)) - now
             tightest, _ = remaining(spends, limits, reserved, now)
             return False, max(tightest if tightest is not None else left, _ZERO), window, reset
-    left_now, _ = remaining(spends, limits, reserved, now)
-    return True, left_now, None, 0.0
+        if best is None or left < best:
+            best = left
+    return True, best, None, 0.0
 
 
 def settle(

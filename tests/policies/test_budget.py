@@ -91,3 +91,43 @@ def test_settled_plus_reserved_never_exceeds_any_budget(ops: list[tuple[str, D, 
         for window, limit in limits.items():
             spent = budget.roll(spends.get(window, budget.WindowSpend()), window, now).spent
             assert spent + sum(held, D(0)) <= limit
+
+
+def _check_as_first_written(
+    spends: dict[str, budget.WindowSpend], limits: dict[str, Decimal], reserved: Decimal,
+    amount: Decimal, now: float,
+) -> tuple[bool, Decimal | None, str | None, float]:
+    for window, limit in limits.items():
+        spend = budget.roll(spends.get(window, budget.WindowSpend()), window, now)
+        left = limit - spend.spent - reserved
+        if amount > left:
+            reset = budget.window_end(window, budget.window_start(window, now)) - now
+            tightest, _ = budget.remaining(spends, limits, reserved, now)
+            return False, max(tightest if tightest is not None else left, D(0)), window, reset
+    left_now, _ = budget.remaining(spends, limits, reserved, now)
+    return True, left_now, None, 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(windows=st.lists(st.sampled_from(budget.WINDOWS), unique=True, max_size=4),
+       limits=st.lists(st.decimals(D("0"), D("2"), places=3), min_size=4, max_size=4),
+       charges=st.lists(st.tuples(st.decimals(D("0"), D("1"), places=3),
+                                  st.sampled_from([0.0, 7.0, 59.0, 3600.0, 86400.0])),
+                        max_size=6),
+       reserved=st.decimals(D("0"), D("1"), places=3),
+       amount=st.decimals(D("0"), D("1"), places=4))
+def test_check_answers_as_its_two_pass_form_did(
+        windows: list[str], limits: list[Decimal], charges: list[tuple[Decimal, float]],
+        reserved: Decimal, amount: Decimal) -> None:
+    """check() finds the tightest room while it checks (one pass): the same answer, to the
+    Decimal's exponent, as checking first and calling remaining() after."""
+    budgets = dict(zip(windows, limits, strict=False))
+    spends: dict[str, budget.WindowSpend] = {}
+    now = DAY0 + 5
+    for cost, later in charges:
+        spends = budget.settle(spends, budgets, cost, now)
+        now += later
+    got = budget.check(spends, budgets, reserved, amount, now)
+    want = _check_as_first_written(spends, budgets, reserved, amount, now)
+    assert got == want
+    assert str(got[1]) == str(want[1])

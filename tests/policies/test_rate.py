@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +91,24 @@ def test_admitted_in_any_interval_never_exceed_capacity_plus_rate_times_length(
         for j in range(i, len(admitted)):
             d = admitted[j] - start
             assert j - i + 1 <= capacity + per_second * d + 1e-6
+
+
+def _headroom_as_first_written(capacity: float, cost: float, share: float) -> float:
+    return max(0.0, min(share * min(capacity, rate.HEADROOM_CALLS * cost), capacity - cost)) \
+        if share else 0.0
+
+
+_any = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=500)
+@given(capacity=st.one_of(_any, st.sampled_from([0.0, -0.0, 1.0, 2.0, 3.0])),
+       cost=st.one_of(_any, st.sampled_from([0.0, -0.0, 1.0, 1.5])),
+       share=st.one_of(_any, st.sampled_from(rate.PRIORITY_HEADROOM)))
+def test_headroom_is_its_formula_bit_for_bit(capacity: float, cost: float, share: float) -> None:
+    """headroom() spells out the builtins' comparisons: the same float, sign and NaN alike
+    (the Redis port is held to the formula)."""
+    got, want = rate.headroom(capacity, cost, share), _headroom_as_first_written(
+        capacity, cost, share)
+    assert (math.isnan(got) and math.isnan(want)) or (
+        got == want and math.copysign(1.0, got) == math.copysign(1.0, want))

@@ -1,0 +1,97 @@
+"""TransactionalBackend: the admission of a call without scope values takes a path of its
+own (``_decide_unscoped``); it must decide and store exactly what the general path
+(``_decide``, which calls with scope values take) would."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_governor.backends import CallRecord, MemoryBackend
+from llm_governor.backends.base import Txn
+from llm_governor.config import RateLimitConfig
+from llm_governor.governor import limits_of
+from llm_governor.policies.adaptive import ProviderLimits
+from llm_governor.policies.admission import AdmitRequest, Decision, Observation
+from tests.conftest import FakeClock
+
+D = Decimal
+LIM = limits_of(RateLimitConfig.model_validate({
+    "max_tokens": 3, "refill_rate": 2.0, "burst_capacity": 1, "max_cost_per_minute": "0.05",
+    "llm_tokens_per_minute": 2000, "max_concurrency": 3, "failure_threshold": 2,
+    "recovery_timeout": 5, "min_interval": 0.01, "max_interval": 5.0}))
+EMERGENCY = limits_of(RateLimitConfig.model_validate({
+    "max_tokens": 1, "refill_rate": 0.5, "burst_capacity": 0, "max_cost_per_minute": "0.01"}))
+BUDGETS = {"minute": D("0.04"), "day": D("0.2")}
+
+
+class _General(MemoryBackend):
+    """Every admission through the general path, as one with scope values takes it."""
+
+    def _decide_unscoped(self, tx: Txn, req: AdmitRequest, lease_id: str | None, ttl: float,
+                         now: float, emergency: bool, reserved: Decimal,
+                         in_flight: int) -> Decision:
+        return self._decide(tx, req, lease_id, ttl, now, emergency, reserved, in_flight, {})
+
+
+def _state(b: MemoryBackend) -> dict[str, Any]:
+    return {"services": dict(b._services), "spends": dict(b._spends), "leases": dict(b._leases),
+            "counters": dict(b._counters), "done": dict(b._done), "scopes": dict(b._scopes)}
+
+
+_admit = st.tuples(st.just("admit"), st.integers(0, 3), st.sampled_from([0.0, 150.0, 900.0]),
+                   st.sampled_from(["0", "0.004", "0.02"]), st.booleans(), st.booleans(),
+                   st.booleans())
+_settle = st.tuples(st.just("settle"), st.integers(0, 20), st.sampled_from(["0", "0.003", "0.03"]),
+                    st.sampled_from(["success", "failure", "throttled", "neutral", None]),
+                    st.booleans())
+_other = st.one_of(
+    st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.7, 3.0, 30.0, 61.0])),
+    st.tuples(st.just("emergency"), st.booleans()),
+    st.tuples(st.just("observe"), st.sampled_from(["failure", "throttled", "success"])),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(budgets=st.booleans(), ops=st.lists(st.one_of(_admit, _settle, _other), max_size=60))
+def test_the_unscoped_path_decides_and_stores_what_the_general_path_does(
+        budgets: bool, ops: list[tuple[Any, ...]]) -> None:
+    clock = FakeClock()
+    limits = BUDGETS if budgets else {}
+    fast, general = MemoryBackend(limits, clock), _General(limits, clock)
+    leases: list[str] = []
+    for n, op in enumerate(ops):
+        kind = op[0]
+        results = []
+        for b in (fast, general):
+            if kind == "admit":
+                _, prio, tokens, cost, reserve, observe, lease = op
+                req = AdmitRequest("svc", prio, tokens, D(cost), LIM, EMERGENCY,
+                                   reserve=reserve, refuse_in_emergency=observe and not reserve,
+                                   observe=observe)
+                results.append(b.admit(req, f"lease-{n}" if lease and reserve else None, 30.0))
+            elif kind == "settle":
+                _, pick, cost, outcome, final = op
+                lease_id = leases[pick % len(leases)] if leases else None
+                obs = Observation(outcome) if outcome is not None else None
+                record = CallRecord("svc", "m", "job", D(cost), "ok", None, 2, final=final,
+                                    settle_id=lease_id)
+                results.append(b.settle(lease_id, LIM, obs, record))
+            elif kind == "advance":
+                results.append(None)
+            elif kind == "emergency":
+                b.set_emergency(op[1])
+            else:
+                provider = ProviderLimits(limit_requests=4, remaining_requests=1,
+                                          reset_requests=2.0, retry_after=1.5) \
+                    if op[1] == "throttled" else None
+                b.observe("svc", LIM, Observation(op[1], provider))
+        if kind == "advance":
+            clock.advance(op[1])
+        if kind == "admit" and results[0].admitted and op[6] and op[4]:
+            leases.append(f"lease-{n}")
+        assert results[:1] == results[1:], op
+        assert _state(fast) == _state(general), op
