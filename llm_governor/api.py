@@ -148,13 +148,23 @@ def rate_limited(
         raise ValueError(f"cost must be a non-negative amount, got {cost!r}")
 
     def decorate(fn: F) -> F:
+        operation = fn.__name__
+        # NORMAL is the default: the call then takes its priority from the context
+        fixed = prio if prio is not Priority.NORMAL else None
+        last: list[CallSpec | None] = [None]  # the last call's spec: calls differ by cost only
+
         def spec() -> CallSpec:
             s = stated if stated is not None else current_cost_override()
             if s is None:
                 s = get_governor().service_config(service, model).cost_per_request
-            return CallSpec(service, operation=fn.__name__, model=model, priority=prio, cost=s) \
-                if prio is not Priority.NORMAL else CallSpec(service, operation=fn.__name__,
-                                                             model=model, cost=s)
+            # A CallSpec is immutable, so calls stating the very same cost object (the
+            # decorator's, the service's cost_per_request, a cost_estimate block) share one.
+            found = last[0]
+            if found is not None and found.cost is s:
+                return found
+            found = last[0] = CallSpec(service, operation=operation, model=model,
+                                       priority=fixed, cost=s)
+            return found
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
