@@ -602,6 +602,12 @@ class Governor:
         if self._listening():
             self._emit("on_retry", events.Retried(_call_of(t), t.attempts, reason, wait))
 
+    @property
+    def listening(self) -> bool:
+        """Whether any observer listens now (else no event record is built at all, and
+        adapters skip describing the call for telemetry)."""
+        return self._listening()
+
     def _listening(self) -> bool:
         """Whether any observer listens now (else no event record is built at all)."""
         for observer in self.observers:  # noqa: SIM110 - a loop: no generator per event

@@ -143,10 +143,14 @@ class Adapter(abc.ABC):
         """
         return None, None
 
-    def annotation(self, instance: Any, call: Call, base_url: str | None) -> dict[str, Any]:
-        """The :class:`CallSpec` fields telemetry reports of ``call``: the SDK, and the
-        request's GenAI attributes (operation and provider names, ``server.*``, the
-        request's own settings from :meth:`request_attributes`)."""
+    def annotation(self, instance: Any, call: Call, base_url: str | None,
+                   genai: bool = True) -> dict[str, Any]:
+        """The :class:`CallSpec` fields telemetry reports of ``call``: the SDK, and (with
+        ``genai``: while telemetry records) the request's GenAI attributes (operation and
+        provider names, ``server.*``, the request's own settings from
+        :meth:`request_attributes`)."""
+        if not genai:
+            return {"sdk": self.module}
         server = server_attributes(base_url)
         attrs: dict[str, Any] = {"gen_ai.operation.name": call.spec.operation}
         attrs.update(self.request_attributes(instance, call))
@@ -222,7 +226,7 @@ def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
     else:
         fields = gov.account_fields(call.spec.service, base_url, credential)
     try:
-        fields.update(adapter.annotation(instance, call, base_url))
+        fields.update(adapter.annotation(instance, call, base_url, gov.listening))
     except Exception:  # telemetry never breaks a call: it goes unannotated
         logger.debug("annotating a %s call failed", adapter.module, exc_info=True)
     if fields:

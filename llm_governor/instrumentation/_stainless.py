@@ -359,8 +359,9 @@ class StainlessAdapter(Adapter):
                     call.context)
 
     # ------------------------------------------------------------- telemetry
-    def annotation(self, instance: Any, call: Call, base_url: str | None) -> dict[str, Any]:
-        return {**super().annotation(instance, call, base_url),
+    def annotation(self, instance: Any, call: Call, base_url: str | None,
+                   genai: bool = True) -> dict[str, Any]:
+        return {**super().annotation(instance, call, base_url, genai),
                 **self.pricing_facts(_request_body(call))}
 
     def request_attributes(self, instance: Any, call: Call) -> dict[str, Any]:
