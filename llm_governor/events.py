@@ -12,6 +12,8 @@ re-admission), :class:`Sent` (the first attempt leaves the process),
 :class:`Retried` per retry, :class:`Overrun` if usage passed the reservation,
 and :class:`Settled` exactly once. :class:`ProviderLimitsSeen` and
 :class:`ThresholdCrossed` are about a limit scope or a budget, not a call.
+A call is told from its start to its settlement or not at all: whether any
+observer listens (:attr:`Observer.listening`) is asked when the call starts.
 
 Records are ``NamedTuple``\\ s (the cheapest immutable record to build: several
 are made per call) except :class:`Call`, made once per call and weakly
@@ -130,8 +132,9 @@ class Observer:
     """Receives the governor's events; override what you need (each default does
     nothing). Called on the thread or task of the call, so keep them quick."""
 
-    #: False: build no event for this observer now (the governor skips building the
-    #: records when no observer listens; telemetry does not while nothing records)
+    #: False: build no event for this observer now (the governor builds no record for
+    #: a call that starts while no observer listens; telemetry does not listen while
+    #: nothing records)
     listening: bool = True
 
     def on_start(self, event: Started) -> None:

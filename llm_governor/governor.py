@@ -152,7 +152,8 @@ class Ticket:
         self.emergency = False
         self.provider: ProviderLimits | None = None
         self.failure: AttemptFailure | None = None
-        self.call: events.Call | None = None  # what observers see, once policies have run
+        # what observers see, once policies have run; None: no observer listened at its start
+        self.call: events.Call | None = None
         self.sent_at = 0.0  # monotonic time of the first send (0: never sent)
         self.held = 0.0  # seconds the governor held the call between attempts
         self.paused_at = 0.0  # monotonic time a retry pause began (0: none)
@@ -181,9 +182,9 @@ def _call_of(t: Ticket, keep: bool = True) -> events.Call:
     return call
 
 
-def _settled(t: Ticket, error: BaseException | None, usage: Usage | None,
+def _settled(call: events.Call, t: Ticket, error: BaseException | None, usage: Usage | None,
              cost: Decimal) -> events.Settled:
-    return events.Settled(_call_of(t), t.settled, error, usage, cost, t.attempts, t.queue_wait,
+    return events.Settled(call, t.settled, error, usage, cost, t.attempts, t.queue_wait,
                           t.emergency, t.held, t.would, t.sent_at, t.first_chunk, t.last_chunk,
                           tuple(t.chunk_gaps))
 
@@ -599,8 +600,8 @@ class Governor:
     def _retried(self, t: Ticket, reason: str, wait: float | None) -> None:
         logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
                     t.attempts)
-        if self._listening():
-            self._emit("on_retry", events.Retried(_call_of(t), t.attempts, reason, wait))
+        if t.call is not None:
+            self._emit("on_retry", events.Retried(t.call, t.attempts, reason, wait))
 
     @property
     def listening(self) -> bool:
@@ -618,9 +619,8 @@ class Governor:
     def _decided(self, t: Ticket, outcome: str, retry_after: float) -> None:
         if outcome == "circuit_open":
             logger.warning("RATE_LIMIT Circuit breaker open for %s: call refused", t.service)
-        if self._listening():
-            self._emit("on_admit", events.Decided(_call_of(t), outcome, retry_after,
-                                                  t.queue_wait))
+        if t.call is not None:
+            self._emit("on_admit", events.Decided(t.call, outcome, retry_after, t.queue_wait))
 
     # -------------------------------------------------------------- admission
     def ticket(self, spec: CallSpec) -> Ticket:
@@ -963,13 +963,13 @@ class Governor:
     def _admit_steps(self, spec: CallSpec, substitute: Callable[[str], CallSpec | None] | None,
                      body: Callable[[], Sequence[object]] | None) -> Steps[Ticket]:
         t = self._consult(self.ticket(spec), substitute, body)
-        if self._listening():
+        if self._listening():  # observed from start to end, or not at all
             self._emit("on_start", events.Started(_call_of(t)))
         try:
             yield from self._admission(t, reserve=True)
         except BaseException as exc:
-            if self._listening():
-                self._emit("on_settle", _settled(t, exc, None, _ZERO))
+            if t.call is not None:
+                self._emit("on_settle", _settled(t.call, t, exc, None, _ZERO))
             raise
         self.retry_budget(t.service).record_call(time.monotonic())
         return t
@@ -1087,8 +1087,8 @@ class Governor:
             t.paused_at = 0.0
         if not t.sent_at:
             t.sent_at = now
-            if self._listening():
-                self._emit("on_send", events.Sent(_call_of(t), now))
+            if t.call is not None:
+                self._emit("on_send", events.Sent(t.call, now))
 
     def attempt_succeeded(self, t: Ticket, provider: ProviderLimits | None = None) -> None:
         """The provider answered with success; its rate-limit headers are folded in at settle."""
@@ -1292,8 +1292,8 @@ class Governor:
                 "RATE_LIMIT %s call to %s cost $%s, $%s above its reservation of $%s: the "
                 "difference is charged and the next calls wait until the budget has room",
                 t.service, t.model, cost, overrun, t.reserved)
-            if self._listening():
-                self._emit("on_overrun", events.Overrun(_call_of(t), overrun))
+            if t.call is not None:
+                self._emit("on_overrun", events.Overrun(t.call, overrun))
         if outcome is None and error is None:
             outcome = "success"
         obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
@@ -1309,8 +1309,8 @@ class Governor:
         except Exception:
             logger.exception("RATE_LIMIT settling a %s call failed", t.service)
         total = t.sunk + cost
-        if self._listening():
-            self._emit("on_settle", _settled(t, error, usage, total))
+        if t.call is not None:
+            self._emit("on_settle", _settled(t.call, t, error, usage, total))
         self._maybe_publish()
         return total
 

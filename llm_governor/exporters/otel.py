@@ -318,7 +318,10 @@ class Telemetry(Observer):
     @property
     def listening(self) -> bool:  # type: ignore[override]
         """Events matter only while spans or metrics go somewhere."""
-        return self.tracing or self.metering
+        if self._tracing or self._metering:
+            return True
+        self._look()
+        return self._tracing or self._metering
 
     @property
     def tracing(self) -> bool:
