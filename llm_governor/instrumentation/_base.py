@@ -27,11 +27,12 @@ import abc
 import contextvars
 import logging
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ..errors import GovernorError
 from ..governor import CallSpec, Governor, Ticket
+from ..policies._fast import evolve
 from ..policies.retry import AttemptFailure
 from ._genai import server_attributes
 from .streams import UsageTracker
@@ -214,6 +215,11 @@ def _describe(adapter: Adapter, instance: Any, args: tuple[Any, ...],
         return None
 
 
+evolve_spec = evolve(CallSpec)
+"""``dataclasses.replace(spec, **changes)`` of a :class:`CallSpec`, as ``evolve_spec(spec,
+changes)``, at a third of its cost (a call's spec is copied once or twice per call)."""
+
+
 def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
     """``call`` with its spec scoped to the provider account it goes to, and annotated
     for telemetry (:meth:`Adapter.annotation`): one copy of the spec for both."""
@@ -230,7 +236,7 @@ def scoped(adapter: Adapter, gov: Governor, instance: Any, call: Call) -> Call:
     except Exception:  # telemetry never breaks a call: it goes unannotated
         logger.debug("annotating a %s call failed", adapter.module, exc_info=True)
     if fields:
-        call.spec = replace(call.spec, **fields)
+        call.spec = evolve_spec(call.spec, fields)
     return call
 
 
