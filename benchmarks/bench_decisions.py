@@ -714,7 +714,7 @@ def _markdown(mode: Mode, subs: list[Subject], rates: dict[str, dict[str, float 
 
 
 FIXES_AND_LIMITS = """**Fixes made, and why the rest remains.** Profiles like these drove the cuts \
-so far: a memory decision went from 9.1 µs to under 3 µs on one thread (no allocation on the \
+so far: a memory decision went from 9.1 µs to about 4 µs on one thread (no allocation on the \
 admitted path, no `dataclasses.replace`, records built through their slots instead of the \
 frozen dataclass's per-field `object.__setattr__`, no lease scan when no budget or \
 concurrency cap is in force and one pass over the leases when there is, breaker and adaptive \
