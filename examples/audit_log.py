@@ -12,6 +12,7 @@ Run: python examples/audit_log.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 
@@ -50,13 +51,11 @@ with FakeProvider() as fake:
     client = openai.OpenAI(api_key="sk-example", base_url=fake.openai_base_url, max_retries=2)
     fake.fail_next(1, kind="rate_limit", retry_after=0.05)  # one 429, retried by the SDK
     for tenant in ("acme", "globex", "acme", "initech"):
-        with llm_governor.scope(tenant=tenant):
-            try:
-                client.chat.completions.create(
-                    model="gpt-4o-mini", max_tokens=200,
-                    messages=[{"role": "user", "content": "Summarise our quarter."}])
-            except openai.RateLimitError:
-                pass  # the budget is spent: refused before it was sent
+        # a call the spent budget cannot cover is refused before it is sent
+        with llm_governor.scope(tenant=tenant), contextlib.suppress(openai.RateLimitError):
+            client.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=200,
+                messages=[{"role": "user", "content": "Summarise our quarter."}])
 
     for line in audit.lines:
         print(line)

@@ -238,10 +238,14 @@ class _FunctionRun:
         self.last: BaseException | None = None
         self.retryable = False
 
-    def strategies(self) -> dict[str, Any]:
-        """tenacity's stop and retry (the wait is the governor's, at its retry step)."""
-        retries = self.gov.max_retries(self.t) or 0
-        return {"stop": stop_after_attempt(retries + 1), "wait": wait_none(), "reraise": True,
+    def retries(self) -> int:
+        """Retries the configuration allows this call (0: none)."""
+        return self.gov.max_retries(self.t) or 0
+
+    def strategies(self, attempts: int) -> dict[str, Any]:
+        """tenacity's stop after ``attempts`` and its retry (the wait is the governor's, at
+        its retry step)."""
+        return {"stop": stop_after_attempt(attempts), "wait": wait_none(), "reraise": True,
                 "retry": retry_if_exception(lambda exc: self.retryable)}
 
     def started(self) -> None:
@@ -593,9 +597,8 @@ class Governor:
             except Exception:
                 self.telemetry_errors += 1
                 if self.telemetry_errors == 1:
-                    logger.warning("RATE_LIMIT an observer (telemetry) failed; calls go on "
-                                   "without it (counted in Governor.telemetry_errors)",
-                                   exc_info=True)
+                    logger.warning("RATE_LIMIT telemetry failed; calls go on without it "
+                                   "(counted in Governor.telemetry_errors)", exc_info=True)
 
     def _retried(self, t: Ticket, reason: str, wait: float | None) -> None:
         logger.info("RATE_LIMIT retrying %s call after %s (attempt %d)", t.service, reason,
@@ -1346,9 +1349,18 @@ class Governor:
         def pace(seconds: float) -> None:
             run.paced(self.retry(run.t, seconds))
 
-        retrying = Retrying(sleep=pace, **run.strategies())
         try:
-            result = retrying(attempt)
+            try:
+                result = attempt()
+            except BaseException:
+                # The first attempt runs bare (most calls make only that one); a failure
+                # with retries left goes on as tenacity would have: pace (its sleep of the
+                # none wait), then the remaining attempts in a tenacity loop.
+                retries = run.retries()
+                if not run.retryable or not retries:
+                    raise
+                pace(0.0)
+                result = Retrying(sleep=pace, **run.strategies(retries))(attempt)
         except BaseException as exc:
             error = run.error(exc)
             self.settle(run.t, error=error, outcome=run.outcome())
@@ -1373,9 +1385,15 @@ class Governor:
         async def pace(seconds: float) -> None:
             run.paced(await self.aretry(run.t, seconds))
 
-        retrying = AsyncRetrying(sleep=pace, **run.strategies())
         try:
-            result: T = await retrying(attempt)
+            try:
+                result: T = await attempt()
+            except BaseException:
+                retries = run.retries()  # as in call(): tenacity only for the retries
+                if not run.retryable or not retries:
+                    raise
+                await pace(0.0)
+                result = await AsyncRetrying(sleep=pace, **run.strategies(retries))(attempt)
         except BaseException as exc:
             error = run.error(exc)
             await self.asettle(run.t, error=error, outcome=run.outcome())

@@ -390,6 +390,24 @@ def test_a_vetoed_retry_raises_the_functions_own_error_with_a_note(
     assert leases == 0
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_decorated_function_out_of_retries_raises_its_last_error(
+        governor_factory: GovFactory, is_async: bool) -> None:
+    """max_retries + 1 attempts, each retry paced, then the last attempt's own error
+    (the first attempt runs outside tenacity, the retries inside it)."""
+    gov = governor_factory({"max_retries": 2, "services": {"api": FAST}})
+    last = ConnectionResetError("third")
+    flaky = Flaky(ConnectionResetError("first"), TimeoutError("second"), last,
+                  ConnectionResetError("never raised"))
+    with pytest.raises(ConnectionResetError) as info:
+        decorated("api", flaky, is_async)()
+    assert info.value is last and len(flaky.calls) == 3
+    assert not getattr(info.value, "__notes__", [])  # stopped, not vetoed
+    counters = gov.backend.counters()
+    assert counters["retries"]["api"] == 2
+    assert counters["calls"]["api"]["unknown"]["error"] == 1
+
+
 def test_graceful_api_call_retries_before_it_falls_back(governor_factory: GovFactory) -> None:
     governor_factory({"max_retries": 1, "services": {"api": FAST}})
     flaky = Flaky(ConnectionResetError("reset"))
