@@ -30,8 +30,8 @@ from ..policies.admission import AdmitRequest, Decision, Limits, Observation, Se
 from ..policies.scopes import ScopeState
 from . import schema
 
-__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "Charged", "Lease", "Snapshot",
-           "TransactionalBackend", "Txn"]
+__all__ = ["MONEY_COUNTERS", "Backend", "CallRecord", "CallStore", "Charged", "Lease",
+           "Snapshot", "StatusStore", "TransactionalBackend", "Txn"]
 
 _ZERO = Decimal(0)
 Clock = Callable[[], float]
@@ -158,11 +158,14 @@ def call_names(states: Iterable[str], counter_keys: Iterable[str]) -> tuple[str,
     return tuple(sorted(names))
 
 
-class Backend(abc.ABC):
-    """Where state lives. Implementations: memory, SQLite, Redis."""
+class CallStore(abc.ABC):
+    """The hot path: what every governed call needs from where state lives.
 
-    name: str = "backend"
-    url: str = ""
+    One atomic step to admit and one to settle (memory: a lock; SQLite: one
+    transaction; Redis: one Lua script), the heartbeat's lease renewals and
+    sweeps, and the process's published status (at most once a second). A
+    governed call uses nothing else (``tests/backends/test_base.py`` holds it).
+    """
 
     blocking: bool = False  # True when a step may wait on I/O (async callers use a thread)
 
@@ -188,6 +191,42 @@ class Backend(abc.ABC):
         """Charge the leases that expired (the heartbeat runs it while budgets are set)."""
 
     @abc.abstractmethod
+    def renew(self, lease_ids: list[str], ttl: float) -> int:
+        """Extend the leases that still exist to ``now + ttl``; returns how many did."""
+
+    @abc.abstractmethod
+    def count_decision(self, service: str, decision: str) -> None:
+        """Count a decision ``admit`` does not count itself.
+
+        ``admit`` counts admissions and the refusals it decides (budget, circuit,
+        emergency) but not a ``rate_limited`` outcome, which only asks the caller
+        to wait: the governor counts ``queued`` once per admission that waits, and
+        ``rate_limited`` or ``queue_full`` when it refuses the call.
+        """
+
+    @abc.abstractmethod
+    def count(self, key: str) -> None:
+        """Add one to the counter ``key`` (built with :func:`.schema.key`: an alert fired, say)."""
+
+    @abc.abstractmethod
+    def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
+        """Publish this process's live status (queues, in-flight) for ``ttl`` seconds."""
+
+    def now(self) -> float:
+        """The backend's clock (Redis: the server's ``TIME``)."""
+        return time.time()
+
+
+class StatusStore(abc.ABC):
+    """The read model and the operator's levers: what status, health, the monitor,
+    exporters and the CLI read (:meth:`snapshot`, one consistent read) and the
+    commands they run (emergency mode, resets). Never on a call's path."""
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The store's clock (instants in :meth:`snapshot` are on it)."""
+
+    @abc.abstractmethod
     def forget(self, keys: list[str]) -> None:
         """Reset the state of these limit scopes (buckets, breaker, learned limits, blocks).
 
@@ -205,24 +244,6 @@ class Backend(abc.ABC):
         counters and costs are untouched: only what the budget check reads
         starts from zero.
         """
-
-    @abc.abstractmethod
-    def renew(self, lease_ids: list[str], ttl: float) -> int:
-        """Extend the leases that still exist to ``now + ttl``; returns how many did."""
-
-    @abc.abstractmethod
-    def count_decision(self, service: str, decision: str) -> None:
-        """Count a decision ``admit`` does not count itself.
-
-        ``admit`` counts admissions and the refusals it decides (budget, circuit,
-        emergency) but not a ``rate_limited`` outcome, which only asks the caller
-        to wait: the governor counts ``queued`` once per admission that waits, and
-        ``rate_limited`` or ``queue_full`` when it refuses the call.
-        """
-
-    @abc.abstractmethod
-    def count(self, key: str) -> None:
-        """Add one to the counter ``key`` (built with :func:`.schema.key`: an alert fired, say)."""
 
     @abc.abstractmethod
     def emergency(self) -> bool: ...
@@ -255,16 +276,8 @@ class Backend(abc.ABC):
         """All counters: ``{"requests": {service: {decision: n}}, "calls": …, "cost": …}``."""
 
     @abc.abstractmethod
-    def publish_process(self, process_id: str, doc: dict[str, Any], ttl: float) -> None:
-        """Publish this process's live status (queues, in-flight) for ``ttl`` seconds."""
-
-    @abc.abstractmethod
     def processes(self) -> dict[str, dict[str, Any]]:
         """Live process documents published by every process on this backend."""
-
-    def now(self) -> float:
-        """The backend's clock (Redis: the server's ``TIME``)."""
-        return time.time()
 
     def snapshot(self, scopes: bool = True) -> Snapshot:
         """Everything at once (:class:`Snapshot`); ``scopes`` False skips the scope values,
@@ -283,10 +296,18 @@ class Backend(abc.ABC):
             {k: held for k, (_, held) in found.items()}, self.counters(), self.processes(),
             {k: st for k, (st, _) in found.items()})
 
-    def reset(self) -> None:  # noqa: B027 - optional
+
+class Backend(CallStore, StatusStore):
+    """Where state lives: the hot path and the status store of one namespace.
+    Implementations: memory, SQLite, Redis (the shared two behind a failover wrapper)."""
+
+    name: str = "backend"
+    url: str = ""
+
+    def reset(self) -> None:
         """Forget all state (tests, ``llm-governor reset``)."""
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         """Release connections and files."""
 
 

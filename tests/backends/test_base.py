@@ -1,17 +1,22 @@
-"""TransactionalBackend: the admission of a call without scope values takes a path of its
-own (``_decide_unscoped``); it must decide and store exactly what the general path
-(``_decide``, which calls with scope values take) would."""
+"""The backend contract: a governed call uses only the call store (``CallStore``), never
+the status store; and in ``TransactionalBackend`` the admission of a call without scope
+values takes a path of its own (``_decide_unscoped``) that must decide and store exactly
+what the general path (``_decide``, which calls with scope values take) would."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pytest
+
+import llm_governor
 from llm_governor.backends import CallRecord, MemoryBackend
-from llm_governor.backends.base import Txn
+from llm_governor.backends.base import StatusStore, Txn
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
 from llm_governor.policies.adaptive import ProviderLimits
@@ -26,6 +31,50 @@ LIM = limits_of(RateLimitConfig.model_validate({
 EMERGENCY = limits_of(RateLimitConfig.model_validate({
     "max_tokens": 1, "refill_rate": 0.5, "burst_capacity": 0, "max_cost_per_minute": "0.01"}))
 BUDGETS = {"minute": D("0.04"), "day": D("0.2")}
+
+
+class StatusSpy(MemoryBackend):
+    """A memory backend that records every status-store method called on it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.status_reads: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _STATUS:
+            object.__getattribute__(self, "status_reads").append(name)
+        return object.__getattribute__(self, name)
+
+
+_STATUS = frozenset(StatusStore.__abstractmethods__ | {"snapshot"}) - {"now"}
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_governed_call_uses_only_the_call_store(governor_factory: Any,
+                                                  is_async: bool) -> None:
+    """Admitted, retried, settled and refused calls read no status: the hot path and the
+    read model stay apart (status, exporters and the CLI read the snapshot)."""
+    backend = StatusSpy({"day": D("0.0045")})
+    governor_factory({"budget": {"per_day": "0.0045"}, "max_retries": 1, "services": {
+        "svc": {"max_tokens": 100, "refill_rate": 100.0, "max_concurrency": 2,
+                "min_interval": 0.001}}}, backend=backend)
+    failures = [ConnectionResetError("reset")]
+
+    def work() -> int:
+        if failures:
+            raise failures.pop()
+        return 1
+
+    async def awork() -> int:
+        return work()
+
+    fn: Any = llm_governor.rate_limited("svc", cost=D("0.001"))(awork if is_async else work)
+    for _ in range(3):  # the first is retried once
+        assert (asyncio.run(fn()) if is_async else fn()) == 1
+    with pytest.raises(llm_governor.BudgetExceededError):
+        asyncio.run(fn()) if is_async else fn()
+    assert backend.status_reads == []
+    assert backend.counters()["retries"]["svc"] == 1  # the retry really ran
 
 
 class _General(MemoryBackend):
