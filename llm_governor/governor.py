@@ -1119,6 +1119,30 @@ class Governor:
         impatience, not the provider's failure (an SDK call's ``timeout=``);
         a decorated function's errors all count, as documented.
         """
+        obs = self._failed(t, failure, answered, judge_timeout)
+        if obs is not None:
+            self._observe_quietly(t.key, t.limits, obs)
+
+    def attempt_failed_in_hook(self, t: Ticket, failure: AttemptFailure, *,
+                               answered: bool) -> None:
+        """:meth:`attempt_failed` from an SDK's synchronous hook that may run on an event
+        loop (Deepgram's retry predicate): the ticket learns at once, and on a blocking
+        backend the observation is written off the loop, which never waits on I/O."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or not self.backend.blocking:
+            self.attempt_failed(t, failure, answered=answered)
+            return
+        obs = self._failed(t, failure, answered, True)
+        if obs is not None:  # lands within a round trip, long before the SDK's retry wait ends
+            loop.run_in_executor(None, self._observe_quietly, t.key, t.limits, obs)
+
+    def _failed(self, t: Ticket, failure: AttemptFailure, answered: bool,
+                judge_timeout: bool) -> Observation | None:
+        """The ticket's part of :meth:`attempt_failed`; the observation for the backend
+        (None: the failure says nothing of the provider)."""
         if judge_timeout and not answered and failure.kind == "failure" \
                 and failure.reason == "timeout":
             waited = time.monotonic() - t.attempt_started
@@ -1128,15 +1152,18 @@ class Governor:
         t.failure = failure
         t.state = "rejected" if answered else ("lost" if failure.lost else "unsent")
         if failure.kind == "fatal" and failure.provider is None:
-            return
+            return None
         outcome: Literal["failure", "throttled", "neutral"] = (
             "failure" if failure.kind == "failure" else
             "throttled" if failure.kind == "throttled" else "neutral")
         provider = failure.provider
         if failure.kind == "throttled" and failure.retry_after is not None:
             provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
+        return Observation(outcome, provider, _age(t))
+
+    def _observe_quietly(self, key: str, limits: Limits, obs: Observation) -> None:
         try:
-            self.backend.observe(t.key, t.limits, Observation(outcome, provider, _age(t)))
+            self.backend.observe(key, limits, obs)
         except Exception:  # never fail the SDK's own error path for a lost observation
             logger.debug("observing a failed attempt failed", exc_info=True)
 

@@ -195,7 +195,7 @@ class DeepgramAdapter(Adapter):
                 if 200 <= status < 300:
                     active.gov.attempt_succeeded(active.ticket)
                 else:
-                    active.gov.attempt_failed(
+                    active.gov.attempt_failed_in_hook(
                         active.ticket, self.classify(DeepgramResponseError(response)),
                         answered=True)
             return wrapped(*args, **kwargs)

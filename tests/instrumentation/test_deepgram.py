@@ -27,6 +27,7 @@ from deepgram.core.api_error import ApiError
 
 import llm_governor
 from llm_governor import BudgetExceededError, GovernorError, cost_estimate, job
+from llm_governor.backends import MemoryBackend
 from llm_governor.governor import Governor
 from llm_governor.media import wav_seconds
 from llm_governor.testing import FakeProvider
@@ -215,6 +216,53 @@ async def test_429_is_absorbed_after_retry_after(deepgram: Deepgram, fake: FakeP
     assert second.time - first.time >= 0.39
     assert gov.backend.counters()["retries"]["deepgram"] == 1
     assert spent(gov) == fake.ledger.total_billed()
+
+
+class SlowObserve(MemoryBackend):
+    """A backend whose writes of an attempt's outcome take a round trip of 0.4 s (a
+    remote store under load), and which says it blocks, as SQLite and Redis do."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.observed: list[str] = []
+
+    def observe(self, service: str, limits: Any, obs: Any) -> None:
+        time.sleep(0.4)
+        super().observe(service, limits, obs)
+        self.observed.append(obs.outcome)
+
+
+async def test_an_async_retry_predicate_never_blocks_the_event_loop(
+        fake: FakeProvider, governed: Governed) -> None:
+    """Deepgram's retry predicate is synchronous, also for the async client: the 429 it
+    sees is recorded on the ticket at once and written to the backend off the loop."""
+    backend = SlowObserve()
+    governed(config(retry={"max_wait": 5.0}), backend=backend)
+    client = Deepgram(fake, is_async=True)
+    fake.fail_next(1, kind="rate_limit", retry_after=0.6, provider="deepgram")
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.ensure_future(ticker())
+    try:
+        result = await client.file()
+    finally:
+        done.set()
+        await ticking
+    assert result.metadata.duration == 2.0
+    assert [e.status for e in fake.ledger.entries] == [429, 200]
+    assert backend.observed[:1] == ["throttled"]  # the 429 reached the shared state
+    assert max(gaps) < 0.3, max(gaps)  # the loop never sat out the 0.4 s write
 
 
 @pytest.mark.parametrize(("client_retries", "sent"), [(None, 3), (0, 1), (1, 2)])
