@@ -9,10 +9,9 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import pytest
 
 import llm_governor
 from llm_governor.backends import CallRecord, MemoryBackend
