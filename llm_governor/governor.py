@@ -610,10 +610,6 @@ class Governor:
     def listening(self) -> bool:
         """Whether any observer listens now (else no event record is built at all, and
         adapters skip describing the call for telemetry)."""
-        return self._listening()
-
-    def _listening(self) -> bool:
-        """Whether any observer listens now (else no event record is built at all)."""
         for observer in self.observers:  # noqa: SIM110 - a loop: no generator per event
             if observer.listening:
                 return True
@@ -783,7 +779,7 @@ class Governor:
                     t.would = t.would or outcome
                     outcome = f"would_{outcome}"
                 self.backend.count_decision(t.service, outcome)
-                if self._listening():
+                if self.listening:
                     self._emit("on_admit", events.Decided(
                         _call_of(t, keep=False), outcome, 0.0, t.queue_wait))
                 if t.observe:
@@ -966,7 +962,7 @@ class Governor:
     def _admit_steps(self, spec: CallSpec, substitute: Callable[[str], CallSpec | None] | None,
                      body: Callable[[], Sequence[object]] | None) -> Steps[Ticket]:
         t = self._consult(self.ticket(spec), substitute, body)
-        if self._listening():  # observed from start to end, or not at all
+        if self.listening:  # observed from start to end, or not at all
             self._emit("on_start", events.Started(_call_of(t)))
         try:
             yield from self._admission(t, reserve=True)
@@ -1105,7 +1101,7 @@ class Governor:
                 if len(self._learned) >= 256 and t.key not in self._learned:
                     self._learned.clear()
                 self._learned[t.key] = (provider, time.time())
-            if self._listening():
+            if self.listening:
                 self._emit("on_provider_limits",
                            events.ProviderLimitsSeen(t.service, t.key, provider))
 
@@ -1547,7 +1543,7 @@ class Governor:
             self.backend.count(schema.key("alerts", "budget_threshold", whose, window, threshold))
         except Exception:
             logger.debug("counting a budget threshold alert failed", exc_info=True)
-        if self._listening():
+        if self.listening:
             self._emit("on_threshold", events.ThresholdCrossed(key, window, threshold))
 
     def enforcement(self) -> dict[str, Any]:

@@ -239,7 +239,7 @@ async def test_an_async_retry_predicate_never_blocks_the_event_loop(
     """Deepgram's retry predicate is synchronous, also for the async client: the 429 it
     sees is recorded on the ticket at once and written to the backend off the loop."""
     backend = SlowObserve()
-    governed(config(retry={"max_wait": 5.0}), backend=backend)
+    gov = governed(config(retry={"max_wait": 5.0}), backend=backend)
     client = Deepgram(fake, is_async=True)
     fake.fail_next(1, kind="rate_limit", retry_after=0.6, provider="deepgram")
     gaps: list[float] = []
@@ -263,6 +263,8 @@ async def test_an_async_retry_predicate_never_blocks_the_event_loop(
     assert [e.status for e in fake.ledger.entries] == [429, 200]
     assert backend.observed[:1] == ["throttled"]  # the 429 reached the shared state
     assert max(gaps) < 0.3, max(gaps)  # the loop never sat out the 0.4 s write
+    assert spent(gov) == fake.ledger.total_billed() > 0  # the 429 free, the answer charged
+    assert in_flight(gov, "deepgram") == 0
 
 
 @pytest.mark.parametrize(("client_retries", "sent"), [(None, 3), (0, 1), (1, 2)])
