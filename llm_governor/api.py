@@ -23,6 +23,7 @@ from .errors import GovernorError
 from .exporters.monitor import RateLimitAlert, RateLimitMonitor, health
 from .governor import CallSpec, Governor
 from .policies.custom import Policy
+from .pricing import preload as preload_prices
 
 __all__ = [
     "check_budget", "disable_emergency_mode", "enable_emergency_mode",
@@ -76,6 +77,7 @@ def instrument(
         if old is not None and old.backend is not _governor.backend:
             old.close()
         _governor.announce()  # other processes (llm-governor status) see what it enforces
+        preload_prices()  # at start-up, not in the first call of every process
         if _instrumentor is None:
             from .instrumentation import GovernorInstrumentor
 

@@ -325,6 +325,24 @@ def _top(p: Any) -> Decimal | None:
     return max(prices)
 
 
+def preload() -> None:
+    """Load genai-prices' bundled price table now, not in the first call that needs it.
+
+    Importing the table and its first lookup take 100-150 ms: paid at start-up
+    (``instrument()``, before workers fork), not as one call's extra latency in
+    every process. Never fails: a call would look the price up again anyway.
+    """
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+    except ImportError:  # pragma: no cover - a core dependency
+        return
+    try:
+        get_snapshot()
+        _genai_price("gpt-4o-mini", {"provider_id": "openai"}, None)
+    except Exception:  # pragma: no cover - a price table that cannot load prices nothing
+        logger.debug("RATE_LIMIT preloading genai-prices failed", exc_info=True)
+
+
 def _genai_price(model: str, where: Mapping[str, str],
                  context: Mapping[str, str] | None) -> ModelPrice | None:
     try:

@@ -9,6 +9,8 @@ warning for a model nothing prices.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -109,3 +111,17 @@ def test_an_openai_compatible_host_is_priced_by_its_endpoint() -> None:
     pricer = Pricer(base_urls={"deepseek": "https://api.deepseek.com/v1"})
     price = pricer.price("deepseek", "deepseek-chat")
     assert price is not None and price.source == "genai-prices"
+
+
+def test_instrument_loads_the_price_table_so_no_call_has_to() -> None:
+    """Loading genai-prices' table takes 100-150 ms: at start-up, not as the first
+    call's latency in every process (a fresh interpreter: the table loads once)."""
+    code = (
+        "import sys, llm_governor\n"
+        "assert 'genai_prices.data' not in sys.modules\n"
+        "llm_governor.instrument({'backend': 'memory'})\n"
+        "print('genai_prices.data' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "True", out.stderr
