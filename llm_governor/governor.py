@@ -121,8 +121,8 @@ class Ticket:
                  "failure", "first_chunk", "held", "holding", "job", "key", "labels",
                  "last_chunk", "lease_id", "limits", "llm_tokens", "model", "observe",
                  "paused_at", "pid", "priority", "provider", "queue_wait", "requeues",
-                 "reservation", "reserved", "scopes", "sent_at", "service", "settled", "spec",
-                 "started", "state", "sunk", "usage_hint", "would")
+                 "reservation", "reserved", "scopes", "sent", "sent_at", "service", "settled",
+                 "spec", "started", "state", "sunk", "usage_hint", "would")
 
     def __init__(self, spec: CallSpec, cfg: RateLimitConfig, limits: Limits,
                  reserved: Decimal, llm_tokens: int, priority: Priority, job: str | None,
@@ -144,6 +144,7 @@ class Ticket:
         self.queue_wait = 0.0
         self.attempts = 0
         self.attempt_started = 0.0  # monotonic time the latest attempt was sent
+        self.sent = 0  # the latest admitted attempt's Decision.sent (0: unknown)
         self.requeues = 0  # throttled attempts re-sent by the governor
         self.state: AttemptState = "none"
         self.sunk = _ZERO
@@ -691,6 +692,8 @@ class Governor:
 
     def _after_decision(self, t: Ticket, d: Decision, reserve: bool) -> None:
         t.emergency = d.emergency
+        if d.admitted:
+            t.sent = d.sent
         if reserve and d.admitted:
             t.holding = True
             with self._lock:
@@ -1155,7 +1158,7 @@ class Governor:
         provider = failure.provider
         if failure.kind == "throttled" and failure.retry_after is not None:
             provider = replace(provider or ProviderLimits(), retry_after=failure.retry_after)
-        return Observation(outcome, provider, _age(t))
+        return Observation(outcome, provider, _age(t), t.sent)
 
     def _observe_quietly(self, key: str, limits: Limits, obs: Observation) -> None:
         try:
@@ -1322,7 +1325,8 @@ class Governor:
                 self._emit("on_overrun", events.Overrun(t.call, overrun))
         if outcome is None and error is None:
             outcome = "success"
-        obs = Observation(outcome, t.provider, _age(t)) if outcome is not None else None
+        obs = Observation(outcome, t.provider, _age(t), t.sent) if outcome is not None \
+            else None
         status = "ok" if error is None else "error"
         error_type = None if error is None else type(error).__name__  # the JSON export's
         record = CallRecord(t.service, t.model, t.job or None,

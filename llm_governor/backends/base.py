@@ -517,7 +517,7 @@ class TransactionalBackend(Backend):
             now = self._clock()
             state = tx.service(service)
             new_state = admission.observe(state, limits, obs, now,
-                                          _in_flight(tx, now, service, obs))
+                                          _in_flight(tx, now, service, obs, state))
             if new_state is not state:
                 tx.put_service(service, new_state)
 
@@ -581,7 +581,7 @@ class TransactionalBackend(Backend):
             scope = record.key or record.service
             state = tx.service(scope)
             new_state = admission.observe(state, limits, obs, now,
-                                          _in_flight(tx, now, scope, obs))
+                                          _in_flight(tx, now, scope, obs, state))
             if new_state is not state:
                 tx.put_service(scope, new_state)
         service, model = record.service, record.model
@@ -675,9 +675,11 @@ def _changes(key: str, before: dict[str, budget.WindowSpend],
              after[w].spent) for w in windows]
 
 
-def _in_flight(tx: Txn, now: float, service: str, obs: Observation) -> int:
-    """Calls of ``service`` in flight, when provider headers need them (else 0, no scan)."""
-    if obs.provider is None:
+def _in_flight(tx: Txn, now: float, service: str, obs: Observation,
+               state: ServiceState) -> int:
+    """Calls of ``service`` in flight, when provider headers need them and the attempt's
+    admission count cannot say what the provider has not counted (else 0, no scan)."""
+    if obs.provider is None or 0 < obs.sent <= state.sent:
         return 0
     return sum(1 for le in tx.leases(now) if le.service == service)
 

@@ -91,13 +91,13 @@ def _limits_arg(lim: Limits) -> str:
 _NO_PROVIDER = " ".join("-" * 7)
 
 
-def _observation_args(obs: Observation, lim: Limits) -> tuple[str, str, str, str]:
+def _observation_args(obs: Observation, lim: Limits) -> tuple[str, str, str, str, str]:
     p = obs.provider
     provider = _NO_PROVIDER if p is None else " ".join((
         _opt(p.limit_requests), _opt(p.remaining_requests), _opt(p.reset_requests),
         _opt(p.limit_tokens), _opt(p.remaining_tokens), _opt(p.reset_tokens),
         _opt(p.retry_after)))
-    return obs.outcome, provider, _limits_arg(lim), repr(float(obs.age))
+    return obs.outcome, provider, _limits_arg(lim), repr(float(obs.age)), str(obs.sent)
 
 
 _load_state = records.load_text
@@ -154,7 +154,8 @@ def _prelude() -> str:
     prelude = prelude.replace("$STATE_CODEC", records.lua_source())
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
                        ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
-                       ("$HEADROOM_CALLS", rate.HEADROOM_CALLS)):
+                       ("$HEADROOM_CALLS", rate.HEADROOM_CALLS),
+                       ("$COLD_BURST", adaptive.COLD_BURST), ("$PACE", adaptive.PACE)):
         prelude = prelude.replace(key, repr(value))
     return prelude
 
@@ -246,7 +247,8 @@ class RedisStore(SharedStore):
         )
         emergency = bool(r[5])
         return Decision(bool(r[0]), r[1], float(r[2]), from_nanos(int(r[3])) if r[3] else None,
-                        r[4] or None, emergency, r[6] or None, r[7] or None, r[8] or None)
+                        r[4] or None, emergency, r[6] or None, r[7] or None, r[8] or None,
+                        int(r[9]))
 
     def observe(self, service: str, limits: Limits, obs: Observation) -> None:
         self._scripts["observe"](

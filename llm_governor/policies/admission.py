@@ -7,9 +7,13 @@ checked together, and state changes only when every one of them admits.
 headers, which win over the configuration) back into the service state.
 
 Following the provider's ``remaining`` (``observe``): the request bucket's
-level is brought down to ``remaining + refill - in_flight``. ``remaining``
+level is brought down to ``remaining + refill - uncounted``. ``remaining``
 is what the provider counted when the attempt arrived, ``age`` seconds ago;
-``in_flight`` are this scope's other calls, sent since and not counted in it;
+``uncounted`` are this scope's attempts admitted after it (every admission
+counts one in ``ServiceState.sent``, and the attempt carries its count), which
+the provider had not seen; calls in flight stand in when the count is unknown,
+but they also hold calls sent before it, counted already (a whole cold burst),
+and miss those sent since that came back already;
 ``refill`` is what the provider gave back meanwhile at its own drain rate,
 ``(limit - remaining) / reset`` (exact for a token bucket, the coming expiries
 for a busy window, little for a window just filled from cold). Without that
@@ -20,7 +24,13 @@ empties the bucket until it ends (one request's worth at its end), so a block
 is not followed by a burst of everything the bucket refilled meanwhile: in
 the same measurement that burst drew four more 429s.
 
-Both are immune to wall-clock steps: a stored instant further in the future
+A scope's first report starts it cold when at least half the provider's
+limit is left (:func:`.adaptive.on_provider_limits`): what is left is spread
+over the provider's reset, two calls at most at a time, instead of spent at
+once. When the spread ends, the bucket holds what it held in the spread, not
+the full capacity it has again (``_warmed``).
+
+All of it is immune to wall-clock steps: a stored instant further in the future
 than it could legitimately be (a clock stepped back, a VM restored) is read
 as its horizon (a bucket's drain time, a block's ``max_block``), so no step
 ever blocks longer than that; a step forward only refills buckets.
@@ -84,6 +94,7 @@ class ServiceState:
     failed: int = 0
     prev_ok: int = 0
     prev_failed: int = 0
+    sent: int = 0  # attempts admitted, ever: what a provider's count may not include yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +132,7 @@ class Decision:
     bound: Bound | None = None  # rate_limited: which limit held the call back
     scope: str | None = None  # the scope (``kind=value``) whose limit refused, if one did
     observed: Outcome | None = None  # admitted, but an observed scope would have refused
+    sent: int = 0  # admitted: the limit scope's ``ServiceState.sent`` with this attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +142,10 @@ class Observation:
     outcome: Literal["success", "failure", "throttled", "neutral"]
     provider: ProviderLimits | None = None
     age: float = 0.0  # seconds since the attempt was sent (0: unknown or just now)
+    sent: int = 0  # the attempt's ``Decision.sent`` (0: unknown)
 
 
-_ADMITTED = (Decision(True, "admitted"), Decision(True, "admitted", emergency=True))
+_decision = maker(Decision)
 # ServiceState(...) with every field given, built without the frozen dataclass's per-field
 # object.__setattr__ (see _fast): a decision and a settlement each build one.
 _state = maker(ServiceState)
@@ -192,6 +205,8 @@ def decide(
     # A stored instant beyond its horizon (a clock stepped back) is brought back to it,
     # and that correction is kept even if the call is refused (else it never drains).
     req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
+    if a.cold_until and now >= a.cold_until:  # a cold start's spread just ended
+        a, req_tat = replace(a, cold_until=0.0), _warmed(req_tat, now, cap, req_rate)
     # the furthest a tat can legitimately be: an empty bucket now, or one token at a block's end
     # max(now + cap / req_rate, a.blocked_until + max(0.0, cap - 1.0) / req_rate), spelt
     # out: what the builtins return, without their calls
@@ -233,11 +248,12 @@ def decide(
         if not clamped:
             return refused, s
         return refused, _state(req_tat, tok_tat, cost_tat, s.breaker, a, s.minute, s.ok,
-                               s.failed, s.prev_ok, s.prev_failed)
+                               s.failed, s.prev_ok, s.prev_failed, s.sent)
     # Direct construction: dataclasses.replace costs more than the whole decision.
+    sent = s.sent + 1
     new = _state(new_req, new_tok, new_cost, new_breaker, a, s.minute, s.ok,
-                 s.failed, s.prev_ok, s.prev_failed)
-    return _ADMITTED[emergency], new
+                 s.failed, s.prev_ok, s.prev_failed, sent)
+    return _decision(True, "admitted", 0.0, None, None, emergency, None, None, None, sent), new
 
 
 def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
@@ -260,7 +276,7 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         if b.state != breaker.CLOSED or b.failures:
             b = breaker.record(b, True, now, lim.failure_threshold, lim.success_threshold)
         s = _state(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
-                   s.failed, s.prev_ok, s.prev_failed)
+                   s.failed, s.prev_ok, s.prev_failed, s.sent)
         if a.rate > 0 or a.successes:
             a = adaptive.on_success(a, lim.rate_floor, adaptive.ceiling_in_force(
                 a, now, lim.rate_floor, lim.rate_ceiling))
@@ -278,23 +294,35 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     p = obs.provider
     if p is None:
         return s if a is s.adaptive else replace(s, adaptive=a)
+    uncounted = s.sent - obs.sent if 0 < obs.sent <= s.sent else in_flight
+    age = _age(obs.age, lim.max_block)
     a = adaptive.on_provider_limits(adaptive.sane(a, now, lim.max_block), p, now,
                                     lim.rate_floor, lim.rate_ceiling, lim.backoff_multiplier,
-                                    lim.max_block)
+                                    lim.max_block, uncounted, age)
     req_rate, tok_rate, _ = adaptive.effective_rates(a, now, lim.rate_floor, lim.rate_ceiling,
                                                      lim.tokens_per_minute / 60.0)
     cap, tok_cap = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
     if tok_rate > 0 and tok_cap > 0:
         tok_rate = max(tok_rate, tok_cap / lim.max_block)
-    age = _age(obs.age, lim.max_block)
+    req_tat = s.req_tat
+    if a.cold_until and now >= a.cold_until:
+        a, req_tat = replace(a, cold_until=0.0), _warmed(req_tat, now, cap, req_rate)
+    # nothing refills a window filled from cold before it turns (a.cold_until)
     credit = _refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age) \
-        if age > 0 else 0.0
-    req_tat = _level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight, credit)
+        if age > 0 and now >= a.cold_until else 0.0
+    req_tat = _level(req_tat, now, cap, req_rate, p.remaining_requests, uncounted, credit)
     if a.blocked_until > now:  # a block empties the bucket: nothing refills before its end
         req_tat = max(req_tat, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
         if tok_rate > 0 and tok_cap > 0 else s.tok_tat
     return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat)
+
+
+def _warmed(tat: float, now: float, capacity: float, rate_: float) -> float:
+    """The request bucket's ``tat`` once a cold start's spread ends: the one call's worth
+    the spread allowed, not the full bucket its capacity now holds."""
+    spread = adaptive.COLD_BURST
+    return (tat if tat > now else now) + (capacity - spread if capacity > spread else 0.0) / rate_
 
 
 def _age(age: float, max_block: float) -> float:

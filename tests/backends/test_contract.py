@@ -14,6 +14,7 @@ import pytest
 from llm_governor.backends import Backend, CallRecord
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
+from llm_governor.policies import adaptive
 from llm_governor.policies.adaptive import ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Limits, Observation
 from tests.conftest import BackendFactory, FakeClock
@@ -182,7 +183,7 @@ def test_throttle_and_headers_lower_the_rate(make_backend: BackendFactory,
     assert b.service_state("svc").adaptive.rate == 1.0
     b.observe("svc", lim, Observation("success", ProviderLimits(
         limit_requests=100, remaining_requests=30, reset_requests=60.0)))
-    assert abs(b.service_state("svc").adaptive.request_cap - 100 / 60) < 1e-9
+    assert abs(b.service_state("svc").adaptive.request_cap - 100 / 60 * adaptive.PACE) < 1e-9
 
 
 def test_counters_costs_and_jobs(make_backend: BackendFactory, clock: FakeClock) -> None:

@@ -67,11 +67,13 @@ opt_float = st.one_of(st.none(), st.floats(-5, 200, allow_nan=False),
                       st.sampled_from([0.0, 1.0, 0.5, 1e9, 999999999.0, 1e-308, 1e300]))
 providers = st.one_of(st.none(), st.builds(
     ProviderLimits, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float, opt_float))
-# ages: how long ago the attempt was sent (credit for the provider's refill since, and which
-# decrease a 429 belongs to), hostile ones too
+# ages: how long ago the attempt was sent (credit for the provider's refill since, which
+# decrease a 429 belongs to, when a cold start's window began), hostile ones too; sent
+# counts: the attempt's admission, within the scope's count or not (then calls in flight)
 observations = st.builds(
     Observation, st.sampled_from(["success", "failure", "throttled", "neutral"]), providers,
-    st.sampled_from([0.0, 0.0, 0.002, 0.05, 0.3, 5.0, 1e9, -1.0, float("inf"), float("nan")]))
+    st.sampled_from([0.0, 0.0, 0.002, 0.05, 0.3, 5.0, 1e9, -1.0, float("inf"), float("nan")]),
+    st.sampled_from([0, 0, 1, 2, 3, 7, 10**6]))
 
 SCOPE_KEYS = ("tenant=acme", "tenant=beta", "user=u-1")
 scope_budgets = st.dictionaries(

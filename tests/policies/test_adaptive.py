@@ -33,21 +33,22 @@ def test_provider_headers_clamp_to_limit_over_reset_until_reset() -> None:
     # 60 requests per 60 s: at most 1 request/s however many are left
     p = ProviderLimits(limit_requests=60, remaining_requests=5, reset_requests=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert adaptive.effective_rates(s, 1.0, FLOOR, CEIL, 0.0)[0] == 1.0
+    assert adaptive.effective_rates(s, 1.0, FLOOR, CEIL, 0.0)[0] == adaptive.PACE
     assert adaptive.effective_rates(s, 61.0, FLOOR, CEIL, 0.0)[0] == CEIL
 
 
 def test_light_use_of_a_window_provider_does_not_feed_back() -> None:
     # one request used of 60 per 2 s window: the cap stays at the provider's 30/s
     p = ProviderLimits(limit_requests=60, remaining_requests=59, reset_requests=2.0)
-    s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, 100.0, 1.5)
-    assert s.request_cap == 30.0
+    learned = AdaptiveState(request_limit=60, learned_until=3600.0)
+    s = adaptive.on_provider_limits(learned, p, 0.0, FLOOR, 100.0, 1.5)
+    assert s.request_cap == 30.0 * adaptive.PACE and s.cold_until == 0.0
 
 
 def test_without_a_limit_header_remaining_over_reset_is_used() -> None:
     p = ProviderLimits(remaining_requests=30, reset_requests=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert s.request_cap == 0.5
+    assert s.request_cap == 0.5 * adaptive.PACE
 
 
 def test_retry_after_and_resets_are_bounded_by_max_block() -> None:
@@ -66,8 +67,10 @@ def test_provider_limits_are_learned_and_expire() -> None:
     p = ProviderLimits(limit_requests=4, remaining_requests=3, reset_requests=2.0,
                        limit_tokens=10_000, remaining_tokens=9_000, reset_tokens=60.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
-    assert adaptive.capacities(s, 1.0, 8.0, 0.0) == (4.0, 10_000.0)  # tokens: none configured
-    assert adaptive.capacities(s, 1.0, 2.0, 50_000.0) == (2.0, 10_000.0)  # the lower wins
+    # a cold start (3 of 4 left) spreads them until the reset, two calls at a time
+    assert s.cold_until == 2.0 and adaptive.capacities(s, 1.0, 8.0, 0.0)[0] == 2.0
+    assert adaptive.capacities(s, 2.0, 8.0, 0.0) == (4.0, 10_000.0)  # tokens: none configured
+    assert adaptive.capacities(s, 2.0, 2.0, 50_000.0) == (2.0, 10_000.0)  # the lower wins
     assert adaptive.capacities(s, adaptive.LEARNED_TTL, 8.0, 0.0) == (8.0, 0.0)  # stale
     assert adaptive.effective_rates(s, 1.0, FLOOR, 100.0, 0.0)[1] == 10_000 / 60.0
 
@@ -76,7 +79,7 @@ def test_a_vanishing_limit_is_nonsense() -> None:
     p = ProviderLimits(limit_requests=1e-308, remaining_requests=0, reset_requests=1.0)
     s = adaptive.on_provider_limits(AdaptiveState(), p, 0.0, FLOOR, CEIL, 1.5)
     assert s.request_limit == 0.0  # not learned
-    assert s.request_cap == 1.0  # max(remaining, 1) / reset: never a rate of 1e-308
+    assert s.request_cap == adaptive.PACE  # max(remaining, 1) / reset: never 1e-308 a second
 
 
 def test_nonsense_header_values_are_ignored() -> None:
@@ -137,12 +140,12 @@ def test_a_decrease_starts_from_the_rate_in_force() -> None:
     p = ProviderLimits(limit_requests=60, remaining_requests=10, reset_requests=1.5)
     s = adaptive.on_provider_limits(AdaptiveState(), p, T0, FLOOR, 1000.0, 1.5)
     ceiling = adaptive.ceiling_in_force(s, T0, FLOOR, 1000.0)
-    assert ceiling == 40.0
+    assert ceiling == 40.0 * adaptive.PACE
     s = adaptive.on_throttled(s, T0, FLOOR, ceiling, 1.5)
-    assert abs(s.rate - 40.0 / 1.5) < 1e-9
+    assert abs(s.rate - ceiling / 1.5) < 1e-9
     for _ in range(adaptive.SUCCESS_RUN):
         s = adaptive.on_success(s, FLOOR, ceiling)
-    assert abs(s.rate - (40.0 / 1.5 + 4.0)) < 1e-9
+    assert abs(s.rate - (ceiling / 1.5 + ceiling / 10)) < 1e-9
     assert adaptive.ceiling_in_force(s, T0 + 2.0, FLOOR, 1000.0) == 1000.0  # past the reset
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
 from llm_governor.policies import admission, budget
-from llm_governor.policies.adaptive import ProviderLimits
+from llm_governor.policies.adaptive import PACE, ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Limits, Observation, ServiceState
 
 NOW = 1_800_000_000.0
@@ -44,14 +44,14 @@ def test_the_provider_bucket_beats_a_larger_configured_one() -> None:
     assert admitted_in_a_burst(s, NOW + 1800) == 4  # learned: capacity 4, not 8
     d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW)
     d, _ = admission.decide(_, {}, {}, Decimal(0), 0, req(), NOW)
-    assert not d.admitted and d.bound == "requests" and d.retry_after <= 0.5 + 1e-9
+    assert not d.admitted and d.bound == "requests" and d.retry_after <= 0.5 / PACE + 1e-6
 
 
 def test_remaining_zero_waits_one_refill_interval_not_the_reset() -> None:
     p = ProviderLimits(limit_requests=100, remaining_requests=0, reset_requests=50.0)
     s = admission.observe(ServiceState(), LIM, Observation("success", p), NOW)
     d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW)
-    assert not d.admitted and abs(d.retry_after - 0.5) < 1e-9  # 100 per 50 s
+    assert not d.admitted and abs(d.retry_after - 0.5 / PACE) < 1e-6  # 100 per 50 s
 
 
 def test_tokens_are_learned_when_none_are_configured() -> None:
@@ -82,7 +82,7 @@ def test_no_header_blocks_longer_than_max_block(retry_after: float, reset: float
 
 
 ops = st.lists(st.tuples(
-    st.sampled_from(["admit", "success", "failure", "throttled", "headers"]),
+    st.sampled_from(["admit", "success", "failure", "throttled", "headers", "cold"]),
     st.floats(0, 5)), min_size=1, max_size=40)
 
 
@@ -99,6 +99,9 @@ def test_a_clock_step_never_blocks_past_a_horizon(ops: list[tuple[str, float]],
         elif op == "headers":
             p = ProviderLimits(8, 3, 1.0, 60_000, 1_000, 60.0, 2.0)
             s = admission.observe(s, LIM, Observation("success", p), now, in_flight=2)
+        elif op == "cold":  # most of the limit left: a first report starts a spread
+            p = ProviderLimits(8, 8, 1.5)
+            s = admission.observe(s, LIM, Observation("success", p, gap / 10, s.sent), now)
         else:
             s = admission.observe(s, LIM, Observation(op, None), now)  # type: ignore[arg-type]
     now += step
@@ -122,8 +125,9 @@ def test_a_block_empties_the_bucket_until_it_ends() -> None:
     s = admission.observe(ServiceState(), LIM, Observation("throttled", p, 0.01), NOW)
     d, _ = admission.decide(s, {}, {}, Decimal(0), 0, req(), NOW + 0.5)
     assert not d.admitted and abs(d.retry_after - 0.5) < 1e-6
-    assert admitted_in_a_burst(s, NOW + 1.0) == 1
-    assert admitted_in_a_burst(s, NOW + 1.25) == 3  # then the provider's 8/s
+    # (the provider's paced 7.92/s holds until its reset, the block's end: then 8/s)
+    assert admitted_in_a_burst(s, NOW + 1.01) == 1
+    assert admitted_in_a_burst(s, NOW + 1.25) <= 3  # then the provider's rate
 
 
 def test_remaining_is_what_the_provider_had_when_the_attempt_arrived() -> None:
@@ -133,11 +137,127 @@ def test_remaining_is_what_the_provider_had_when_the_attempt_arrived() -> None:
     fresh = admission.observe(ServiceState(), LIM, Observation("success", p), NOW, in_flight=1)
     aged = admission.observe(ServiceState(), LIM, Observation("success", p, 0.5), NOW,
                              in_flight=1)
-    assert admitted_in_a_burst(fresh, NOW) == 1
-    assert admitted_in_a_burst(aged, NOW) == 3
+    assert admitted_in_a_burst(fresh, NOW + 1e-6) == 1  # (instants near 1.8e9 s: 2.4e-7 s)
+    assert admitted_in_a_burst(aged, NOW + 1e-6) == 3
     # the credit never lifts the level above the bucket's own state, whatever the age
     start = replace(ServiceState(), req_tat=NOW + 0.5)
     ancient = admission.observe(start, LIM, Observation("success", p, 1e9), NOW)
     unsynced = admission.observe(start, LIM, Observation(
         "success", replace(p, remaining_requests=None)), NOW)
     assert ancient.req_tat == unsynced.req_tat
+
+
+# -- a cold start, and what the provider has not counted yet --------------------------
+
+# configured 2x above a provider that allows 40 per 1 s window
+ABOVE = limits_of(RateLimitConfig.model_validate({
+    "max_tokens": 80, "burst_capacity": 0, "refill_rate": 80.0, "min_interval": 0.001}),
+    max_block=300.0)
+WINDOW = ProviderLimits(limit_requests=40, remaining_requests=39, reset_requests=1.0)
+
+
+def cold_start() -> ServiceState:
+    """16 calls sent at once before anything was known; the first answer, 0.1 s later,
+    is of the first of them: 39 left when it arrived, 15 sent after it."""
+    s = ServiceState()
+    for _ in range(16):
+        d, s = admission.decide(s, {}, {}, Decimal(0), 0, req(ABOVE), NOW - 0.1)
+        assert d.admitted
+    return admission.observe(s, ABOVE, Observation("success", WINDOW, 0.1, 1), NOW)
+
+
+def admitted_between(s: ServiceState, start: float, end: float, step: float = 0.001,
+                     lim: Limits = ABOVE) -> tuple[int, ServiceState]:
+    """Calls admitted at every ``step`` from ``start`` to ``end`` (as many as pass)."""
+    n, now = 0, start
+    while now < end:
+        while True:
+            d, new = admission.decide(s, {}, {}, Decimal(0), 0, req(lim), now)
+            if not d.admitted:
+                break
+            s, n = new, n + 1
+        now += step
+    return n, s
+
+
+def test_a_cold_start_spreads_what_is_left_over_the_providers_reset() -> None:
+    """Not 24 at once (a window provider would then free nothing for a second, and every
+    caller would wait through that pause): 24 spread until the burst's reset, two at most
+    at a time."""
+    s = cold_start()
+    cold = s.adaptive.cold_until
+    assert cold == NOW - 0.1 + 1.0  # the reset runs from when the provider counted
+    assert admitted_in_a_burst(s, NOW + 0.08, ABOVE) == 1  # within a spread's interval
+    assert admitted_in_a_burst(s, NOW + 0.5, ABOVE) == 2  # however long nothing was sent
+    n, s = admitted_between(s, NOW, cold)
+    assert 22 <= n <= 24, n  # 24 left, the first interval lost to the burst's bucket
+    # the spread over, the bucket holds what the spread allowed, not its capacity of 40
+    assert admitted_in_a_burst(s, cold + 0.001, ABOVE) <= 2
+    assert s.adaptive.cold_until == cold  # decide changed nothing it did not admit
+
+
+def test_every_report_of_a_cold_start_respreads_what_is_left() -> None:
+    s = cold_start()
+    later = ProviderLimits(limit_requests=40, remaining_requests=10, reset_requests=1.0)
+    s = admission.observe(replace(s, sent=s.sent + 2), ABOVE,
+                          Observation("success", later, 0.1, s.sent), NOW + 0.5)
+    # 10 left less the 2 sent since, over the 0.4 s to the reset
+    assert abs(s.adaptive.request_cap - 8 / 0.4) < 1e-4  # instants near 1.8e9 s
+
+
+def test_a_quicker_answer_moves_the_end_of_a_cold_start_later() -> None:
+    """The first answer of a process often comes late (its SDK's first-call work before
+    the request left): a later, quicker answer says when the burst was really counted,
+    and the spread must not end before the burst's calls expire."""
+    s = ServiceState(sent=16)
+    s = admission.observe(s, ABOVE, Observation("success", WINDOW, 0.25, 1), NOW)
+    assert s.adaptive.cold_until == NOW - 0.25 + 1.0
+    later = ProviderLimits(limit_requests=40, remaining_requests=20, reset_requests=1.0)
+    s = admission.observe(replace(s, sent=20), ABOVE,
+                          Observation("success", later, 0.1, 19), NOW + 0.2)
+    assert s.adaptive.cold_until == NOW - 0.25 + 1.0 + 0.15 and s.adaptive.cold_age == 0.1
+
+
+def test_no_cold_start_when_half_the_limit_is_gone_or_the_limit_is_known() -> None:
+    """A token bucket found half empty (other processes, a restart) keeps its own refill
+    rate; a scope that learned the limit already never spreads again."""
+    little = ProviderLimits(limit_requests=500, remaining_requests=10, reset_requests=58.8)
+    s = admission.observe(ServiceState(), ABOVE, Observation("success", little, 0.1), NOW)
+    assert s.adaptive.cold_until == 0.0 and s.adaptive.request_cap == 500 / 58.8 * PACE
+    known = cold_start()
+    again = admission.observe(known, ABOVE, Observation("success", WINDOW, 0.1), NOW + 5.0)
+    assert again.adaptive.cold_until == 0.0 and again.adaptive.request_cap == 40.0 * PACE
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(2, 100_000), left=st.floats(0.5, 1.0), drain=st.floats(0.01, 1e4))
+def test_a_token_buckets_cold_start_is_never_slower_than_its_refill(
+        limit: int, left: float, drain: float) -> None:
+    """A token bucket's reset is the time to refill what was used: with half or more left
+    that is at most half its window, and the spread at least its own refill rate."""
+    remaining = max(limit * left, limit / 2)
+    reset = (limit - remaining) / drain
+    if reset <= 0:
+        return
+    p = ProviderLimits(limit_requests=limit, remaining_requests=remaining, reset_requests=reset)
+    s = admission.observe(ServiceState(), ABOVE, Observation("success", p), 1000.0)
+    if s.adaptive.cold_until:
+        assert s.adaptive.request_cap >= min(drain, limit / reset) * (1 - 1e-6)
+
+
+def test_admissions_are_counted_and_the_count_says_what_the_provider_missed() -> None:
+    """Uncounted = attempts admitted after this one, not calls in flight (which hold calls
+    counted already, and miss those that came back)."""
+    s = ServiceState()
+    for n in range(1, 4):
+        d, s = admission.decide(s, {}, {}, Decimal(0), 0, req(LIM), NOW)
+        assert d.admitted and d.sent == n == s.sent
+    full = replace(s, req_tat=NOW + 10.0)  # an empty bucket: a refusal counts nothing
+    refused, same = admission.decide(full, {}, {}, Decimal(0), 0, req(LIM), NOW)
+    assert not refused.admitted and refused.sent == 0 and same.sent == 3
+    p = ProviderLimits(limit_requests=8, remaining_requests=4, reset_requests=1.0)
+    s = replace(s, sent=10)
+    by_count = admission.observe(s, LIM, Observation("success", p, 0.0, 7), NOW, in_flight=9)
+    by_flight = admission.observe(s, LIM, Observation("success", p, 0.0, 0), NOW, in_flight=3)
+    assert by_count.req_tat == by_flight.req_tat  # 4 left less 3 sent since, either way
+    assert admitted_in_a_burst(by_count, NOW) == 1

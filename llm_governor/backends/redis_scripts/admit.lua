@@ -5,7 +5,7 @@
 --       cost (float), windows, limits, emergency limits, service (counter label),
 --       observe mode (1/0), then one scope spec per scope key (see read_scope)
 -- Returns {admitted, outcome, retry_after, remaining nanos | '', window | '', emergency,
---          bound | '', scope | '', observed | ''}.
+--          bound | '', scope | '', observed | '', sent}.
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_EMERGENCY = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_DONE = KEYS[6]
 local now = clock(ARGV[1])
@@ -33,7 +33,7 @@ local observed = nil -- the first refusal of an observed scope
 
 -- one count per admission: observed limits count the first refusal they would have
 -- made (as would_...); an enforced scope's refusal is real
-local function finish(admitted, outcome, wait, left, window, bound, scope)
+local function finish(admitted, outcome, wait, left, window, bound, scope, sent)
   local seen = nil
   if observed ~= nil and (admitted or (observing and not scope)) then seen = observed end
   if seen ~= nil then
@@ -47,7 +47,7 @@ local function finish(admitted, outcome, wait, left, window, bound, scope)
   local left_s = ''
   if left ~= nil then left_s = string.format('%.0f', left) end
   return {admitted and 1 or 0, outcome, fmt(wait), left_s, window or '', emergency and 1 or 0,
-    bound or '', scope or '', seen or ''}
+    bound or '', scope or '', seen or '', sent or 0}
 end
 
 local lim
@@ -101,11 +101,11 @@ if s.a_rate == 0 and s.cap_until <= now and s.blocked_until <= now
     and s.learned_until <= now then
   req_rate, tok_rate = lim.ceiling, tok_cap / 60.0
 else
-  local bu, cu, lu, sa, ta = s.blocked_until, s.cap_until, s.learned_until, s.slowed_at,
-    s.throttled_at
+  local bu, cu, lu, sa, ta, co = s.blocked_until, s.cap_until, s.learned_until, s.slowed_at,
+    s.throttled_at, s.cold_until
   sane_adaptive(s, now, lim.max_block)
   if s.blocked_until ~= bu or s.cap_until ~= cu or s.learned_until ~= lu or s.slowed_at ~= sa
-      or s.throttled_at ~= ta then
+      or s.throttled_at ~= ta or s.cold_until ~= co then
     dirty = true
   end
   local blocked
@@ -115,6 +115,9 @@ else
   if blocked > 0 and blocked > longest then longest, bound = blocked, 'provider' end
 end
 local req_tat, tok_tat, cost_tat = s.req_tat, s.tok_tat, s.cost_tat
+if s.cold_until ~= 0 and now >= s.cold_until then -- a cold start's spread just ended
+  s.cold_until, req_tat, dirty = 0.0, warmed(req_tat, now, cap, req_rate), true
+end
 -- the furthest a tat can legitimately be: an empty bucket now, or one token at a block's end
 local horizon = math.max(now + cap / req_rate, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
 if req_tat > horizon then req_tat, dirty = horizon, true end
@@ -176,6 +179,7 @@ if #scopes > 0 then
 end
 
 s.req_tat, s.tok_tat, s.cost_tat = new_req, new_tok, new_cost
+s.sent = s.sent + 1
 redis.call('HSET', K_SVC, service, dump_state(s))
 if lease_id ~= '' then
   local value = fmt(now + ttl) .. ' ' .. ARGV[9] .. ' ' .. service
@@ -186,4 +190,4 @@ if lease_id ~= '' then
   if #tail > 0 then value = value .. '\t' .. table.concat(tail, ' ') end
   redis.call('HSET', K_LEASES, lease_id, value)
 end
-return finish(true, 'admitted', 0.0)
+return finish(true, 'admitted', 0.0, nil, nil, nil, nil, s.sent)

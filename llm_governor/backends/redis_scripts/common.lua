@@ -14,6 +14,8 @@ if redis.replicate_commands then redis.replicate_commands() end
 local EPS = $EPS
 local SUCCESS_RUN = $SUCCESS_RUN
 local LEARNED_TTL = $LEARNED_TTL
+local COLD_BURST = $COLD_BURST
+local PACE = $PACE
 local HEADROOM_CALLS = $HEADROOM_CALLS
 local MAX_LIMIT = 1e12
 local SCOPE_IDLE = $SCOPE_IDLE
@@ -395,6 +397,7 @@ local function sane_adaptive(s, now, max_block)
   s.learned_until = math.min(s.learned_until, now + LEARNED_TTL)
   s.slowed_at = math.min(s.slowed_at, now)
   s.throttled_at = math.min(s.throttled_at, now)
+  s.cold_until = math.min(s.cold_until, now + max_block)
 end
 
 local function effective_rates(s, now, floor, ceiling, token_rate)
@@ -422,6 +425,7 @@ local function capacities(s, now, capacity, tok_capacity)
       tok_capacity = s.tok_limit
     end
   end
+  if now < s.cold_until then capacity = math.min(capacity, COLD_BURST) end -- a cold start
   return capacity, tok_capacity
 end
 
@@ -472,11 +476,32 @@ local function provider_rate(limit, remaining, reset)
   return math.max(remaining, 1.0) / reset
 end
 
-local function on_provider_limits(s, p, now, lim)
+-- adaptive._cold: the first report of a scope nothing was learned of, half its limit
+-- left, its reset ahead?
+local function is_cold(s, p, now, left, cold_until)
+  return (s.req_limit <= 0 or now >= s.learned_until) and count_ok(p.limit_requests)
+    and p.limit_requests >= 1 and 2 * left >= p.limit_requests and cold_until > now
+end
+
+-- in_flight: calls sent since the provider counted this one; age: seconds since it was sent
+local function on_provider_limits(s, p, now, lim, in_flight, age)
   local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
   if req_rate ~= nil then
-    s.req_cap = req_rate
-    s.cap_until = math.max(s.cap_until, now + math.min(p.reset_requests, lim.max_block))
+    local reset = math.min(p.reset_requests, lim.max_block)
+    local left = 0.0
+    if p.remaining_requests ~= nil then left = p.remaining_requests - in_flight end
+    if now < s.cold_until then -- what is left, spread over the rest of the cold window
+      if age > 0 and age < s.cold_age then -- a quicker answer: the burst was counted later
+        s.cold_until, s.cold_age = s.cold_until + s.cold_age - age, age
+      end
+      s.req_cap = math.min(req_rate, math.max(left, 1.0) / (s.cold_until - now))
+    elseif is_cold(s, p, now, left, now - age + reset) then -- its reset runs from its count
+      s.cold_until, s.cold_age = now - age + reset, age
+      s.req_cap = math.min(req_rate, left / (s.cold_until - now))
+    else
+      s.req_cap = req_rate * PACE
+    end
+    s.cap_until = math.max(s.cap_until, now + reset)
   end
   local tok_rate = provider_rate(p.limit_tokens, p.remaining_tokens, p.reset_tokens)
   if tok_rate ~= nil then
@@ -551,6 +576,11 @@ local function refilled(limit, remaining, reset, age)
   return age * (limit - remaining) / reset
 end
 
+-- admission._warmed: the request bucket's tat once a cold start's spread ends.
+local function warmed(tat, now, capacity, rate)
+  return math.max(tat, now) + math.max(0.0, capacity - COLD_BURST) / rate
+end
+
 -- admission._level: a tat holding at most remaining + credit - in_flight of capacity.
 local function level(tat, now, capacity, rate, remaining, in_flight, credit)
   if remaining == nil or not (remaining >= 0 and remaining <= capacity) then return tat end
@@ -558,10 +588,28 @@ local function level(tat, now, capacity, rate, remaining, in_flight, credit)
   return math.max(tat, now + (capacity - available) / rate)
 end
 
--- admission.observe: outcome, provider limits (7 numbers, '-' for none), limits
--- and the observation's age, one argument each. Changes the state in place and
+-- admission.observe's uncounted: the scope's attempts admitted after this one (the
+-- provider's count cannot include them), else its calls in flight.
+local function uncounted_since(s, sent_arg, in_flight)
+  local sent = tonumber(sent_arg) or 0
+  if sent > 0 and sent <= s.sent then return s.sent - sent end
+  return in_flight or 0
+end
+
+-- backends.base._in_flight's test: the leases need a scan only for provider limits
+-- whose attempt's sent count cannot tell what the provider has not counted.
+local function needs_in_flight(s, provider, sent_arg)
+  if provider == '- - - - - - -' then return false end
+  local sent = tonumber(sent_arg) or 0
+  return not (sent > 0 and sent <= s.sent)
+end
+
+-- admission.observe: outcome, provider limits (7 numbers, '-' for none), limits,
+-- the observation's age and its attempt's sent count, one argument each.
+-- in_flight: the scope's calls in flight (needed only when sent_arg cannot say what
+-- the provider has not counted: see uncounted). Changes the state in place and
 -- returns it.
-local function observe(s, outcome, provider, limits, now, in_flight, age_arg)
+local function observe(s, outcome, provider, limits, now, in_flight, age_arg, sent_arg)
   local v = {}
   local k = 0
   for tok in string.gmatch(provider, '%S+') do k = k + 1; v[k] = tonumber(tok) end
@@ -596,16 +644,20 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg)
       sent, p.reset_requests)
   end
   if k == 0 or provider == '- - - - - - -' then return s end
+  local uncounted = uncounted_since(s, sent_arg, in_flight)
   sane_adaptive(s, now, lim.max_block)
-  on_provider_limits(s, p, now, lim)
+  on_provider_limits(s, p, now, lim, uncounted, age)
   local req_rate, tok_rate = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
   local cap, tok_cap = capacities(s, now, lim.capacity, lim.tpm)
   if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
-  local credit = 0.0
-  if age > 0 then
+  if s.cold_until ~= 0 and now >= s.cold_until then
+    s.cold_until, s.req_tat = 0.0, warmed(s.req_tat, now, cap, req_rate)
+  end
+  local credit = 0.0 -- nothing refills a window filled from cold before it turns
+  if age > 0 and now >= s.cold_until then
     credit = refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
   end
-  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, in_flight or 0, credit)
+  s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, uncounted, credit)
   if s.blocked_until > now then -- a block empties the bucket: nothing refills before its end
     s.req_tat = math.max(s.req_tat, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
   end

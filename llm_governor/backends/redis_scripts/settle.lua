@@ -9,8 +9,8 @@
 --       status, attempts, cost (nanos), windows, final (1/0), overrun (nanos),
 --       settle id ('' = not idempotent), limit scope key, the scope values'
 --       windows (names, comma-separated, one group per scope key, ';' between),
---       then outcome ('' = no observation), provider limits, limits, age (see
---       observe in common.lua)
+--       then outcome ('' = no observation), provider limits, limits, age, sent count
+--       (see observe in common.lua)
 local K_SVC, K_LEASES, K_SPEND, K_CTR, K_DONE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = clock(ARGV[1])
 local settle_id = ARGV[12]
@@ -53,12 +53,12 @@ if cost ~= 0 and #KEYS > 5 then
 end
 local key = ARGV[13]
 if ARGV[15] ~= '' then
+  local s = load_state(redis.call('HGET', K_SVC, key))
   local reserved, in_flight = 0, 0
-  if ARGV[16] ~= '- - - - - - -' then
+  if needs_in_flight(s, ARGV[16], ARGV[19]) then
     reserved, in_flight = scan_leases(K_LEASES, now, key, nil, false)
   end
-  local s = observe(load_state(redis.call('HGET', K_SVC, key)), ARGV[15], ARGV[16],
-    ARGV[17], now, in_flight, ARGV[18])
+  s = observe(s, ARGV[15], ARGV[16], ARGV[17], now, in_flight, ARGV[18], ARGV[19])
   redis.call('HSET', K_SVC, key, dump_state(s))
 end
 if ARGV[10] == '1' then
