@@ -18,9 +18,27 @@ import contextlib
 import itertools
 import threading
 
-__all__ = ["AdmissionQueue", "Waiter"]
+__all__ = ["STAGGER", "AdmissionQueue", "Waiter", "stagger"]
 
 _seq = itertools.count()
+
+# The longest a head that just arrived asks after its wait (see stagger), seconds.
+STAGGER = 0.01
+
+
+def stagger(waited: float, wait: float) -> float:
+    """How much later than ``wait`` a queue's head asks again, having waited ``waited``.
+
+    Each process has its own queue, and the heads of all of them ask the shared
+    backend when the same token is due: whichever lock comes first wins, and an
+    unlucky head can lose round after round (three processes on one SQLite file:
+    a p95 wait of 0.7-0.9 s where one process waits 0.45 s). A head that has
+    waited less asks a little later, so the longest waiter is first to ask
+    across processes too: about FIFO, for a few milliseconds. A bucket that
+    holds more than one call keeps what accrues meanwhile, so none of its
+    throughput is lost; at most ``STAGGER``, and never more than ``wait`` again.
+    """
+    return min(STAGGER, wait) / (1.0 + waited * 10.0)
 
 
 class Waiter:

@@ -35,7 +35,7 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 
 from . import events
 from .accounts import host_of, scope_key, service_of
-from .admission_queue import AdmissionQueue, Waiter
+from .admission_queue import AdmissionQueue, Waiter, stagger
 from .backends import Backend, CallRecord, create_backend, schema
 from .backends.base import Charged, Snapshot
 from .config import GovernorConfig, RateLimitConfig
@@ -885,7 +885,7 @@ class Governor:
                         if d.outcome == "rate_limited":
                             yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    wait = d.retry_after
+                    wait = d.retry_after + stagger(time.monotonic() - start, d.retry_after)
                 else:
                     if remaining <= 0:
                         d = Decision(False, "rate_limited", 0.0)

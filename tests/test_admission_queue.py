@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from llm_governor.admission_queue import AdmissionQueue, Waiter
+from llm_governor.admission_queue import STAGGER, AdmissionQueue, Waiter, stagger
 
 
 def test_priority_then_fifo_order() -> None:
@@ -62,3 +62,14 @@ async def test_async_waiter_is_woken_from_another_thread() -> None:
     await second.await_(5.0)
     assert loop.time() - start < 2.0
     assert q.is_head(second)
+
+
+def test_a_head_that_waited_longer_asks_again_sooner() -> None:
+    """Heads of several processes wait for the same token: the longest waiter asks
+    first, by a few milliseconds at most, never more than its wait again."""
+    ages = [0.0, 0.01, 0.1, 1.0, 10.0, 100.0]
+    delays = [stagger(age, 0.025) for age in ages]
+    assert delays == sorted(delays, reverse=True) and len(set(delays)) == len(delays)
+    assert delays[0] == min(STAGGER, 0.025) and delays[-1] > 0
+    assert stagger(0.0, 0.001) == 0.001  # a short wait is not tripled
+    assert stagger(0.0, 0.0) == 0.0
