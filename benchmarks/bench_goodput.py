@@ -451,18 +451,26 @@ What the numbers say, and why some targets are missed:
   governor serves in arrival order (FIFO), so its successful calls have waited longest.
   The closed loops measure every call, and with equal throughput the mean wait is equal
   for every variant (Little's law): the percentiles compare how the wait is shared.
-- **p95 from a cold start.** A sliding window filled from cold frees nothing until its
-  first call is a window old: every variant's callers wait through that pause once, and
-  the governor then serves its queue at the provider's rate, so over a few windows its
-  p95 is about one pause plus one queue turn and can exceed the SDK variants' (whose
-  lucky retries land first). The last column leaves that pause out (calls started a
-  window or more after the first): there every governed call waits about one queue turn,
-  while the SDK variants' retries still scatter. Over longer runs (`--full`) the pause
-  weighs less in the whole-run p95 too.
+- **p95 from a cold start.** A sliding window filled from cold in one burst frees nothing
+  until its first call is a window old, and every caller waits through that pause (the
+  SDK variants' too: their p95 is about that pause). The governor spreads what the
+  provider's first answer says is left over its reset instead, so the window fills and
+  frees evenly and no caller waits a window: its p95 is about one queue turn plus the
+  spread's pace. The last column leaves the first window out.
+- **Goodput a call short.** 97 % of 160 is 155.2: a run with 155 served misses it. The
+  first window is served whole (40 of 40, from ledger traces); each later one 38-39: the
+  governor paces 1 % under the provider's rate (which is what keeps its 429s at zero; at
+  the full rate a call reached the provider just before the slot it replaced freed, once a
+  window), and a call that leaves late is not made up, since the level follows what the
+  provider counted when the last answered call arrived.
 - **(d) a foreign client.** The foreign client (raw HTTP, the same key, half the quota,
-  retrying 429s after `retry-after` like a bare SDK) and the governor race for every slot
-  the window frees; the headers say how much is left, not who will take it. The governor
-  keeps the foreign client's share, serves most of the rest, and draws an order of
-  magnitude fewer 429s than the SDK variants, but ≤ 2 per 100 would need leaving slots
-  unused (slowing down further costs goodput one for one).
+  retrying 429s after `retry-after` like a bare SDK) sends on a fixed grid, so each of its
+  slots frees just as it sends the next call. The governor's level counts every slot the
+  window frees since the provider counted a call, the foreign client's too, and its rate
+  is the provider's whole rate until 429s bring it down (halved once a window, a tenth of
+  it added back every ten successes): both over-shoot into the foreign client's slots.
+  Telling our slots from theirs needs our own sends of a window ago, which the limit
+  scope's state does not keep (a per-scope send history, in every backend and the Lua
+  port). It keeps the foreign client's share and draws an order of magnitude fewer 429s
+  than the SDK variants, but not ≤ 2 per 100.
 """

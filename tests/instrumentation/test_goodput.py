@@ -7,13 +7,14 @@ ask for 4× what the binding limit allows, for 5 windows, through sync and
 async clients, in one process or in three sharing one SQLite file (about 55 s
 in all on two cores). Targets:
 no error reaches user code, at most 2 provider 429s per 100 successes, and
-the limit that binds served. The benchmark holds goodput to 97 %; five
-windows from a cold start leave about 2.5 % of it to the start (the first
-window's burst frees all at once and is re-used at the provider's pace) and
-to NORMAL's headroom, and a loaded machine's scheduling costs another point
-or two, so the suite asks for 95 %: enough to catch any of the losses the
-policies were fixed for (15 %, 8 %, 40 %). Real time on a shared machine: a
-run that misses a target is measured once more, and both runs are reported.
+the limit that binds served. The benchmark holds goodput to 97 % (measured
+there: 97-98 %); a loaded machine's scheduling costs a point or two, so the
+suite asks for 95 %: enough to catch any of the losses the policies were
+fixed for (15 %, 8 %, 40 %). The p95 wait is held to a queue turn plus half
+a window: a cold start that spent the provider's first window at once (every
+caller then waits through a window's pause) misses it. Real time on a shared
+machine: a run that misses a target is measured once more, and both runs are
+reported.
 
 (d), a foreign client taking half the account's quota, is held to what the
 governor achieves there (see BENCHMARKS.md for why the 429 target is out of
@@ -60,9 +61,9 @@ def targets(sc: Scenario, goodput: float = 0.95, per_100: float = 2.0) -> Callab
         if r.goodput < goodput:
             missed.append(f"goodput {r.goodput:.1%} ({r.served} of {r.allowed:.0f} the "
                           f"{r.binds} allows)")
-        # FIFO waits: a queue turn at the binding rate, plus at most one window's pause
-        # (a sliding window filled from cold frees nothing until its first call expires)
-        bound = sc.window + sc.workers / sc.binding_rate + 0.5
+        # FIFO waits: a queue turn at the binding rate, and a cold start spread over the
+        # first window (a burst would leave every caller a window's pause: ~1 s here)
+        bound = sc.workers / sc.binding_rate + sc.window / 2
         if r.percentile(95) > bound:
             missed.append(f"p95 latency {r.percentile(95):.2f}s > {bound:.2f}s")
         return missed
