@@ -29,8 +29,9 @@ STAGGER = 0.01
 def stagger(waited: float, wait: float) -> float:
     """How much later than ``wait`` a queue's head asks again, having waited ``waited``.
 
-    Each process has its own queue, and the heads of all of them ask the shared
-    backend when the same token is due: whichever lock comes first wins, and an
+    Only for a shared backend (``Backend.shared``): each process has its own
+    queue, and the heads of all of them ask the shared backend when the same
+    token is due: whichever lock comes first wins, and an
     unlucky head can lose round after round (three processes on one SQLite file:
     a p95 wait of 0.7-0.9 s where one process waits 0.45 s). A head that has
     waited less asks a little later, so the longest waiter is first to ask

@@ -885,7 +885,9 @@ class Governor:
                         if d.outcome == "rate_limited":
                             yield _Count(t.service, "rate_limited")
                         raise self._refusal(t, d)
-                    wait = d.retry_after + stagger(time.monotonic() - start, d.retry_after)
+                    wait = d.retry_after
+                    if self.backend.shared:  # other processes' heads ask for the same token
+                        wait += stagger(time.monotonic() - start, wait)
                 else:
                     if remaining <= 0:
                         d = Decision(False, "rate_limited", 0.0)

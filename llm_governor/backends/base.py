@@ -168,6 +168,7 @@ class CallStore(abc.ABC):
     """
 
     blocking: bool = False  # True when a step may wait on I/O (async callers use a thread)
+    shared: bool = False  # True when other processes decide on the same state
 
     @abc.abstractmethod
     def admit(self, req: AdmitRequest, lease_id: str | None, ttl: float) -> Decision:

@@ -54,6 +54,7 @@ class SharedStore(Backend):
 
     #: the exceptions that mean "the store is unavailable" (anything else is a bug)
     errors: tuple[type[BaseException], ...] = ()
+    shared = True
 
     @abc.abstractmethod
     def ping(self) -> None:
@@ -139,6 +140,7 @@ class FailoverBackend(Backend):
         self.name = store.name
         self.url = store.url
         self.blocking = True
+        self.shared = True
         self.on_error = on_error
         self.budget_limits = dict(budget_limits or {})
         self.degraded = False

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import llm_governor
-from llm_governor.backends import CallRecord, MemoryBackend
+from llm_governor.backends import CallRecord, MemoryBackend, create_backend
 from llm_governor.backends.base import StatusStore, Txn
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
@@ -143,3 +143,14 @@ def test_the_unscoped_path_decides_and_stores_what_the_general_path_does(
             leases.append(f"lease-{n}")
         assert results[:1] == results[1:], op
         assert _state(fast) == _state(general), op
+
+
+def test_a_backend_says_whether_other_processes_decide_on_its_state(tmp_path: Any) -> None:
+    """Queue heads stagger their asks only where other processes' heads compete
+    (``admission_queue.stagger``): never on the per-process memory backend."""
+    assert not MemoryBackend().shared
+    shared = create_backend(f"sqlite:///{tmp_path / 'governor.db'}", {})
+    try:
+        assert shared.shared
+    finally:
+        shared.close()
