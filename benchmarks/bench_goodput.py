@@ -457,12 +457,13 @@ What the numbers say, and why some targets are missed:
   provider's first answer says is left over its reset instead, so the window fills and
   frees evenly and no caller waits a window: its p95 is about one queue turn plus the
   spread's pace. The last column leaves the first window out.
-- **Goodput a call short.** 97 % of 160 is 155.2: a run with 155 served misses it. The
-  first window is served whole (40 of 40, from ledger traces); each later one 38-39: the
-  governor paces 1 % under the provider's rate (which is what keeps its 429s at zero; at
-  the full rate a call reached the provider just before the slot it replaced freed, once a
-  window), and a call that leaves late is not made up, since the level follows what the
-  provider counted when the last answered call arrived.
+- **Goodput near the line.** 97 % of 160 is 155.2: a run with 155 served misses it, and
+  repeated runs land at 154-157. From ledger traces: the first window is served whole in
+  one process (39-40 of 40 in three); each later one 38-39. The governor paces 1 % under
+  the provider's rate (which is what keeps its 429s near zero: at the full rate a call
+  reached the provider just before the slot it replaced freed, once a window), and a call
+  that leaves late is not made up, since the level follows what the provider counted when
+  the last answered call arrived.
 - **(d) a foreign client.** The foreign client (raw HTTP, the same key, half the quota,
   retrying 429s after `retry-after` like a bare SDK) sends on a fixed grid, so each of its
   slots frees just as it sends the next call. The governor's level counts every slot the

@@ -91,7 +91,6 @@ class AdaptiveState:
     slowed_at: float = 0.0  # the last multiplicative decrease, 0 = none
     throttled_at: float = 0.0  # the last 429, 0 = none
     cold_until: float = 0.0  # a cold start's spread ends then, 0 = none (see on_provider_limits)
-    cold_age: float = 0.0  # the quickest answer of the spread, seconds: when it counted
 
 
 def bounds(refill_rate: float, min_interval: float, max_interval: float) -> tuple[float, float]:
@@ -263,17 +262,12 @@ def on_provider_limits(
         # what the provider has left for calls not yet counted (``in_flight``: sent since)
         left = p.remaining_requests - in_flight if p.remaining_requests is not None else 0.0
         if now < s.cold_until:  # what is left, spread over the rest of the cold window
-            cold_until, cold_age = s.cold_until, s.cold_age
-            if 0 < age < cold_age:  # a quicker answer: the burst was counted later
-                cold_until, cold_age = cold_until + cold_age - age, age
-            cap = min(req_rate, max(left, 1.0) / (cold_until - now))
-            new = replace(new, request_cap=cap, cap_until=max(new.cap_until, now + reset),
-                          cold_until=cold_until, cold_age=cold_age)
+            cap = min(req_rate, max(left, 1.0) / (s.cold_until - now))
+            new = replace(new, request_cap=cap, cap_until=max(new.cap_until, now + reset))
         elif _cold(s, p, now, left, now - age + reset):  # its reset runs from its count
             cold_until = now - age + reset
             new = replace(new, request_cap=min(req_rate, left / (cold_until - now)),
-                          cap_until=max(new.cap_until, now + reset), cold_until=cold_until,
-                          cold_age=age)
+                          cap_until=max(new.cap_until, now + reset), cold_until=cold_until)
         else:
             new = replace(new, request_cap=req_rate * PACE,
                           cap_until=max(new.cap_until, now + reset))

@@ -319,8 +319,8 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
 
 
 def _warmed(tat: float, now: float, capacity: float, rate_: float) -> float:
-    """The request bucket's ``tat`` once a cold start's spread ends: the one call's worth
-    the spread allowed, not the full bucket its capacity now holds."""
+    """The request bucket's ``tat`` once a cold start's spread ends: the level it had in
+    the spread (``COLD_BURST`` calls at most), not the full bucket its capacity now holds."""
     spread = adaptive.COLD_BURST
     return (tat if tat > now else now) + (capacity - spread if capacity > spread else 0.0) / rate_
 

@@ -38,11 +38,11 @@ LAYOUT = records.SERVICE_STATE
 STATE = ServiceState(
     NOW + 0.5, NOW + 1.25, NOW + 0.1, BreakerState("half_open", 2, 1, NOW - 40.0, 1, NOW - 3.0),
     AdaptiveState(2.5, 3, 4.0, 500.0, NOW + 20.0, NOW + 0.25, 60.0, 30000.0, NOW + 100.0,
-                  NOW - 5.0, NOW - 6.0, NOW + 0.75, 0.125),
+                  NOW - 5.0, NOW - 6.0, NOW + 0.75),
     NOW - 30.0, 7, 2, 11, 3, 41)
 # A 25-field record (before cold starts and sent counts) reads as STATE without them.
 STATE_25 = dataclasses.replace(STATE, sent=0, adaptive=dataclasses.replace(
-    STATE.adaptive, cold_until=0.0, cold_age=0.0))
+    STATE.adaptive, cold_until=0.0))
 # STATE_25 as SQLite stores it (written by the hand-written codec this layout replaced).
 JSON_25 = ('[1800000000.5, 1800000001.25, 1800000000.1, "half_open", 2, 1, 1799999960.0, 2.5, '
            '3, 4.0, 500.0, 1800000020.0, 1800000000.25, 1799999970.0, 7, 2, 11, 3, 1, '
@@ -52,8 +52,8 @@ TEXT_25 = ("1800000000.5 1800000001.25 1800000000.0999999 half_open 2 1 17999999
            "1800000020 1800000000.25 1799999970 7 2 11 3 1 1799999997 60 30000 1800000100 "
            "1799999995 1799999994")
 # STATE, whole, in both formats.
-JSON_28 = JSON_25[:-1] + ", 1800000000.75, 41, 0.125]"
-TEXT_28 = TEXT_25 + " 1800000000.75 41 0.125"
+JSON_27 = JSON_25[:-1] + ", 1800000000.75, 41]"
+TEXT_27 = TEXT_25 + " 1800000000.75 41"
 # The first release's record: no probes, no learned limits, no AIMD instants.
 OLD = dataclasses.replace(STATE_25, breaker=dataclasses.replace(STATE.breaker, probes=0,
                                                                 probe_at=0.0),
@@ -137,10 +137,10 @@ def test_a_field_without_a_place_fails_the_generation() -> None:
 # -- the JSON codec (SQLite) -------------------------------------------------------
 
 def test_json_format_is_unchanged() -> None:
-    assert dump_service(STATE) == JSON_28
-    assert load_service(JSON_28) == STATE
+    assert dump_service(STATE) == JSON_27
+    assert load_service(JSON_27) == STATE
     assert load_service(JSON_25) == STATE_25
-    assert dump_service(STATE_25) == JSON_25[:-1] + ", 0.0, 0, 0.0]"
+    assert dump_service(STATE_25) == JSON_25[:-1] + ", 0.0, 0]"
 
 
 def test_old_18_field_json_reads_with_defaults() -> None:
@@ -159,8 +159,8 @@ def test_json_round_trip(s: ServiceState) -> None:
 # -- the Redis text decoder -------------------------------------------------------
 
 def test_text_decodes_like_the_layout() -> None:
-    assert _load_state(TEXT_28) == STATE
-    assert lua_text(STATE) == TEXT_28
+    assert _load_state(TEXT_27) == STATE
+    assert lua_text(STATE) == TEXT_27
     assert _load_state(TEXT_25) == STATE_25
     assert _load_state(None) == _load_state("") == ServiceState()
 
@@ -209,7 +209,7 @@ def lua_round_trip(client: redis.Redis[str], raw: str) -> str:
 
 
 def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> None:
-    assert lua_fields(client, TEXT_28) == TEXT_28.split(" ")
+    assert lua_fields(client, TEXT_27) == TEXT_27.split(" ")
     defaults = [str(f.default) if f.kind is str else f"{f.default:.17g}" for f in LAYOUT]
     assert lua_fields(client, None) == defaults
     assert lua_fields(client, " ".join(TEXT_25.split(" ")[:18])) == \
@@ -217,7 +217,7 @@ def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> No
 
 
 def test_lua_round_trip_and_short_records(client: redis.Redis[str]) -> None:
-    assert lua_round_trip(client, TEXT_28) == TEXT_28
+    assert lua_round_trip(client, TEXT_27) == TEXT_27
     assert lua_round_trip(client, TEXT_25) == lua_text(STATE_25)
     assert lua_round_trip(client, " ".join(TEXT_25.split(" ")[:18])) == lua_text(OLD)
 
@@ -246,10 +246,10 @@ STEPS: list[Any] = [
 
 
 @pytest.mark.parametrize(("stored_json", "stored_text", "expected"),
-                         [(JSON_28, TEXT_28, STATE), (JSON_25, TEXT_25, STATE_25),
+                         [(JSON_27, TEXT_27, STATE), (JSON_25, TEXT_25, STATE_25),
                           (json.dumps(json.loads(JSON_25)[:18]),
                            " ".join(TEXT_25.split(" ")[:18]), OLD)],
-                         ids=["28 fields", "25 fields", "18 fields"])
+                         ids=["27 fields", "25 fields", "18 fields"])
 def test_stored_records_run_the_same_through_sqlite_and_the_lua_scripts(
         tmp_path: Path, stored_json: str, stored_text: str, expected: ServiceState) -> None:
     from tests._redis_server import shared_server

@@ -205,19 +205,6 @@ def test_every_report_of_a_cold_start_respreads_what_is_left() -> None:
     assert abs(s.adaptive.request_cap - 8 / 0.4) < 1e-4  # instants near 1.8e9 s
 
 
-def test_a_quicker_answer_moves_the_end_of_a_cold_start_later() -> None:
-    """The first answer of a process often comes late (its SDK's first-call work before
-    the request left): a later, quicker answer says when the burst was really counted,
-    and the spread must not end before the burst's calls expire."""
-    s = ServiceState(sent=16)
-    s = admission.observe(s, ABOVE, Observation("success", WINDOW, 0.25, 1), NOW)
-    assert s.adaptive.cold_until == NOW - 0.25 + 1.0
-    later = ProviderLimits(limit_requests=40, remaining_requests=20, reset_requests=1.0)
-    s = admission.observe(replace(s, sent=20), ABOVE,
-                          Observation("success", later, 0.1, 19), NOW + 0.2)
-    assert s.adaptive.cold_until == NOW - 0.25 + 1.0 + 0.15 and s.adaptive.cold_age == 0.1
-
-
 def test_no_cold_start_when_half_the_limit_is_gone_or_the_limit_is_known() -> None:
     """A token bucket found half empty (other processes, a restart) keeps its own refill
     rate; a scope that learned the limit already never spreads again."""

@@ -491,12 +491,9 @@ local function on_provider_limits(s, p, now, lim, in_flight, age)
     local left = 0.0
     if p.remaining_requests ~= nil then left = p.remaining_requests - in_flight end
     if now < s.cold_until then -- what is left, spread over the rest of the cold window
-      if age > 0 and age < s.cold_age then -- a quicker answer: the burst was counted later
-        s.cold_until, s.cold_age = s.cold_until + s.cold_age - age, age
-      end
       s.req_cap = math.min(req_rate, math.max(left, 1.0) / (s.cold_until - now))
     elseif is_cold(s, p, now, left, now - age + reset) then -- its reset runs from its count
-      s.cold_until, s.cold_age = now - age + reset, age
+      s.cold_until = now - age + reset
       s.req_cap = math.min(req_rate, left / (s.cold_until - now))
     else
       s.req_cap = req_rate * PACE
