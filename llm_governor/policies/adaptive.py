@@ -247,8 +247,9 @@ def on_provider_limits(
 
     A cold start (the first report of a scope, at least half the limit left)
     spreads what is left over the provider's reset instead of spending it at
-    once: until then the request bucket holds one call (:func:`capacities`) and
-    refills at ``left / (time to the reset)``, recomputed from every report.
+    once: until then the request bucket holds :data:`COLD_BURST` calls
+    (:func:`capacities`) and refills at ``left / (time to the reset)``,
+    recomputed from every report.
     Against a window provider a burst fills the window at once and frees
     nothing until it expires, so every caller waits through that pause; spread,
     the window fills evenly and frees evenly. Against a token bucket the reset
@@ -261,11 +262,11 @@ def on_provider_limits(
         reset = min(p.reset_requests, max_block)
         # what the provider has left for calls not yet counted (``in_flight``: sent since)
         left = p.remaining_requests - in_flight if p.remaining_requests is not None else 0.0
+        cold_until = now - age + reset  # a first report's reset runs from when it counted
         if now < s.cold_until:  # what is left, spread over the rest of the cold window
             cap = min(req_rate, max(left, 1.0) / (s.cold_until - now))
             new = replace(new, request_cap=cap, cap_until=max(new.cap_until, now + reset))
-        elif _cold(s, p, now, left, now - age + reset):  # its reset runs from its count
-            cold_until = now - age + reset
+        elif _cold(s, p, now, left, cold_until):
             new = replace(new, request_cap=min(req_rate, left / (cold_until - now)),
                           cap_until=max(new.cap_until, now + reset), cold_until=cold_until)
         else:
