@@ -237,12 +237,12 @@ def _cold(s: AdaptiveState, p: ProviderLimits, now: float, left: float,
 
 def on_provider_limits(
     s: AdaptiveState, p: ProviderLimits, now: float, floor: float, ceiling: float,
-    multiplier: float, max_block: float = math.inf, in_flight: int = 0, age: float = 0.0,
+    multiplier: float, max_block: float = math.inf, uncounted: int = 0, age: float = 0.0,
 ) -> AdaptiveState:
     """Clamp rates to the provider's refill rates until its resets (bounded by
     ``max_block``) and learn its limits; ignore nonsense values.
 
-    ``in_flight``: calls sent since the provider counted this one (not in its
+    ``uncounted``: calls sent since the provider counted this one (not in its
     ``remaining``); ``age``: seconds since this call was sent.
 
     A cold start (the first report of a scope, at least half the limit left)
@@ -260,8 +260,8 @@ def on_provider_limits(
     req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
     if req_rate is not None and p.reset_requests is not None:
         reset = min(p.reset_requests, max_block)
-        # what the provider has left for calls not yet counted (``in_flight``: sent since)
-        left = p.remaining_requests - in_flight if p.remaining_requests is not None else 0.0
+        # what the provider has left for the calls it has not counted yet
+        left = p.remaining_requests - uncounted if p.remaining_requests is not None else 0.0
         cold_until = now - age + reset  # a first report's reset runs from when it counted
         if now < s.cold_until:  # what is left, spread over the rest of the cold window
             cap = min(req_rate, max(left, 1.0) / (s.cold_until - now))

@@ -483,13 +483,13 @@ local function is_cold(s, p, now, left, cold_until)
     and p.limit_requests >= 1 and 2 * left >= p.limit_requests and cold_until > now
 end
 
--- in_flight: calls sent since the provider counted this one; age: seconds since it was sent
-local function on_provider_limits(s, p, now, lim, in_flight, age)
+-- uncounted: calls sent since the provider counted this one; age: seconds since it was sent
+local function on_provider_limits(s, p, now, lim, uncounted, age)
   local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
   if req_rate ~= nil then
     local reset = math.min(p.reset_requests, lim.max_block)
     local left = 0.0
-    if p.remaining_requests ~= nil then left = p.remaining_requests - in_flight end
+    if p.remaining_requests ~= nil then left = p.remaining_requests - uncounted end
     if now < s.cold_until then -- what is left, spread over the rest of the cold window
       s.req_cap = math.min(req_rate, math.max(left, 1.0) / (s.cold_until - now))
     elseif is_cold(s, p, now, left, now - age + reset) then -- its reset runs from its count
