@@ -84,6 +84,8 @@ SERVICE_STATE: tuple[Field, ...] = (
     Field(24, "adaptive.throttled_at", float, 0.0, "throttled_at"),
     Field(25, "adaptive.cold_until", float, 0.0, "cold_until"),
     Field(26, "sent", int, 0, "sent"),
+    Field(27, "sends", str, "none", "sends"),
+    Field(28, "adaptive.others", float, 0.0, "others"),
 )
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

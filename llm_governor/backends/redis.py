@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..errors import ConfigError
-from ..policies import adaptive, budget, rate, scopes
+from ..policies import adaptive, budget, rate, scopes, share
 from ..policies.admission import AdmitRequest, Decision, Limits, Observation, ServiceState
 from ..policies.scopes import ScopeRequest, ScopeState
 from ..redaction import Scrubber, redact_url
@@ -155,7 +155,10 @@ def _prelude() -> str:
     for key, value in (("$EPS", rate._EPS), ("$SUCCESS_RUN", adaptive.SUCCESS_RUN),
                        ("$LEARNED_TTL", adaptive.LEARNED_TTL), ("$SCOPE_IDLE", scopes.IDLE),
                        ("$HEADROOM_CALLS", rate.HEADROOM_CALLS),
-                       ("$COLD_BURST", adaptive.COLD_BURST), ("$PACE", adaptive.PACE)):
+                       ("$COLD_BURST", adaptive.COLD_BURST), ("$PACE", adaptive.PACE),
+                       ("$OTHERS_GAIN", adaptive.OTHERS_GAIN),
+                       ("$OTHERS_FLOOR", adaptive.OTHERS_FLOOR), ("$SHARE_STEPS", share.STEPS),
+                       ("$SHARE_KEEP", share.KEEP), ("$SHARE_EMPTY", share.EMPTY)):
         prelude = prelude.replace(key, repr(value))
     return prelude
 

@@ -20,7 +20,10 @@ guessed:
 * the bucket's level is clamped to the provider's ``remaining`` minus the
   calls it has not counted yet (see :func:`llm_governor.policies.admission.observe`);
 * a scope's first report, with at least half the limit left, starts a cold
-  spread (:func:`on_provider_limits`).
+  spread (:func:`on_provider_limits`);
+* other clients' calls in the provider's count (:mod:`.share`, smoothed over
+  reports; below :data:`OTHERS_FLOOR` of the limit they are noise) take their
+  part of the rate: ``limit / reset × (1 - others / limit)``.
 
 What a 429 means once the headers set the rate (measured against the fake
 provider's sliding window, ``benchmarks/bench_goodput.py``): the rate already
@@ -33,7 +36,10 @@ attempt sent after the first one's block ended, says the *rate* is too high
 window: the provider's counts need a window to show a new rate, so the 429s
 in between belong to the same congestion (TCP halves once per round trip,
 not once per lost packet). Dividing for each of them took the rate from 40/s
-to 5/s in half a second in that measurement. The decrease starts from the
+to 5/s in half a second in that measurement. When the scope counts the others'
+calls (:func:`others_in_force`), the rate already leaves them their part and no
+429 divides it: halving it then cost a window or more of goodput at every
+stray 429. The decrease starts from the
 rate in force (:func:`ceiling_in_force`), not from a configured ceiling the
 provider's rate already undercuts, and the additive increase adds a tenth of
 that rate. A provider that reports no window gets the classic AIMD: every
@@ -49,9 +55,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-__all__ = ["COLD_BURST", "LEARNED_TTL", "MAX_LIMIT", "PACE", "AdaptiveState", "ProviderLimits",
-           "bounds", "capacities", "ceiling_in_force", "effective_rates", "on_provider_limits",
-           "on_success", "on_throttled", "provider_rate", "sane"]
+__all__ = ["COLD_BURST", "LEARNED_TTL", "MAX_LIMIT", "OTHERS_FLOOR", "OTHERS_GAIN", "PACE",
+           "AdaptiveState", "ProviderLimits", "bounds", "capacities", "ceiling_in_force",
+           "effective_rates", "on_provider_limits", "on_success", "on_throttled",
+           "others_in_force", "provider_rate", "sane"]
 
 SUCCESS_RUN = 10  # successes between additive increases
 COLD_BURST = 2.0  # calls a cold start lets go at once: two, so a late wake-up loses none
@@ -62,6 +69,8 @@ COLD_BURST = 2.0  # calls a cold start lets go at once: two, so a late wake-up l
 PACE = 0.99
 LEARNED_TTL = 3600.0  # seconds a provider-reported limit is trusted after the last report
 MAX_LIMIT = 1e12  # a "limit" above this is nonsense
+OTHERS_GAIN = 0.25  # weight of one report in the smoothed count of others' calls
+OTHERS_FLOOR = 0.05  # of the limit: others' count below it is noise, not a client
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,7 @@ class AdaptiveState:
     slowed_at: float = 0.0  # the last multiplicative decrease, 0 = none
     throttled_at: float = 0.0  # the last 429, 0 = none
     cold_until: float = 0.0  # a cold start's spread ends then, 0 = none (see on_provider_limits)
+    others: float = 0.0  # other clients' calls in the provider's count, smoothed (see share)
 
 
 def bounds(refill_rate: float, min_interval: float, max_interval: float) -> tuple[float, float]:
@@ -190,7 +200,8 @@ def on_throttled(
     # with a window: refused again within it, although sent after the last block ended
     repeated = span == 0 or (s.throttled_at > 0 and now < s.throttled_at + span
                              and sent >= s.blocked_until)
-    if answered or not repeated:
+    # others' calls in the provider's count already set the rate: this 429 was timing
+    if answered or not repeated or others_in_force(s, now) > 0:
         return replace(s, successes=0, blocked_until=blocked, throttled_at=now)
     current = min(s.rate, ceiling) if s.rate > 0 else ceiling
     return replace(s, rate=max(floor, current / multiplier), successes=0, blocked_until=blocked,
@@ -225,6 +236,18 @@ def provider_rate(limit: float | None, remaining: float | None,
     return max(remaining, 1.0) / reset
 
 
+def _theirs(others: float, limit: float) -> float:
+    """``others`` (calls of other clients in a provider's count), 0 if within the noise
+    of its ``limit``."""
+    return others if others > OTHERS_FLOOR * limit else 0.0
+
+
+def others_in_force(s: AdaptiveState, now: float) -> float:
+    """Other clients' calls in the provider's count while its headers are in force
+    (0: none, or no more than noise)."""
+    return _theirs(s.others, s.request_limit) if now < s.cap_until else 0.0
+
+
 def _cold(s: AdaptiveState, p: ProviderLimits, now: float, left: float,
           cold_until: float) -> bool:
     """Is this the first report of a limit scope nothing was learned of, with at least half
@@ -238,12 +261,15 @@ def _cold(s: AdaptiveState, p: ProviderLimits, now: float, left: float,
 def on_provider_limits(
     s: AdaptiveState, p: ProviderLimits, now: float, floor: float, ceiling: float,
     multiplier: float, max_block: float = math.inf, uncounted: int = 0, age: float = 0.0,
+    others: float | None = None,
 ) -> AdaptiveState:
     """Clamp rates to the provider's refill rates until its resets (bounded by
     ``max_block``) and learn its limits; ignore nonsense values.
 
     ``uncounted``: calls sent since the provider counted this one (not in its
-    ``remaining``); ``age``: seconds since this call was sent.
+    ``remaining``); ``age``: seconds since this call was sent; ``others``: other
+    clients' calls in the provider's count by this report (None: unknown), kept
+    smoothed (:data:`OTHERS_GAIN`).
 
     A cold start (the first report of a scope, at least half the limit left)
     spreads what is left over the provider's reset instead of spending it at
@@ -257,6 +283,9 @@ def on_provider_limits(
     left, so the spread is never slower than the provider's own refill rate.
     """
     new = s
+    if others is not None and math.isfinite(others):
+        kept = s.others if now < s.cap_until else 0.0
+        new = replace(new, others=kept + (others - kept) * OTHERS_GAIN if kept else others)
     req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
     if req_rate is not None and p.reset_requests is not None:
         reset = min(p.reset_requests, max_block)
@@ -270,7 +299,12 @@ def on_provider_limits(
             new = replace(new, request_cap=min(req_rate, left / (cold_until - now)),
                           cap_until=max(new.cap_until, now + reset), cold_until=cold_until)
         else:
-            new = replace(new, request_cap=req_rate * PACE,
+            share = 1.0  # of the provider's rate: what others' calls leave us
+            if _count(p.limit_requests) and p.limit_requests is not None \
+                    and p.limit_requests >= 1:
+                share -= min(1.0 - OTHERS_FLOOR,
+                             _theirs(new.others, p.limit_requests) / p.limit_requests)
+            new = replace(new, request_cap=req_rate * share * PACE,
                           cap_until=max(new.cap_until, now + reset))
     tok_rate = provider_rate(p.limit_tokens, p.remaining_tokens, p.reset_tokens)
     if tok_rate is not None and p.reset_tokens is not None:

@@ -24,6 +24,16 @@ empties the bucket until it ends (one request's worth at its end), so a block
 is not followed by a burst of everything the bucket refilled meanwhile: in
 the same measurement that burst drew four more 429s.
 
+Other clients on the same account (another app, a script with the same key)
+are in the provider's count too, and take back the slots their calls free.
+The scope tells its calls from theirs (:mod:`.share`): its own admissions over
+the provider's window against the provider's count. When others take more
+than noise, the provider's rate is cut to the part they leave
+(:func:`.adaptive.on_provider_limits`), the credit is our own calls of a
+window ago instead of the provider's whole drain, and when nothing is free for
+us the scope waits until its next own call expires (a block, bounded by the
+window), instead of racing the others for their slots.
+
 A scope's first report starts it cold when at least half the provider's
 limit is left (:func:`.adaptive.on_provider_limits`): what is left is spread
 over the provider's reset, two calls at most at a time, instead of spent at
@@ -43,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
-from . import adaptive, breaker, budget, rate
+from . import adaptive, breaker, budget, rate, share
 from ._fast import maker
 from .adaptive import AdaptiveState, ProviderLimits
 from .breaker import BreakerState
@@ -95,6 +105,7 @@ class ServiceState:
     prev_ok: int = 0
     prev_failed: int = 0
     sent: int = 0  # attempts admitted, ever: what a provider's count may not include yet
+    sends: str = share.EMPTY  # ``sent``'s recent history, as stored text (see share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +259,11 @@ def decide(
         if not clamped:
             return refused, s
         return refused, _state(req_tat, tok_tat, cost_tat, s.breaker, a, s.minute, s.ok,
-                               s.failed, s.prev_ok, s.prev_failed, s.sent)
+                               s.failed, s.prev_ok, s.prev_failed, s.sent, s.sends)
     # Direct construction: dataclasses.replace costs more than the whole decision.
     sent = s.sent + 1
     new = _state(new_req, new_tok, new_cost, new_breaker, a, s.minute, s.ok,
-                 s.failed, s.prev_ok, s.prev_failed, sent)
+                 s.failed, s.prev_ok, s.prev_failed, sent, s.sends)
     return _decision(True, "admitted", 0.0, None, None, emergency, None, None, None, sent), new
 
 
@@ -276,7 +287,7 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         if b.state != breaker.CLOSED or b.failures:
             b = breaker.record(b, True, now, lim.failure_threshold, lim.success_threshold)
         s = _state(s.req_tat, s.tok_tat, s.cost_tat, b, s.adaptive, s.minute, s.ok + 1,
-                   s.failed, s.prev_ok, s.prev_failed, s.sent)
+                   s.failed, s.prev_ok, s.prev_failed, s.sent, s.sends)
         if a.rate > 0 or a.successes:
             a = adaptive.on_success(a, lim.rate_floor, adaptive.ceiling_in_force(
                 a, now, lim.rate_floor, lim.rate_ceiling))
@@ -294,11 +305,21 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     p = obs.provider
     if p is None:
         return s if a is s.adaptive else replace(s, adaptive=a)
-    uncounted = s.sent - obs.sent if 0 < obs.sent <= s.sent else in_flight
+    counted = 0 < obs.sent <= s.sent
+    uncounted = s.sent - obs.sent if counted else in_flight
     age = _age(obs.age, lim.max_block)
+    # ours against others' in the provider's count (see share): a window back from when
+    # the provider counted this attempt, the scope's admissions then
+    parsed = share.parse(s.sends)
+    marks, others, window = parsed, None, p.reset_requests
+    at = now - age
+    if counted and window is not None and 0 < window <= lim.max_block:  # a sane window
+        marks = share.mark(marks, now, s.sent, at, window)
+        others = share.others(p.limit_requests, p.remaining_requests,
+                              obs.sent - share.sent_at(marks, at - window, now, s.sent))
     a = adaptive.on_provider_limits(adaptive.sane(a, now, lim.max_block), p, now,
                                     lim.rate_floor, lim.rate_ceiling, lim.backoff_multiplier,
-                                    lim.max_block, uncounted, age)
+                                    lim.max_block, uncounted, age, others)
     req_rate, tok_rate, _ = adaptive.effective_rates(a, now, lim.rate_floor, lim.rate_ceiling,
                                                      lim.tokens_per_minute / 60.0)
     cap, tok_cap = adaptive.capacities(a, now, lim.capacity, lim.tokens_per_minute)
@@ -307,15 +328,32 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     req_tat = s.req_tat
     if a.cold_until and now >= a.cold_until:
         a, req_tat = replace(a, cold_until=0.0), _warmed(req_tat, now, cap, req_rate)
-    # nothing refills a window filled from cold before it turns (a.cold_until)
-    credit = _refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age) \
-        if age > 0 and now >= a.cold_until else 0.0
+    # what the provider freed meanwhile: nothing of a window filled from cold before it
+    # turns; of a window others share, our own calls of a window ago (they take theirs)
+    credit, credit_own = 0.0, others is not None and adaptive.others_in_force(a, now) > 0
+    if age > 0 and now >= a.cold_until:
+        if credit_own:
+            assert window is not None
+            credit = share.sent_at(marks, now - window, now, s.sent) \
+                - share.sent_at(marks, at - window, now, s.sent)
+        else:
+            credit = _refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
     req_tat = _level(req_tat, now, cap, req_rate, p.remaining_requests, uncounted, credit)
+    remaining = p.remaining_requests
+    if credit_own and remaining is not None and 0 <= remaining <= adaptive.MAX_LIMIT:
+        assert window is not None
+        free = remaining + credit - uncounted  # the provider's, for us
+        if free < 1.0:  # nothing frees for us before our next call expires: wait for it
+            due = share.reached(marks, share.sent_at(marks, now - window, now, s.sent)
+                                + 1.0 - max(free, 0.0), now, s.sent) + window
+            if a.blocked_until < due < math.inf:
+                a = replace(a, blocked_until=due)
     if a.blocked_until > now:  # a block empties the bucket: nothing refills before its end
         req_tat = max(req_tat, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
         if tok_rate > 0 and tok_cap > 0 else s.tok_tat
-    return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat)
+    sends = s.sends if marks is parsed else share.dump(marks)
+    return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat, sends=sends)
 
 
 def _warmed(tat: float, now: float, capacity: float, rate_: float) -> float:
@@ -342,10 +380,14 @@ def _refilled(limit: float | None, remaining: float | None, reset: float | None,
 
 def _level(tat: float, now: float, capacity: float, rate_: float, remaining: float | None,
            in_flight: int, credit: float = 0.0) -> float:
-    """A GCRA ``tat`` holding at most ``remaining + credit - in_flight`` of ``capacity``."""
+    """A GCRA ``tat`` holding at most ``remaining + credit - in_flight``, and at most
+    ``capacity``: calls in flight come off what the provider has left, not off a bucket
+    smaller than that (with a burst of 2, two calls in flight emptied it at every answer
+    while the provider had slots to spare: 17 of the 20 calls a window left us, then 19,
+    measured on a shared account)."""
     if remaining is None or not 0 <= remaining <= capacity:  # NaN fails too
         return tat
-    available = max(0.0, min(capacity, remaining + credit) - in_flight)
+    available = min(capacity, max(0.0, remaining + credit - in_flight))
     return max(tat, now + (capacity - available) / rate_)
 
 

@@ -201,3 +201,47 @@ def test_redis_scripts_decide_exactly_like_the_python_policies(
             clock.now = max(clock.now, expiry)
         assert _state(mem) == _state(red), f"after step {i}: {op}"
     assert not red.degraded
+
+
+# A busy scope against a provider others share: admissions, answers of a window's
+# counts with sane headers (the snapshots of share.py, its estimate of others' calls, the
+# wait for our next own call to expire) and short steps of time, Python against Lua.
+shared_ops = st.one_of(
+    st.tuples(st.just("admit"), st.integers(1, 4)),
+    st.tuples(st.just("observe"), st.sampled_from(["success", "success", "throttled"]),
+              st.integers(0, 40), st.sampled_from([0.4, 0.95, 1.0, 2.0]),
+              st.sampled_from([0.003, 0.05, 0.1, 0.3, 1.5]), st.integers(1, 60)),
+    st.tuples(st.just("advance"), st.sampled_from([0.01, 0.05, 0.125, 0.3, 1.1, 2.5, 9.0])),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(lim=limits(), start=st.floats(1_800_000_000.0, 1_800_086_400.0),
+       steps=st.lists(shared_ops, min_size=20, max_size=120))
+def test_redis_scripts_tell_others_calls_like_the_python_policies(
+    pair: Any, lim: Limits, start: float, steps: list[tuple[Any, ...]],
+) -> None:
+    clock = FakeClock(start)
+    mem, red = pair({}, clock)
+    req = AdmitRequest("openai", 0, 0.0, Decimal(0), lim, lim, reserve=False)
+    for i, op in enumerate(steps):
+        if op[0] == "admit":
+            for k in range(op[1]):
+                got = [b.admit(req, None, 30.0) for b in (mem, red)]
+                assert got[0] == got[1], f"step {i}.{k}: {op}"
+        elif op[0] == "observe":
+            _, outcome, remaining, reset, age, sent = op
+            obs = Observation(outcome, ProviderLimits(40.0, float(remaining), reset,
+                                                      retry_after=0.05 if remaining == 0
+                                                      else None), age, sent)
+            for b in (mem, red):
+                b.observe("openai", lim, obs)
+            state = mem.service_state("openai")
+            event("others in force" if adaptive.others_in_force(state.adaptive, clock.now)
+                  else "no others")
+            event(f"{state.sends.count(';') + 1} snapshots")
+        else:
+            clock.advance(op[1])
+        assert _state(mem) == _state(red), f"after step {i}: {op}"
+    assert not red.degraded

@@ -26,6 +26,7 @@ from llm_governor.backends.redis import RedisBackend, _load_state, _prelude
 from llm_governor.backends.sqlite import SQLiteBackend
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
+from llm_governor.policies import share
 from llm_governor.policies.adaptive import AdaptiveState, ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Observation, ServiceState
 from llm_governor.policies.breaker import BreakerState
@@ -38,11 +39,14 @@ LAYOUT = records.SERVICE_STATE
 STATE = ServiceState(
     NOW + 0.5, NOW + 1.25, NOW + 0.1, BreakerState("half_open", 2, 1, NOW - 40.0, 1, NOW - 3.0),
     AdaptiveState(2.5, 3, 4.0, 500.0, NOW + 20.0, NOW + 0.25, 60.0, 30000.0, NOW + 100.0,
-                  NOW - 5.0, NOW - 6.0, NOW + 0.75),
-    NOW - 30.0, 7, 2, 11, 3, 41)
-# A 25-field record (before cold starts and sent counts) reads as STATE without them.
-STATE_25 = dataclasses.replace(STATE, sent=0, adaptive=dataclasses.replace(
-    STATE.adaptive, cold_until=0.0))
+                  NOW - 5.0, NOW - 6.0, NOW + 0.75, 12.5),
+    NOW - 30.0, 7, 2, 11, 3, 41, "1799999999.5:39;1800000000.25:41")
+# A 27-field record (before the send history and others' calls) reads as STATE without them.
+STATE_27 = dataclasses.replace(STATE, sends=share.EMPTY, adaptive=dataclasses.replace(
+    STATE.adaptive, others=0.0))
+# A 25-field record (before cold starts and sent counts) reads as STATE_27 without them.
+STATE_25 = dataclasses.replace(STATE_27, sent=0, adaptive=dataclasses.replace(
+    STATE_27.adaptive, cold_until=0.0))
 # STATE_25 as SQLite stores it (written by the hand-written codec this layout replaced).
 JSON_25 = ('[1800000000.5, 1800000001.25, 1800000000.1, "half_open", 2, 1, 1799999960.0, 2.5, '
            '3, 4.0, 500.0, 1800000020.0, 1800000000.25, 1799999970.0, 7, 2, 11, 3, 1, '
@@ -51,9 +55,11 @@ JSON_25 = ('[1800000000.5, 1800000001.25, 1800000000.1, "half_open", 2, 1, 17999
 TEXT_25 = ("1800000000.5 1800000001.25 1800000000.0999999 half_open 2 1 1799999960 2.5 3 4 500 "
            "1800000020 1800000000.25 1799999970 7 2 11 3 1 1799999997 60 30000 1800000100 "
            "1799999995 1799999994")
-# STATE, whole, in both formats.
 JSON_27 = JSON_25[:-1] + ", 1800000000.75, 41]"
 TEXT_27 = TEXT_25 + " 1800000000.75 41"
+# STATE, whole, in both formats.
+JSON_29 = JSON_27[:-1] + ', "1799999999.5:39;1800000000.25:41", 12.5]'
+TEXT_29 = TEXT_27 + " 1799999999.5:39;1800000000.25:41 12.5"
 # The first release's record: no probes, no learned limits, no AIMD instants.
 OLD = dataclasses.replace(STATE_25, breaker=dataclasses.replace(STATE.breaker, probes=0,
                                                                 probe_at=0.0),
@@ -98,6 +104,9 @@ def _value(hint: Any) -> st.SearchStrategy[Any]:
         return st.floats(allow_nan=False, allow_infinity=False)
     if hint is int:
         return st.integers(0, 2**53)  # exact in a Lua double, and written without an exponent
+    if hint is str:  # the send history (policies/share.py)
+        return st.lists(st.tuples(st.floats(0, 4e9), st.integers(0, 2**53)), max_size=4).map(
+            lambda points: share.dump(tuple(points)))
     return st.sampled_from(typing.get_args(hint))  # a Literal (the breaker's state)
 
 
@@ -137,10 +146,11 @@ def test_a_field_without_a_place_fails_the_generation() -> None:
 # -- the JSON codec (SQLite) -------------------------------------------------------
 
 def test_json_format_is_unchanged() -> None:
-    assert dump_service(STATE) == JSON_27
-    assert load_service(JSON_27) == STATE
+    assert dump_service(STATE) == JSON_29
+    assert load_service(JSON_29) == STATE
+    assert load_service(JSON_27) == STATE_27
     assert load_service(JSON_25) == STATE_25
-    assert dump_service(STATE_25) == JSON_25[:-1] + ", 0.0, 0]"
+    assert dump_service(STATE_25) == JSON_25[:-1] + ', 0.0, 0, "none", 0.0]'
 
 
 def test_old_18_field_json_reads_with_defaults() -> None:
@@ -159,8 +169,9 @@ def test_json_round_trip(s: ServiceState) -> None:
 # -- the Redis text decoder -------------------------------------------------------
 
 def test_text_decodes_like_the_layout() -> None:
-    assert _load_state(TEXT_27) == STATE
-    assert lua_text(STATE) == TEXT_27
+    assert _load_state(TEXT_29) == STATE
+    assert lua_text(STATE) == TEXT_29
+    assert _load_state(TEXT_27) == STATE_27
     assert _load_state(TEXT_25) == STATE_25
     assert _load_state(None) == _load_state("") == ServiceState()
 
@@ -209,7 +220,7 @@ def lua_round_trip(client: redis.Redis[str], raw: str) -> str:
 
 
 def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> None:
-    assert lua_fields(client, TEXT_27) == TEXT_27.split(" ")
+    assert lua_fields(client, TEXT_29) == TEXT_29.split(" ")
     defaults = [str(f.default) if f.kind is str else f"{f.default:.17g}" for f in LAYOUT]
     assert lua_fields(client, None) == defaults
     assert lua_fields(client, " ".join(TEXT_25.split(" ")[:18])) == \
@@ -217,7 +228,8 @@ def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> No
 
 
 def test_lua_round_trip_and_short_records(client: redis.Redis[str]) -> None:
-    assert lua_round_trip(client, TEXT_27) == TEXT_27
+    assert lua_round_trip(client, TEXT_29) == TEXT_29
+    assert lua_round_trip(client, TEXT_27) == lua_text(STATE_27)
     assert lua_round_trip(client, TEXT_25) == lua_text(STATE_25)
     assert lua_round_trip(client, " ".join(TEXT_25.split(" ")[:18])) == lua_text(OLD)
 
@@ -246,10 +258,11 @@ STEPS: list[Any] = [
 
 
 @pytest.mark.parametrize(("stored_json", "stored_text", "expected"),
-                         [(JSON_27, TEXT_27, STATE), (JSON_25, TEXT_25, STATE_25),
+                         [(JSON_29, TEXT_29, STATE), (JSON_27, TEXT_27, STATE_27),
+                          (JSON_25, TEXT_25, STATE_25),
                           (json.dumps(json.loads(JSON_25)[:18]),
                            " ".join(TEXT_25.split(" ")[:18]), OLD)],
-                         ids=["27 fields", "25 fields", "18 fields"])
+                         ids=["29 fields", "27 fields", "25 fields", "18 fields"])
 def test_stored_records_run_the_same_through_sqlite_and_the_lua_scripts(
         tmp_path: Path, stored_json: str, stored_text: str, expected: ServiceState) -> None:
     from tests._redis_server import shared_server

@@ -16,9 +16,9 @@ caller then waits through a window's pause) misses it. Real time on a shared
 machine: a run that misses a target is measured once more, and both runs are
 reported.
 
-(d), a foreign client taking half the account's quota, is held to what the
-governor achieves there (see BENCHMARKS.md for why the 429 target is out of
-reach when another client races for the same slots).
+(d), a foreign client taking half the account's quota, is held to the same
+429 and latency targets, and to the goodput the governor achieves there (92-94 %
+in the benchmark: see BENCHMARKS.md for where the rest goes).
 """
 
 from __future__ import annotations
@@ -89,10 +89,11 @@ def test_three_processes_on_one_sqlite_file_learn_the_limit_together() -> None:
 
 
 def test_a_foreign_client_on_the_same_account_keeps_its_share() -> None:
-    """No error and most of what the foreign client leaves, without starving it; the 429s
-    the race for freed slots draws stay an order of magnitude below an SDK's."""
+    """No error, at most 2 provider 429s per 100 and most of what the foreign client leaves,
+    without starving it: the governor tells its own calls from the foreign client's in the
+    provider's count (policies/share.py)."""
     sc = sized("d")
-    r, missed = measured(sc, "async", 1, targets(sc, goodput=0.85, per_100=25.0))
+    r, missed = measured(sc, "async", 1, targets(sc, goodput=0.88))
     assert not missed, (missed, r.summary())
     offered = sc.foreign_share * sc.provider_rate * sc.duration
     assert r.foreign_served >= 0.9 * offered, r.summary()

@@ -3,6 +3,7 @@ block is bounded, and a wall-clock step never blocks longer than a horizon."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from llm_governor.config import RateLimitConfig
 from llm_governor.governor import limits_of
-from llm_governor.policies import admission, budget
+from llm_governor.policies import adaptive, admission, budget
 from llm_governor.policies.adaptive import PACE, ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Limits, Observation, ServiceState
 
@@ -248,3 +249,120 @@ def test_admissions_are_counted_and_the_count_says_what_the_provider_missed() ->
     by_flight = admission.observe(s, LIM, Observation("success", p, 0.0, 0), NOW, in_flight=3)
     assert by_count.req_tat == by_flight.req_tat  # 4 left less 3 sent since, either way
     assert admitted_in_a_burst(by_count, NOW) == 1
+
+
+# -- another client on the same account -------------------------------------------------
+
+# configured at the provider's limit, a burst of 2, as the goodput scenario (d)
+EXACT = limits_of(RateLimitConfig.model_validate({
+    "max_tokens": 2, "burst_capacity": 0, "refill_rate": 38.0, "min_interval": 0.001}),
+    max_block=300.0)
+
+
+def test_others_calls_in_the_providers_count_take_their_part_of_the_rate() -> None:
+    """The first answer: 19 left of 40 after our one call, so 20 are another client's."""
+    d, s = admission.decide(ServiceState(), {}, {}, Decimal(0), 0, req(EXACT), NOW - 0.1)
+    assert d.admitted and d.sent == 1
+    p = ProviderLimits(limit_requests=40, remaining_requests=19, reset_requests=1.0)
+    s = admission.observe(s, EXACT, Observation("success", p, 0.1, 1), NOW)
+    assert s.adaptive.others == 20.0 and adaptive.others_in_force(s.adaptive, NOW) == 20.0
+    assert s.adaptive.request_cap == 40.0 * 0.5 * PACE
+    # alone on the account, the same answer with nobody else counted leaves the rate whole
+    alone = ProviderLimits(limit_requests=40, remaining_requests=39, reset_requests=1.0)
+    s = admission.observe(replace(s, adaptive=adaptive.AdaptiveState()), EXACT,
+                          Observation("success", alone, 0.1, 1), NOW)
+    assert s.adaptive.others == 0.0 and adaptive.others_in_force(s.adaptive, NOW) == 0.0
+
+
+def test_a_429_does_not_divide_a_rate_that_already_leaves_others_their_part() -> None:
+    s = adaptive.AdaptiveState(request_cap=19.8, cap_until=NOW + 1.0, request_limit=40.0,
+                               learned_until=NOW + 60.0, others=20.0, throttled_at=NOW - 0.2)
+    again = adaptive.on_throttled(s, NOW, 0.2, 19.8, 2.0, 0.05, 300.0, NOW - 0.01, 1.0)
+    assert again.rate == 0.0 and again.blocked_until == NOW + 0.05
+    noise = replace(s, others=1.0)  # 1 of 40: noise, so a repeated 429 divides as before
+    assert adaptive.on_throttled(noise, NOW, 0.2, 19.8, 2.0, 0.05, 300.0, NOW - 0.01,
+                                 1.0).rate == 19.8 / 2.0
+
+
+def test_calls_in_flight_come_off_what_the_provider_has_left_not_off_a_small_bucket() -> None:
+    """Burst 2, the provider has 10 left and two of ours are on their way: 2 may go now."""
+    s = ServiceState()
+    for _ in range(2):
+        _, s = admission.decide(s, {}, {}, Decimal(0), 0, req(EXACT), NOW - 0.05)
+    p = ProviderLimits(limit_requests=40, remaining_requests=10, reset_requests=1.0)
+    _, s = admission.decide(s, {}, {}, Decimal(0), 0, req(EXACT), NOW - 0.01)
+    s = admission.observe(replace(s, req_tat=NOW - 1.0), EXACT,
+                          Observation("success", p, 0.1, 1), NOW)
+    assert admitted_in_a_burst(s, NOW, EXACT) == 2
+
+
+class SlidingWindow:
+    """A provider counting ``limit`` calls per sliding ``window`` (as the fake provider
+    does), in virtual time: what an answer's headers say."""
+
+    def __init__(self, limit: int = 40, window: float = 1.0) -> None:
+        self.limit, self.window, self.times = limit, window, deque[float]()
+
+    def call(self, now: float) -> tuple[bool, ProviderLimits]:
+        while self.times and self.times[0] <= now - self.window:
+            self.times.popleft()
+        if len(self.times) >= self.limit:
+            wait = self.times[len(self.times) - self.limit] + self.window - now
+            return False, ProviderLimits(self.limit, 0, self.times[-1] + self.window - now,
+                                         retry_after=wait)
+        self.times.append(now)
+        return True, ProviderLimits(self.limit, self.limit - len(self.times), self.window)
+
+
+def governed_against(foreign_rate: float, lim: Limits, seconds: float = 6.0,
+                     latency: float = 0.1) -> tuple[list[float], int, int]:
+    """A scope with callers always waiting, sharing a :class:`SlidingWindow` provider with
+    a foreign client on a fixed grid from a window before (a 429 of its retried when the
+    provider says), stepped every millisecond: (our calls served, ours refused, the
+    foreign client's refused)."""
+    provider, s = SlidingWindow(), ServiceState()
+    answers: list[tuple[float, int, Observation]] = []  # (due, order, observation)
+    foreign = [NOW - 1.0 + k / foreign_rate for k in range(int((seconds + 1) * foreign_rate))]
+    served, refused, theirs_refused, order, tick = [], 0, 0, 0, 0
+    while tick * 0.001 < seconds:
+        now = NOW + tick * 0.001
+        tick += 1
+        answers.sort()
+        while answers and answers[0][0] <= now:
+            s = admission.observe(s, lim, answers.pop(0)[2], now)
+        while foreign and foreign[0] <= now:
+            ok, p = provider.call(foreign.pop(0))
+            if not ok:
+                theirs_refused += 1
+                foreign.insert(0, now + (p.retry_after or 0.0))
+        while True:
+            d, new = admission.decide(s, {}, {}, Decimal(0), 0, req(lim), now)
+            if not d.admitted:
+                break
+            s = new
+            ok, p = provider.call(now)
+            if ok:
+                served.append(now)
+            else:
+                refused += 1
+            order += 1
+            age = latency if ok else 0.002
+            answers.append((now + age, order, Observation(
+                "success" if ok else "throttled", p, age, d.sent)))
+    return served, refused, theirs_refused
+
+
+def test_sharing_the_account_the_scope_takes_what_others_leave_without_429s() -> None:
+    """A foreign client takes half of 40 per window: no 429 for either after the first
+    answer, and our part served (the first window's burst before it aside)."""
+    served, refused, theirs_refused = governed_against(20.0, EXACT)
+    assert refused == 0 and theirs_refused == 0
+    per_window = [sum(1 for t in served if k <= t - NOW < k + 1) for k in range(1, 6)]
+    assert all(18 <= n <= 20 for n in per_window), per_window
+
+
+def test_alone_on_the_account_nothing_is_taken_for_others() -> None:
+    served, refused, _ = governed_against(1e-9, EXACT)
+    assert refused <= 1
+    per_window = [sum(1 for t in served if k <= t - NOW < k + 1) for k in range(1, 6)]
+    assert all(n >= 37 for n in per_window), per_window

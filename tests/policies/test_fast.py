@@ -16,7 +16,7 @@ from llm_governor.policies.breaker import BreakerState
 
 def test_made_records_equal_constructed_ones_field_for_field() -> None:
     values = (1.5, 2.5, 3.5, BreakerState("open", 3, 0, 9.0), AdaptiveState(rate=2.0), 60.0,
-              4, 1, 7, 2, 12)
+              4, 1, 7, 2, 12, "9.5:11;10:12")
     made, built = maker(ServiceState)(*values), ServiceState(*values)
     assert type(made) is ServiceState and made == built and hash(made) == hash(built)
     assert dataclasses.astuple(made) == dataclasses.astuple(built)

@@ -16,6 +16,11 @@ local SUCCESS_RUN = $SUCCESS_RUN
 local LEARNED_TTL = $LEARNED_TTL
 local COLD_BURST = $COLD_BURST
 local PACE = $PACE
+local OTHERS_GAIN = $OTHERS_GAIN
+local OTHERS_FLOOR = $OTHERS_FLOOR
+local SHARE_STEPS = $SHARE_STEPS
+local SHARE_KEEP = $SHARE_KEEP
+local SHARE_EMPTY = $SHARE_EMPTY
 local HEADROOM_CALLS = $HEADROOM_CALLS
 local MAX_LIMIT = 1e12
 local SCOPE_IDLE = $SCOPE_IDLE
@@ -435,6 +440,18 @@ local function ceiling_in_force(s, now, floor, ceiling)
   return ceiling
 end
 
+-- adaptive._theirs: others' calls in a provider's count, 0 within the noise of its limit.
+local function theirs(others, limit)
+  if others > OTHERS_FLOOR * limit then return others end
+  return 0.0
+end
+
+-- adaptive.others_in_force
+local function others_in_force(s, now)
+  if now < s.cap_until then return theirs(s.others, s.req_limit) end
+  return 0.0
+end
+
 -- adaptive.on_throttled: ceiling is the rate in force, sent the attempt's send time,
 -- window the provider's reset (nil: none).
 local function on_throttled(s, now, lim, retry_after, ceiling, sent, window)
@@ -447,7 +464,8 @@ local function on_throttled(s, now, lim, retry_after, ceiling, sent, window)
   local answered = s.slowed_at > 0 and (sent < s.slowed_at or now < s.slowed_at + span)
   local repeated = span == 0 or (s.throttled_at > 0 and now < s.throttled_at + span
     and sent >= s.blocked_until)
-  if not answered and repeated then
+  -- others' calls in the provider's count already set the rate: this 429 was timing
+  if not answered and repeated and others_in_force(s, now) <= 0 then
     local current = ceiling
     if s.a_rate > 0 then current = math.min(s.a_rate, ceiling) end
     s.a_rate = math.max(lim.floor, current / lim.multiplier)
@@ -484,7 +502,13 @@ local function is_cold(s, p, now, left, cold_until)
 end
 
 -- uncounted: calls sent since the provider counted this one; age: seconds since it was sent
-local function on_provider_limits(s, p, now, lim, uncounted, age)
+-- others: other clients' calls in the provider's count (nil: unknown)
+local function on_provider_limits(s, p, now, lim, uncounted, age, others)
+  if others ~= nil and others == others and others > -math.huge and others < math.huge then
+    local kept = 0.0
+    if now < s.cap_until then kept = s.others end
+    if kept ~= 0 then s.others = kept + (others - kept) * OTHERS_GAIN else s.others = others end
+  end
   local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
   if req_rate ~= nil then
     local reset = math.min(p.reset_requests, lim.max_block)
@@ -496,7 +520,12 @@ local function on_provider_limits(s, p, now, lim, uncounted, age)
       s.cold_until = now - age + reset
       s.req_cap = math.min(req_rate, left / (s.cold_until - now))
     else
-      s.req_cap = req_rate * PACE
+      local share = 1.0 -- of the provider's rate: what others' calls leave us
+      if count_ok(p.limit_requests) and p.limit_requests >= 1 then
+        share = share - math.min(1.0 - OTHERS_FLOOR,
+          theirs(s.others, p.limit_requests) / p.limit_requests)
+      end
+      s.req_cap = req_rate * share * PACE
     end
     s.cap_until = math.max(s.cap_until, now + reset)
   end
@@ -581,8 +610,94 @@ end
 -- admission._level: a tat holding at most remaining + credit - in_flight of capacity.
 local function level(tat, now, capacity, rate, remaining, in_flight, credit)
   if remaining == nil or not (remaining >= 0 and remaining <= capacity) then return tat end
-  local available = math.max(0.0, math.min(capacity, remaining + credit) - in_flight)
+  local available = math.min(capacity, math.max(0.0, remaining + credit - in_flight))
   return math.max(tat, now + (capacity - available) / rate)
+end
+
+-- share.py ----------------------------------------------------------------
+-- The scope's admission counter's snapshots: a list of {instant, count}, oldest first.
+local function share_parse(text)
+  local points = {}
+  if text == nil or text == '' or text == SHARE_EMPTY then return points end
+  for pair in string.gmatch(text, '[^;]+') do
+    local t, n = string.match(pair, '^([^:]+):([^:]+)$')
+    t, n = tonumber(t), tonumber(n)
+    if t == nil or n == nil or t ~= t or t == math.huge or t == -math.huge then return {} end
+    points[#points + 1] = {t, n}
+  end
+  return points
+end
+
+local function share_dump(points)
+  if #points == 0 then return SHARE_EMPTY end
+  local parts = {}
+  for i, pt in ipairs(points) do parts[i] = string.format('%.17g:%d', pt[1], pt[2]) end
+  return table.concat(parts, ';')
+end
+
+-- share.mark: the snapshots after a report (changed: returns a new list).
+local function share_mark(points, now, sent, counted_at, window)
+  if not (window > 0 and window < math.huge) then return points end
+  local last = points[#points]
+  if last == nil or last[1] > now or counted_at - last[1] > 2 * window then
+    local old = 0
+    if last ~= nil then old = math.min(last[2], sent) end
+    return {{counted_at, old}, {now, sent}}
+  end
+  if now - last[1] < window / SHARE_STEPS then return points end
+  local kept = {}
+  for i, pt in ipairs(points) do kept[i] = pt end
+  kept[#kept + 1] = {now, sent}
+  local start = 1
+  while start + 1 < #kept and kept[start + 1][1] <= counted_at - window do
+    start = start + 1
+  end
+  start = math.max(start, #kept - SHARE_KEEP + 1)
+  local out = {}
+  for i = start, #kept do out[#out + 1] = kept[i] end
+  return out
+end
+
+-- share.sent_at: the counter at `when`, linear between snapshots and {now, sent}.
+local function share_sent_at(points, when, now, sent)
+  if when >= now then return sent end
+  local t0, n0 = now, sent
+  if #points > 0 then t0, n0 = points[1][1], points[1][2] end
+  if when <= t0 then return n0 end
+  for i = 2, #points + 1 do
+    local t1, n1 = now, sent
+    if i <= #points then t1, n1 = points[i][1], points[i][2] end
+    if when <= t1 then
+      if t1 > t0 then return n0 + (n1 - n0) * (when - t0) / (t1 - t0) end
+      return n1
+    end
+    t0, n0 = t1, n1
+  end
+  return sent
+end
+
+-- share.reached: when the counter reached `count` (-inf: before the snapshots).
+local function share_reached(points, count, now, sent)
+  local t0, n0 = now, sent
+  if #points > 0 then t0, n0 = points[1][1], points[1][2] end
+  if count <= n0 then return -math.huge end
+  if count > sent then return math.huge end
+  for i = 2, #points + 1 do
+    local t1, n1 = now, sent
+    if i <= #points then t1, n1 = points[i][1], points[i][2] end
+    if count <= n1 then return t0 + (t1 - t0) * (count - n0) / (n1 - n0) end
+    t0, n0 = t1, n1
+  end
+  return now
+end
+
+-- share.others: others' calls in the provider's count, 0 without sane headers.
+local function share_others(limit, remaining, ours)
+  if limit == nil or remaining == nil
+      or not (remaining >= 0 and remaining <= limit and limit < math.huge) then
+    return 0.0
+  end
+  return math.max(0.0, limit - remaining - ours)
 end
 
 -- admission.observe's uncounted: the scope's attempts admitted after this one (the
@@ -642,24 +757,53 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg, se
   end
   if k == 0 or provider == '- - - - - - -' then return s end
   local uncounted = uncounted_since(s, sent_arg, in_flight)
+  -- ours against others' in the provider's count (share.py): a window back from when
+  -- the provider counted this attempt, the scope's admissions then
+  local parsed = share_parse(s.sends)
+  local marks, others, window = parsed, nil, p.reset_requests
+  local at = now - age
+  local obs_sent = tonumber(sent_arg) or 0
+  if obs_sent > 0 and obs_sent <= s.sent and window ~= nil and window > 0
+      and window <= lim.max_block then -- a sane window
+    marks = share_mark(marks, now, s.sent, at, window)
+    others = share_others(p.limit_requests, p.remaining_requests,
+      obs_sent - share_sent_at(marks, at - window, now, s.sent))
+  end
   sane_adaptive(s, now, lim.max_block)
-  on_provider_limits(s, p, now, lim, uncounted, age)
+  on_provider_limits(s, p, now, lim, uncounted, age, others)
   local req_rate, tok_rate = effective_rates(s, now, lim.floor, lim.ceiling, lim.tpm / 60.0)
   local cap, tok_cap = capacities(s, now, lim.capacity, lim.tpm)
   if tok_rate > 0 and tok_cap > 0 then tok_rate = math.max(tok_rate, tok_cap / lim.max_block) end
   if s.cold_until ~= 0 and now >= s.cold_until then
     s.cold_until, s.req_tat = 0.0, warmed(s.req_tat, now, cap, req_rate)
   end
-  local credit = 0.0 -- nothing refills a window filled from cold before it turns
+  -- what the provider freed meanwhile: nothing of a window filled from cold before it
+  -- turns; of a window others share, our own calls of a window ago (they take theirs)
+  local credit = 0.0
+  local credit_own = others ~= nil and others_in_force(s, now) > 0
   if age > 0 and now >= s.cold_until then
-    credit = refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
+    if credit_own then
+      credit = share_sent_at(marks, now - window, now, s.sent)
+        - share_sent_at(marks, at - window, now, s.sent)
+    else
+      credit = refilled(p.limit_requests, p.remaining_requests, p.reset_requests, age)
+    end
   end
   s.req_tat = level(s.req_tat, now, cap, req_rate, p.remaining_requests, uncounted, credit)
+  if credit_own and count_ok(p.remaining_requests) then
+    local free = p.remaining_requests + credit - uncounted -- the provider's, for us
+    if free < 1.0 then -- nothing frees for us before our next call expires
+      local due = share_reached(marks, share_sent_at(marks, now - window, now, s.sent)
+        + 1.0 - math.max(free, 0.0), now, s.sent) + window
+      if s.blocked_until < due and due < math.huge then s.blocked_until = due end
+    end
+  end
   if s.blocked_until > now then -- a block empties the bucket: nothing refills before its end
     s.req_tat = math.max(s.req_tat, s.blocked_until + math.max(0.0, cap - 1.0) / req_rate)
   end
   if tok_rate > 0 and tok_cap > 0 then
     s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0, 0.0)
   end
+  if marks ~= parsed then s.sends = share_dump(marks) end
   return s
 end
