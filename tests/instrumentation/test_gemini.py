@@ -191,8 +191,11 @@ async def test_calls_are_paced_to_the_configured_rate(
     elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 8.0  # 2 at once, then 10 more at 10/s
     assert statuses(fake) == [200] * 12
-    times = sorted(e.time for e in fake.ledger.entries)
-    assert times[-1] - times[0] >= 0.9  # what the provider saw, not only what we slept
+    # what the provider saw, not only what we slept: no half second of it holds more than
+    # the burst and half a second at the rate (one more for a boundary). Its span is no
+    # measure: a first connection's set-up on a busy machine can delay the first arrivals
+    # (0.84 s seen for 0.9 s of pacing).
+    assert fake.max_in_window(0.5) <= 2 + 5 + 1
 
 
 # ------------------------------------------------------------------ retries
