@@ -310,11 +310,13 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     age = _age(obs.age, lim.max_block)
     # ours against others' in the provider's count (see share): a window back from when
     # the provider counted this attempt, the scope's admissions then
-    parsed = share.parse(s.sends)
-    marks, others, window = parsed, None, p.reset_requests
-    at = now - age
+    marks: share.Points = ()
+    sends, others, window, at = s.sends, None, p.reset_requests, now - age
     if counted and window is not None and 0 < window <= lim.max_block:  # a sane window
-        marks = share.mark(marks, now, s.sent, at, window)
+        parsed = share.parse(s.sends)
+        marks = share.mark(parsed, now, s.sent, at, window)
+        if marks is not parsed:
+            sends = share.dump(marks)
         others = share.others(p.limit_requests, p.remaining_requests,
                               obs.sent - share.sent_at(marks, at - window, now, s.sent))
     a = adaptive.on_provider_limits(adaptive.sane(a, now, lim.max_block), p, now,
@@ -352,7 +354,6 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         req_tat = max(req_tat, a.blocked_until + max(0.0, cap - 1.0) / req_rate)
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
         if tok_rate > 0 and tok_cap > 0 else s.tok_tat
-    sends = s.sends if marks is parsed else share.dump(marks)
     return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat, sends=sends)
 
 

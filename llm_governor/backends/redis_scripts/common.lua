@@ -759,13 +759,14 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg, se
   local uncounted = uncounted_since(s, sent_arg, in_flight)
   -- ours against others' in the provider's count (share.py): a window back from when
   -- the provider counted this attempt, the scope's admissions then
-  local parsed = share_parse(s.sends)
-  local marks, others, window = parsed, nil, p.reset_requests
+  local marks, others, window = nil, nil, p.reset_requests
   local at = now - age
   local obs_sent = tonumber(sent_arg) or 0
   if obs_sent > 0 and obs_sent <= s.sent and window ~= nil and window > 0
       and window <= lim.max_block then -- a sane window
-    marks = share_mark(marks, now, s.sent, at, window)
+    local parsed = share_parse(s.sends)
+    marks = share_mark(parsed, now, s.sent, at, window)
+    if marks ~= parsed then s.sends = share_dump(marks) end
     others = share_others(p.limit_requests, p.remaining_requests,
       obs_sent - share_sent_at(marks, at - window, now, s.sent))
   end
@@ -804,6 +805,5 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg, se
   if tok_rate > 0 and tok_cap > 0 then
     s.tok_tat = level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0, 0.0)
   end
-  if marks ~= parsed then s.sends = share_dump(marks) end
   return s
 end
