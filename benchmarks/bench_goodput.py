@@ -470,7 +470,7 @@ What the numbers say, and why some targets are missed:
   foreign client's in the provider's count (its own admissions over the provider's window,
   `policies/share.py`): it paces at the part the foreign client leaves, counts only its
   own calls of a window ago as freed, and when nothing is free waits until its next own
-  call expires, so it draws no 429s (12-16 per 100 before). Goodput stays at 92-95 %:
+  call expires, so it draws no 429s (12.0-14.3 per 100 before). Goodput stays at 92-95 %:
   ledger traces, and the virtual-time simulation in `tests/policies/test_admission.py`,
   show the first two windows served whole and each later one 18-19 of the 20 the foreign
   client leaves. A slot freed while the scope waits is taken by the foreign client's

@@ -384,8 +384,7 @@ def _level(tat: float, now: float, capacity: float, rate_: float, remaining: flo
     """A GCRA ``tat`` holding at most ``remaining + credit - in_flight``, and at most
     ``capacity``: calls in flight come off what the provider has left, not off a bucket
     smaller than that (with a burst of 2, two calls in flight emptied it at every answer
-    while the provider had slots to spare: 17 of the 20 calls a window left us, then 19,
-    measured on a shared account)."""
+    while the provider still had slots to spare)."""
     if remaining is None or not 0 <= remaining <= capacity:  # NaN fails too
         return tat
     available = min(capacity, max(0.0, remaining + credit - in_flight))

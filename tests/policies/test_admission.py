@@ -285,14 +285,12 @@ def test_a_429_does_not_divide_a_rate_that_already_leaves_others_their_part() ->
 
 
 def test_calls_in_flight_come_off_what_the_provider_has_left_not_off_a_small_bucket() -> None:
-    """Burst 2, the provider has 10 left and two of ours are on their way: 2 may go now."""
-    s = ServiceState()
-    for _ in range(2):
-        _, s = admission.decide(s, {}, {}, Decimal(0), 0, req(EXACT), NOW - 0.05)
-    p = ProviderLimits(limit_requests=40, remaining_requests=10, reset_requests=1.0)
-    _, s = admission.decide(s, {}, {}, Decimal(0), 0, req(EXACT), NOW - 0.01)
-    s = admission.observe(replace(s, req_tat=NOW - 1.0), EXACT,
-                          Observation("success", p, 0.1, 1), NOW)
+    """Burst 2: the provider had 2 left, has freed 3.8 since (its drain, 38 in the last
+    second, over the answer's 0.1 s) and one call of ours is on its way: the bucket may
+    be full. (Taking the call off the bucket's 2 instead left room for one.)"""
+    p = ProviderLimits(limit_requests=40, remaining_requests=2, reset_requests=1.0)
+    s = admission.observe(ServiceState(req_tat=NOW - 1.0), EXACT,
+                          Observation("success", p, 0.1), NOW, in_flight=1)
     assert admitted_in_a_burst(s, NOW, EXACT) == 2
 
 

@@ -645,16 +645,14 @@ local function share_mark(points, now, sent, counted_at, window)
     return {{counted_at, old}, {now, sent}}
   end
   if now - last[1] < window / SHARE_STEPS then return points end
-  local kept = {}
-  for i, pt in ipairs(points) do kept[i] = pt end
-  kept[#kept + 1] = {now, sent}
+  local n = #points + 1 -- the points with {now, sent} appended
   local start = 1
-  while start + 1 < #kept and kept[start + 1][1] <= counted_at - window do
+  while start + 1 < n and points[start + 1][1] <= counted_at - window do
     start = start + 1
   end
-  start = math.max(start, #kept - SHARE_KEEP + 1)
   local out = {}
-  for i = start, #kept do out[#out + 1] = kept[i] end
+  for i = math.max(start, n - SHARE_KEEP + 1), #points do out[#out + 1] = points[i] end
+  out[#out + 1] = {now, sent}
   return out
 end
 
@@ -694,7 +692,7 @@ end
 -- share.others: others' calls in the provider's count, 0 without sane headers.
 local function share_others(limit, remaining, ours)
   if limit == nil or remaining == nil
-      or not (remaining >= 0 and remaining <= limit and limit < math.huge) then
+      or not (remaining >= 0 and remaining <= limit and limit <= MAX_LIMIT) then
     return 0.0
   end
   return math.max(0.0, limit - remaining - ours)
