@@ -24,9 +24,10 @@ from .conftest import need
 
 KEY, ANT_KEY = "sk-test-frameworks", "sk-ant-test-frameworks"
 SPENT = {"budget": {"per_day": "0.01"}}  # a gpt-4o call reserves $0.16: refused at once
-SLOW = {"services": {"openai": {"max_tokens": 1, "refill_rate": 1.0, "request_timeout": 0.05},
-                     "anthropic": {"max_tokens": 1, "refill_rate": 1.0,
-                                   "request_timeout": 0.05}}}
+# one call per 2.5 s: the next is refused even when a loaded machine takes a second or
+# more over the first call's answer (its first parse of the SDK's response types)
+SLOW = {"services": {name: {"max_tokens": 1, "refill_rate": 0.4, "request_timeout": 0.05}
+                     for name in ("openai", "anthropic")}}
 
 
 # ---------------------------------------------------------------- LangChain
@@ -77,7 +78,7 @@ def test_langchain_with_retry_retries_a_rate_refusal(fake: FakeProvider,
         return attempts[-1]
 
     chain = model.with_retry(retry_if_exception_type=retryable, stop_after_attempt=2,
-                             exponential_jitter_params={"initial": 1.2, "max": 1.2,
+                             exponential_jitter_params={"initial": 2.7, "max": 2.7,
                                                         "jitter": 0.0})
     assert chain.invoke("then wait for the next").content  # the second attempt went through
     assert attempts == [True]
