@@ -737,8 +737,9 @@ class Governor:
             text = (f"are refused: the {d.window} budget (budget.per_{d.window}) is spent "
                     "until its window resets, or raise it in the configuration")
         elif what == "provider":
-            text = ("wait for the provider, which asked for it (retry-after, or nothing left "
-                    "before its reset); blocks last at most "
+            text = ("wait for the provider, which asked for it (retry-after, nothing left "
+                    "before its reset, or no more than the part of its window other clients "
+                    "of the account leave); blocks last at most "
                     f"retry.max_block={self.config.retry.max_block:g}s")
         elif what == "requests":
             text = (f"wait for its request limit: {cfg.capacity} per burst at "

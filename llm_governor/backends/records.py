@@ -86,6 +86,7 @@ SERVICE_STATE: tuple[Field, ...] = (
     Field(26, "sent", int, 0, "sent"),
     Field(27, "sends", str, "none", "sends"),
     Field(28, "adaptive.others", float, 0.0, "others"),
+    Field(29, "adaptive.window", float, 0.0, "window"),
 )
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -236,6 +236,10 @@ def decide(
                                  rate.headroom(cap, 1.0, share))
     if not ok_r and w > longest:
         longest, bound = w, "requests"
+    if a.others > 0.0:  # sharing the account: the scope's own part of the provider's window
+        w = _own_window_wait(s, a, now, lim.max_block)
+        if w > longest:
+            longest, bound = w, "provider"
     new_tok = tok_tat
     if tok_rate > 0 and req.llm_tokens > 0 and tok_cap > 0:
         if tok_tat > now + tok_cap / tok_rate:
@@ -315,6 +319,10 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     if counted and window is not None and 0 < window <= lim.max_block:  # a sane window
         parsed = share.parse(s.sends)
         marks = share.mark(parsed, now, s.sent, at, window)
+        if obs.outcome == "throttled":
+            marks = share.refused(marks, obs.sent)
+        elif adaptive.others_in_force(a, now) > 0:
+            marks = share.stepped(marks, at, obs.sent)
         if marks is not parsed:
             sends = share.dump(marks)
         others = share.others(p.limit_requests, p.remaining_requests,
@@ -355,6 +363,25 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
     tok_tat = _level(s.tok_tat, now, tok_cap, tok_rate, p.remaining_tokens, 0) \
         if tok_rate > 0 and tok_cap > 0 else s.tok_tat
     return replace(s, adaptive=a, req_tat=req_tat, tok_tat=tok_tat, sends=sends)
+
+
+def _own_window_wait(s: ServiceState, a: AdaptiveState, now: float, max_block: float
+                     ) -> float:
+    """How long until the scope may send again when its part of the provider's window
+    (:func:`~.adaptive.own_part`) is taken by its own calls there: until the oldest of
+    them expires (-1: a slot is free, or no others are counted).
+
+    The pace only approximates this, and the provider's reports say it only as they
+    arrive; between them this is what keeps a scope sharing the account to its part."""
+    part = adaptive.own_part(a, now)
+    if part <= 0:
+        return -1.0
+    points = share.parse(s.sends)
+    window = min(a.window, max_block)
+    if not points or s.sent - share.sent_at(points, now - window, now, s.sent) < part:
+        return -1.0
+    due = share.reached(points, s.sent + 1 - part, now, s.sent) + window
+    return due - now if now < due < math.inf else -1.0
 
 
 def _warmed(tat: float, now: float, capacity: float, rate_: float) -> float:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from llm_governor.backends import MemoryBackend
 from llm_governor.backends.base import Backend, CallRecord
-from llm_governor.policies import adaptive
+from llm_governor.policies import adaptive, share
 from llm_governor.policies.adaptive import ProviderLimits
 from llm_governor.policies.admission import AdmitRequest, Limits, Observation
 from llm_governor.policies.budget import WINDOWS
@@ -245,3 +245,52 @@ def test_redis_scripts_tell_others_calls_like_the_python_policies(
             clock.advance(op[1])
         assert _state(mem) == _state(red), f"after step {i}: {op}"
     assert not red.degraded
+
+
+@pytest.mark.parametrize("theirs", [10.0, 20.0])
+def test_redis_scripts_share_an_account_like_the_python_policies(pair: Any,
+                                                                 theirs: float) -> None:
+    """The scope against a sliding-window provider a foreign client shares (the goodput
+    scenario d, in virtual time: tests/policies/test_admission.py), every decision and
+    state through MemoryBackend and the Lua scripts alike: the others' count, the exact
+    places of our calls, a refused attempt taken out, the scope's own window."""
+    from tests.policies.test_admission import EXACT, NOW, SlidingWindow
+
+    clock = FakeClock(NOW)
+    mem, red = pair({}, clock)
+    provider = SlidingWindow()
+    req = AdmitRequest("openai", 0, 0.0, Decimal(0), EXACT, EXACT, reserve=False)
+    foreign = [NOW - 1.0 + k / theirs for k in range(int(3.0 * theirs))]
+    answers: list[tuple[float, int, Observation]] = []
+    seen: set[str] = set()
+    for tick in range(2000):
+        clock.now = NOW + tick * 0.001
+        answers.sort(key=lambda a: a[:2])
+        while answers and answers[0][0] <= clock.now:
+            obs = answers.pop(0)[2]
+            for b in (mem, red):
+                b.observe("openai", EXACT, obs)
+            state = mem.service_state("openai")
+            if adaptive.others_in_force(state.adaptive, clock.now):
+                seen.add("others in force")
+            if state.sends.count(";") > 2 * share.STEPS + 2:
+                seen.add("calls placed exactly")
+        while foreign and foreign[0] <= clock.now:
+            ok, p = provider.call(foreign.pop(0))
+            if not ok:
+                foreign.insert(0, clock.now + (p.retry_after or 0.0))
+        while True:
+            got = [b.admit(req, None, 30.0) for b in (mem, red)]
+            assert got[0] == got[1], f"at {tick} ms"
+            if not got[0].admitted:
+                seen.add(f"waits for the {got[0].bound}")
+                break
+            ok, p = provider.call(clock.now)
+            age = 0.1 if ok else 0.002
+            if not ok:
+                seen.add("refused")
+            answers.append((clock.now + age, tick * 100 + len(answers), Observation(
+                "success" if ok else "throttled", p, age, got[0].sent)))
+        assert _state(mem) == _state(red), f"at {tick} ms"
+    assert {"others in force", "calls placed exactly", "waits for the provider",
+            "waits for the requests"} <= seen, seen

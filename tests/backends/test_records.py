@@ -39,11 +39,13 @@ LAYOUT = records.SERVICE_STATE
 STATE = ServiceState(
     NOW + 0.5, NOW + 1.25, NOW + 0.1, BreakerState("half_open", 2, 1, NOW - 40.0, 1, NOW - 3.0),
     AdaptiveState(2.5, 3, 4.0, 500.0, NOW + 20.0, NOW + 0.25, 60.0, 30000.0, NOW + 100.0,
-                  NOW - 5.0, NOW - 6.0, NOW + 0.75, 12.5),
+                  NOW - 5.0, NOW - 6.0, NOW + 0.75, 12.5, 1.5),
     NOW - 30.0, 7, 2, 11, 3, 41, "1799999999.5:39;1800000000.25:41")
-# A 27-field record (before the send history and others' calls) reads as STATE without them.
-STATE_27 = dataclasses.replace(STATE, sends=share.EMPTY, adaptive=dataclasses.replace(
-    STATE.adaptive, others=0.0))
+# A 29-field record (before the provider's window) reads as STATE without it.
+STATE_29 = dataclasses.replace(STATE, adaptive=dataclasses.replace(STATE.adaptive, window=0.0))
+# A 27-field record (before the send history and others' calls) reads as STATE_29 without them.
+STATE_27 = dataclasses.replace(STATE_29, sends=share.EMPTY, adaptive=dataclasses.replace(
+    STATE_29.adaptive, others=0.0))
 # A 25-field record (before cold starts and sent counts) reads as STATE_27 without them.
 STATE_25 = dataclasses.replace(STATE_27, sent=0, adaptive=dataclasses.replace(
     STATE_27.adaptive, cold_until=0.0))
@@ -60,6 +62,8 @@ TEXT_27 = TEXT_25 + " 1800000000.75 41"
 # STATE, whole, in both formats.
 JSON_29 = JSON_27[:-1] + ', "1799999999.5:39;1800000000.25:41", 12.5]'
 TEXT_29 = TEXT_27 + " 1799999999.5:39;1800000000.25:41 12.5"
+JSON_30 = JSON_29[:-1] + ", 1.5]"
+TEXT_30 = TEXT_29 + " 1.5"
 # The first release's record: no probes, no learned limits, no AIMD instants.
 OLD = dataclasses.replace(STATE_25, breaker=dataclasses.replace(STATE.breaker, probes=0,
                                                                 probe_at=0.0),
@@ -146,11 +150,12 @@ def test_a_field_without_a_place_fails_the_generation() -> None:
 # -- the JSON codec (SQLite) -------------------------------------------------------
 
 def test_json_format_is_unchanged() -> None:
-    assert dump_service(STATE) == JSON_29
-    assert load_service(JSON_29) == STATE
+    assert dump_service(STATE) == JSON_30
+    assert load_service(JSON_30) == STATE
+    assert load_service(JSON_29) == STATE_29
     assert load_service(JSON_27) == STATE_27
     assert load_service(JSON_25) == STATE_25
-    assert dump_service(STATE_25) == JSON_25[:-1] + ', 0.0, 0, "none", 0.0]'
+    assert dump_service(STATE_25) == JSON_25[:-1] + ', 0.0, 0, "none", 0.0, 0.0]'
 
 
 def test_old_18_field_json_reads_with_defaults() -> None:
@@ -169,8 +174,9 @@ def test_json_round_trip(s: ServiceState) -> None:
 # -- the Redis text decoder -------------------------------------------------------
 
 def test_text_decodes_like_the_layout() -> None:
-    assert _load_state(TEXT_29) == STATE
-    assert lua_text(STATE) == TEXT_29
+    assert _load_state(TEXT_30) == STATE
+    assert lua_text(STATE) == TEXT_30
+    assert _load_state(TEXT_29) == STATE_29
     assert _load_state(TEXT_27) == STATE_27
     assert _load_state(TEXT_25) == STATE_25
     assert _load_state(None) == _load_state("") == ServiceState()
@@ -220,7 +226,7 @@ def lua_round_trip(client: redis.Redis[str], raw: str) -> str:
 
 
 def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> None:
-    assert lua_fields(client, TEXT_29) == TEXT_29.split(" ")
+    assert lua_fields(client, TEXT_30) == TEXT_30.split(" ")
     defaults = [str(f.default) if f.kind is str else f"{f.default:.17g}" for f in LAYOUT]
     assert lua_fields(client, None) == defaults
     assert lua_fields(client, " ".join(TEXT_25.split(" ")[:18])) == \
@@ -228,7 +234,8 @@ def test_lua_table_has_each_field_under_its_name(client: redis.Redis[str]) -> No
 
 
 def test_lua_round_trip_and_short_records(client: redis.Redis[str]) -> None:
-    assert lua_round_trip(client, TEXT_29) == TEXT_29
+    assert lua_round_trip(client, TEXT_30) == TEXT_30
+    assert lua_round_trip(client, TEXT_29) == lua_text(STATE_29)
     assert lua_round_trip(client, TEXT_27) == lua_text(STATE_27)
     assert lua_round_trip(client, TEXT_25) == lua_text(STATE_25)
     assert lua_round_trip(client, " ".join(TEXT_25.split(" ")[:18])) == lua_text(OLD)
@@ -258,11 +265,13 @@ STEPS: list[Any] = [
 
 
 @pytest.mark.parametrize(("stored_json", "stored_text", "expected"),
-                         [(JSON_29, TEXT_29, STATE), (JSON_27, TEXT_27, STATE_27),
+                         [(JSON_30, TEXT_30, STATE), (JSON_29, TEXT_29, STATE_29),
+                          (JSON_27, TEXT_27, STATE_27),
                           (JSON_25, TEXT_25, STATE_25),
                           (json.dumps(json.loads(JSON_25)[:18]),
                            " ".join(TEXT_25.split(" ")[:18]), OLD)],
-                         ids=["29 fields", "27 fields", "25 fields", "18 fields"])
+                         ids=["30 fields", "29 fields", "27 fields", "25 fields",
+                              "18 fields"])
 def test_stored_records_run_the_same_through_sqlite_and_the_lua_scripts(
         tmp_path: Path, stored_json: str, stored_text: str, expected: ServiceState) -> None:
     from tests._redis_server import shared_server

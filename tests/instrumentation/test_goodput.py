@@ -17,8 +17,8 @@ machine: a run that misses a target is measured once more, and both runs are
 reported.
 
 (d), a foreign client taking half the account's quota, is held to the same
-429 and latency targets, and to the goodput the governor achieves there (92-94 %
-in the benchmark: see BENCHMARKS.md for where the rest goes).
+targets, of what the foreign client leaves, and the foreign client to most of
+its own share.
 """
 
 from __future__ import annotations
@@ -89,11 +89,15 @@ def test_three_processes_on_one_sqlite_file_learn_the_limit_together() -> None:
 
 
 def test_a_foreign_client_on_the_same_account_keeps_its_share() -> None:
-    """No error, at most 2 provider 429s per 100 and most of what the foreign client leaves,
+    """No error, at most 2 provider 429s per 100 and what the foreign client leaves,
     without starving it: the governor tells its own calls from the foreign client's in the
-    provider's count (policies/share.py)."""
+    provider's count and keeps to the rest of the window (policies/share.py). The foreign
+    client meets a 429 when it sends a call before its own call of a window ago has
+    left a full window (its retry is served): bare SDKs on the account drew one for
+    each call it was served, the governor one for 5-10 (BENCHMARKS.md)."""
     sc = sized("d")
-    r, missed = measured(sc, "async", 1, targets(sc, goodput=0.88))
+    r, missed = measured(sc, "async", 1, targets(sc))
     assert not missed, (missed, r.summary())
     offered = sc.foreign_share * sc.provider_rate * sc.duration
     assert r.foreign_served >= 0.9 * offered, r.summary()
+    assert r.foreign_429 <= 0.3 * offered, r.summary()

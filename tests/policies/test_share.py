@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from hypothesis import given, settings
@@ -80,3 +81,52 @@ def test_others_are_the_providers_count_less_ours() -> None:
     for limit, remaining in ((None, 3), (40, None), (40, 41), (40, -1), (math.inf, 3),
                              (40, math.nan)):
         assert share.others(limit, remaining, 0) == 0.0
+
+
+def test_a_report_places_its_attempt_exactly_and_a_burst_as_one_step() -> None:
+    """Between snapshots the counter reads linearly: the 3rd of 10 calls over a second
+    read as sent at 0.3 s. Its report says 0.5 s: the counter is 2 until then, 3 from
+    then; a 4th call at the same instant makes that one step of two."""
+    points = ((NOW, 0), (NOW + 1.0, 10))
+    assert share.sent_at(points, NOW + 0.5, NOW + 2, 10) == 5.0  # read between snapshots
+    placed = share.stepped(points, NOW + 0.5, 3)
+    assert placed == ((NOW, 0), (NOW + 0.5 - share.TICK, 2), (NOW + 0.5, 3), (NOW + 1.0, 10))
+    assert share.sent_at(placed, NOW + 0.5, NOW + 2, 10) == 3.0
+    assert share.sent_at(placed, NOW + 0.5 - share.TICK, NOW + 2, 10) == 2.0
+    burst = share.stepped(placed, NOW + 0.5, 4)
+    assert burst == ((NOW, 0), (NOW + 0.5 - share.TICK, 2), (NOW + 0.5, 4), (NOW + 1.0, 10))
+    assert share.reached(burst, 4, NOW + 2, 10) == NOW + 0.5
+
+
+def test_an_attempt_that_contradicts_the_snapshots_or_overflows_them_is_not_placed() -> None:
+    points = ((NOW, 2), (NOW + 1.0, 10))
+    assert share.stepped(points, NOW - 0.1, 1) is points  # before the oldest snapshot
+    assert share.stepped(points, NOW + 0.5, 11) is points  # the counter was 10 after it
+    assert share.stepped(points, NOW + 0.5, 2) is points  # it was 2 before it already
+    assert share.stepped((), NOW, 1) == ()
+    full = tuple((NOW + k * 1e-3, k) for k in range(share.KEEP - share.STEPS - 3))
+    assert share.stepped(full, NOW + 0.0105, 11) is full  # no room: snapshots alone tell
+
+
+def test_a_refused_attempt_leaves_every_window_that_held_it() -> None:
+    """The 7th of 10 (sent at 0.7 s) got a 429: the provider counted 9 of ours in the
+    second, and one fewer freed a slot between 0.5 s and 1.0 s."""
+    points = ((NOW, 0), (NOW + 1.0, 10))
+    taken = share.refused(points, 7)
+    assert taken == ((NOW, 1), (NOW + 1.0, 10))
+    assert 10 - share.sent_at(taken, NOW, NOW + 1.0, 10) == 9
+    assert share.refused(taken, 11) == ((NOW, 2), (NOW + 1.0, 11))  # sent after every one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 40), st.booleans()),
+                max_size=60))
+def test_placing_and_refusing_attempts_keeps_the_counter_a_counter(
+        events: list[tuple[float, int, bool]]) -> None:
+    """Whatever reports say, in whatever order: instants in order, counts never down."""
+    points: share.Points = ((NOW, 0), (NOW + 2.0, 40))
+    for at, attempt, was_refused in events:
+        points = share.refused(points, attempt) if was_refused \
+            else share.stepped(points, NOW + at, attempt)
+        assert all(t0 <= t1 and n0 <= n1 for (t0, n0), (t1, n1) in itertools.pairwise(points))
+        assert share.parse(share.dump(points)) == points

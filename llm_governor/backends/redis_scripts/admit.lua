@@ -126,6 +126,10 @@ local ok, w
 local new_req, new_tok, new_cost
 ok, new_req, w = gcra(req_tat, now, 1.0, req_rate, cap, headroom(cap, 1.0, share))
 if not ok and w > longest then longest, bound = w, 'requests' end
+if s.others > 0 then -- sharing the account: the scope's own part of the provider's window
+  w = own_window_wait(s, now, lim.max_block)
+  if w > longest then longest, bound = w, 'provider' end
+end
 new_tok = tok_tat
 if tok_rate > 0 and llm_tokens > 0 and tok_cap > 0 then
   if tok_tat > now + tok_cap / tok_rate then tok_tat, dirty = now + tok_cap / tok_rate, true end

@@ -18,8 +18,10 @@ local COLD_BURST = $COLD_BURST
 local PACE = $PACE
 local OTHERS_GAIN = $OTHERS_GAIN
 local OTHERS_FLOOR = $OTHERS_FLOOR
+local OTHERS_PACE = $OTHERS_PACE
 local SHARE_STEPS = $SHARE_STEPS
 local SHARE_KEEP = $SHARE_KEEP
+local SHARE_TICK = $SHARE_TICK
 local SHARE_EMPTY = $SHARE_EMPTY
 local HEADROOM_CALLS = $HEADROOM_CALLS
 local MAX_LIMIT = 1e12
@@ -504,11 +506,6 @@ end
 -- uncounted: calls sent since the provider counted this one; age: seconds since it was sent
 -- others: other clients' calls in the provider's count (nil: unknown)
 local function on_provider_limits(s, p, now, lim, uncounted, age, others)
-  if others ~= nil and others == others and others > -math.huge and others < math.huge then
-    local kept = 0.0
-    if now < s.cap_until then kept = s.others end
-    if kept ~= 0 then s.others = kept + (others - kept) * OTHERS_GAIN else s.others = others end
-  end
   local req_rate = provider_rate(p.limit_requests, p.remaining_requests, p.reset_requests)
   if req_rate ~= nil then
     local reset = math.min(p.reset_requests, lim.max_block)
@@ -520,12 +517,18 @@ local function on_provider_limits(s, p, now, lim, uncounted, age, others)
       s.cold_until = now - age + reset
       s.req_cap = math.min(req_rate, left / (s.cold_until - now))
     else
+      if others ~= nil and others == others and others > -math.huge and others < math.huge then
+        local kept = 0.0
+        if now < s.cap_until then kept = s.others end
+        s.others, s.window = kept + (others - kept) * OTHERS_GAIN, reset
+      end
       local share = 1.0 -- of the provider's rate: what others' calls leave us
       if count_ok(p.limit_requests) and p.limit_requests >= 1 then
         share = share - math.min(1.0 - OTHERS_FLOOR,
           theirs(s.others, p.limit_requests) / p.limit_requests)
       end
-      s.req_cap = req_rate * share * PACE
+      if share >= 1.0 then s.req_cap = req_rate * share * PACE
+      else s.req_cap = req_rate * share * OTHERS_PACE end
     end
     s.cap_until = math.max(s.cap_until, now + reset)
   end
@@ -689,6 +692,38 @@ local function share_reached(points, count, now, sent)
   return now
 end
 
+-- share.stepped: the attempt-th admission placed at `at` exactly (changed: a new list).
+local function share_stepped(points, at, attempt)
+  if #points == 0 or #points > SHARE_KEEP - SHARE_STEPS - 4 then return points end
+  local i = #points + 1 -- the first point after `at`
+  while i > 1 and points[i - 1][1] > at do i = i - 1 end
+  if i == 1 or (i <= #points and points[i][2] < attempt) then return points end
+  local t0, n0 = points[i - 1][1], points[i - 1][2]
+  local out = {}
+  if t0 >= at - SHARE_TICK then -- a step at this instant already: one more call in it
+    if n0 ~= attempt - 1 or i <= 2 then return points end
+    for j = 1, #points do
+      if j == i - 1 then out[j] = {t0, attempt} else out[j] = points[j] end
+    end
+    return out
+  end
+  if n0 > attempt - 1 then return points end
+  for j = 1, i - 1 do out[#out + 1] = points[j] end
+  out[#out + 1] = {at - SHARE_TICK, attempt - 1}
+  out[#out + 1] = {at, attempt}
+  for j = i, #points do out[#out + 1] = points[j] end
+  return out
+end
+
+-- share.refused: the attempt-th admission taken back out (changed: a new list).
+local function share_refused(points, attempt)
+  local out = {}
+  for i, pt in ipairs(points) do
+    if pt[2] < attempt then out[i] = {pt[1], pt[2] + 1} else out[i] = pt end
+  end
+  return out
+end
+
 -- share.others: others' calls in the provider's count, 0 without sane headers.
 local function share_others(limit, remaining, ours)
   if limit == nil or remaining == nil
@@ -696,6 +731,28 @@ local function share_others(limit, remaining, ours)
     return 0.0
   end
   return math.max(0.0, limit - remaining - ours)
+end
+
+-- adaptive.own_part: the calls of each provider window left to the scope (0: no others).
+local function own_part(s, now)
+  local t = others_in_force(s, now)
+  if t <= 0 or s.window <= 0 or s.req_limit < 1 then return 0 end
+  return math.max(1, math.floor(s.req_limit - t + 0.5))
+end
+
+-- admission._own_window_wait: -1, or the wait for the scope's oldest call in its part of
+-- the provider's window to expire.
+local function own_window_wait(s, now, max_block)
+  local part = own_part(s, now)
+  if part <= 0 then return -1.0 end
+  local points = share_parse(s.sends)
+  local window = math.min(s.window, max_block)
+  if #points == 0 or s.sent - share_sent_at(points, now - window, now, s.sent) < part then
+    return -1.0
+  end
+  local due = share_reached(points, s.sent + 1 - part, now, s.sent) + window
+  if now < due and due < math.huge then return due - now end
+  return -1.0
 end
 
 -- admission.observe's uncounted: the scope's attempts admitted after this one (the
@@ -764,6 +821,11 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg, se
       and window <= lim.max_block then -- a sane window
     local parsed = share_parse(s.sends)
     marks = share_mark(parsed, now, s.sent, at, window)
+    if outcome == 'throttled' then
+      marks = share_refused(marks, obs_sent)
+    elseif others_in_force(s, now) > 0 then
+      marks = share_stepped(marks, at, obs_sent)
+    end
     if marks ~= parsed then s.sends = share_dump(marks) end
     others = share_others(p.limit_requests, p.remaining_requests,
       obs_sent - share_sent_at(marks, at - window, now, s.sent))
