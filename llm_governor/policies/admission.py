@@ -320,7 +320,7 @@ def observe(s: ServiceState, lim: Limits, obs: Observation, now: float,
         parsed = share.parse(s.sends)
         marks = share.mark(parsed, now, s.sent, at, window)
         if obs.outcome == "throttled":
-            marks = share.refused(marks, obs.sent)
+            marks = share.refused(marks, obs.sent, at - window)
         elif adaptive.others_in_force(a, now) > 0:
             marks = share.stepped(marks, at, obs.sent)
         if marks is not parsed:

@@ -109,13 +109,16 @@ def stepped(points: Points, at: float, attempt: int) -> Points:
     return (*points[:i], (at - TICK, attempt - 1), (at, attempt), *points[i:])
 
 
-def refused(points: Points, attempt: int) -> Points:
-    """``points`` once the scope's ``attempt``-th admission was refused (a 429): the
-    provider never counted it, so it is neither one of ours in its count nor one to
-    free a slot. The snapshots from before it was admitted count it as sent already,
-    which takes it out of every window that held it. (Left in, it read as one of ours
-    for a window: the others' count one low, the pace one high, the next 429 sooner.)"""
-    return tuple((t, n + 1 if n < attempt else n) for t, n in points)
+def refused(points: Points, attempt: int, since: float) -> Points:
+    """``points`` once the scope's ``attempt``-th admission, sent a window after
+    ``since``, was refused (a 429): the provider never counted it, so it is neither one
+    of ours in its count nor one to free a slot. The snapshots of that window from
+    before it count it as sent already, which takes it out of every window that held
+    it, and leaves the windows before it as they were (the answers of calls sent before
+    it often come after its 429). Left in, it read as one of ours for a window: the
+    others' count one low, the pace one high, the next 429 sooner (5 refusals in 150
+    calls in the simulation of scenario d with 10 foreign calls a window, against 1)."""
+    return tuple((t, n + 1 if n < attempt and t >= since else n) for t, n in points)
 
 
 def sent_at(points: Points, when: float, now: float, sent: int) -> float:

@@ -108,14 +108,16 @@ def test_an_attempt_that_contradicts_the_snapshots_or_overflows_them_is_not_plac
     assert share.stepped(full, NOW + 0.0105, 11) is full  # no room: snapshots alone tell
 
 
-def test_a_refused_attempt_leaves_every_window_that_held_it() -> None:
-    """The 7th of 10 (sent at 0.7 s) got a 429: the provider counted 9 of ours in the
-    second, and one fewer freed a slot between 0.5 s and 1.0 s."""
-    points = ((NOW, 0), (NOW + 1.0, 10))
-    taken = share.refused(points, 7)
-    assert taken == ((NOW, 1), (NOW + 1.0, 10))
-    assert 10 - share.sent_at(taken, NOW, NOW + 1.0, 10) == 9
-    assert share.refused(taken, 11) == ((NOW, 2), (NOW + 1.0, 11))  # sent after every one
+def test_a_refused_attempt_leaves_every_window_that_held_it_and_no_other() -> None:
+    """The 17th call (sent at 1.7 s, 10 a second) got a 429: of the 8 calls of ours
+    sent after 1.0 s the provider counted 7, and one fewer frees a slot a second after
+    them; a window that ended before it (the 6th call's, from 0.5 s; its answer can
+    come after the 429) still holds what it held."""
+    points = ((NOW, 0), (NOW + 0.5, 5), (NOW + 1.0, 10), (NOW + 1.5, 15))
+    taken = share.refused(points, 17, NOW + 0.7)
+    assert taken == ((NOW, 0), (NOW + 0.5, 5), (NOW + 1.0, 11), (NOW + 1.5, 16))
+    assert 18 - share.sent_at(taken, NOW + 1.0, NOW + 1.8, 18) == 7
+    assert share.sent_at(taken, NOW + 0.5, NOW + 1.8, 18) == 5.0
 
 
 @settings(max_examples=200, deadline=None)
@@ -126,7 +128,7 @@ def test_placing_and_refusing_attempts_keeps_the_counter_a_counter(
     """Whatever reports say, in whatever order: instants in order, counts never down."""
     points: share.Points = ((NOW, 0), (NOW + 2.0, 40))
     for at, attempt, was_refused in events:
-        points = share.refused(points, attempt) if was_refused \
+        points = share.refused(points, attempt, NOW + at - 1.0) if was_refused \
             else share.stepped(points, NOW + at, attempt)
         assert all(t0 <= t1 and n0 <= n1 for (t0, n0), (t1, n1) in itertools.pairwise(points))
         assert share.parse(share.dump(points)) == points

@@ -715,11 +715,12 @@ local function share_stepped(points, at, attempt)
   return out
 end
 
--- share.refused: the attempt-th admission taken back out (changed: a new list).
-local function share_refused(points, attempt)
+-- share.refused: the attempt-th admission taken back out of the window from `since`
+-- (changed: a new list).
+local function share_refused(points, attempt, since)
   local out = {}
   for i, pt in ipairs(points) do
-    if pt[2] < attempt then out[i] = {pt[1], pt[2] + 1} else out[i] = pt end
+    if pt[2] < attempt and pt[1] >= since then out[i] = {pt[1], pt[2] + 1} else out[i] = pt end
   end
   return out
 end
@@ -822,7 +823,7 @@ local function observe(s, outcome, provider, limits, now, in_flight, age_arg, se
     local parsed = share_parse(s.sends)
     marks = share_mark(parsed, now, s.sent, at, window)
     if outcome == 'throttled' then
-      marks = share_refused(marks, obs_sent)
+      marks = share_refused(marks, obs_sent, at - window)
     elseif others_in_force(s, now) > 0 then
       marks = share_stepped(marks, at, obs_sent)
     end
