@@ -158,7 +158,8 @@ def _prelude() -> str:
                        ("$COLD_BURST", adaptive.COLD_BURST), ("$PACE", adaptive.PACE),
                        ("$OTHERS_GAIN", adaptive.OTHERS_GAIN),
                        ("$OTHERS_PACE", adaptive.OTHERS_PACE), ("$SHARE_TICK", share.TICK),
-                       ("$OTHERS_FLOOR", adaptive.OTHERS_FLOOR), ("$SHARE_STEPS", share.STEPS),
+                       ("$OTHERS_FLOOR", adaptive.OTHERS_FLOOR),
+                       ("$OTHERS_NOISE", adaptive.OTHERS_NOISE), ("$SHARE_STEPS", share.STEPS),
                        ("$SHARE_KEEP", share.KEEP), ("$SHARE_EMPTY", share.EMPTY)):
         prelude = prelude.replace(key, repr(value))
     return prelude

@@ -18,6 +18,7 @@ local COLD_BURST = $COLD_BURST
 local PACE = $PACE
 local OTHERS_GAIN = $OTHERS_GAIN
 local OTHERS_FLOOR = $OTHERS_FLOOR
+local OTHERS_NOISE = $OTHERS_NOISE
 local OTHERS_PACE = $OTHERS_PACE
 local SHARE_STEPS = $SHARE_STEPS
 local SHARE_KEEP = $SHARE_KEEP
@@ -444,7 +445,7 @@ end
 
 -- adaptive._theirs: others' calls in a provider's count, 0 within the noise of its limit.
 local function theirs(others, limit)
-  if others > OTHERS_FLOOR * limit then return others end
+  if others > math.max(OTHERS_FLOOR * limit, OTHERS_NOISE) then return others end
   return 0.0
 end
 
