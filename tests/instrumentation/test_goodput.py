@@ -96,8 +96,15 @@ def test_a_foreign_client_on_the_same_account_keeps_its_share() -> None:
     left a full window (its retry is served): bare SDKs on the account drew one for
     each call it was served, the governor one for every 4-7 (BENCHMARKS.md)."""
     sc = sized("d")
-    r, missed = measured(sc, "async", 1, targets(sc))
-    assert not missed, (missed, r.summary())
     offered = sc.foreign_share * sc.provider_rate * sc.duration
-    assert r.foreign_served >= 0.9 * offered, r.summary()
-    assert r.foreign_429 <= 0.3 * offered, r.summary()
+    ours = targets(sc)
+
+    def meets(r: Result) -> list[str]:
+        missed = ours(r)
+        if r.foreign_served < 0.9 * offered or r.foreign_429 > 0.3 * offered:
+            missed.append(f"the foreign client served {r.foreign_served} of {offered:.0f}, "
+                          f"with {r.foreign_429} 429s")
+        return missed
+
+    r, missed = measured(sc, "async", 1, meets)
+    assert not missed, (missed, r.summary())
