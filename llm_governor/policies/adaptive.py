@@ -22,11 +22,11 @@ guessed:
 * a scope's first report, with at least half the limit left, starts a cold
   spread (:func:`on_provider_limits`);
 * other clients' calls in the provider's count (:mod:`.share`, smoothed over
-  reports; below :data:`OTHERS_FLOOR` of the limit or :data:`OTHERS_NOISE` calls they
-  are noise) take their
-  part of the provider's window: the scope keeps its own calls in a window to
-  the rest (:func:`own_part`, held by ``admission.decide``), and its pace,
-  ``limit / reset × (1 - others / limit)`` times :data:`OTHERS_PACE`, only smooths.
+  reports; below :data:`OTHERS_FLOOR` of the limit or :data:`OTHERS_NOISE` calls
+  they are noise) take their part of the provider's window: the scope keeps its
+  own calls in a window to the rest (:func:`own_part`, held by
+  ``admission.decide``), and its pace, ``limit / reset × (1 - others / limit)``
+  times :data:`OTHERS_PACE`, only smooths.
 
 What a 429 means once the headers set the rate (measured against the fake
 provider's sliding window, ``benchmarks/bench_goodput.py``): the rate already
@@ -77,7 +77,7 @@ OTHERS_GAIN = 0.25  # weight of one report in the smoothed count of others' call
 OTHERS_FLOOR = 0.05  # of the limit: others' count below it is noise, not a client
 # ... and below this many calls, whatever the limit: alone on the account, reports read
 # across snapshots put up to 1.7 of the scope's own calls there (smoothed, measured in
-# scenarios b and c), and a scope held to 37 of 40 served 87.5 %
+# scenarios b and c), and a scope that counts others holds itself to the rest
 OTHERS_NOISE = 3.0
 # Sharing the account, the pace only smooths: the scope's own window (admission.decide)
 # keeps its calls to its part, so a pace above that part makes up for a slot lost to a
