@@ -44,7 +44,8 @@ Points = tuple[tuple[float, int], ...]  # (instant, the counter then), oldest fi
 def parse(text: str) -> Points:
     """Snapshots from their stored text (none from anything malformed). Cached: a scope
     sharing the account reads its history at every admission, and a queue asks again
-    and again while the text is unchanged (31 µs a decision uncached, with 42 points)."""
+    and again while the text is unchanged (31 µs a decision uncached with 42 points,
+    4.4 µs cached: timed once with ``timeit``, not a benchmark)."""
     if not text or text == EMPTY:
         return ()
     try:
@@ -117,7 +118,7 @@ def refused(points: Points, attempt: int, since: float) -> Points:
     it, and leaves the windows before it as they were (the answers of calls sent before
     it often come after its 429). Left in, it read as one of ours for a window: the
     others' count one low, the pace one high, the next 429 sooner (5 refusals in 150
-    calls in the simulation of scenario d with 10 foreign calls a window, against 1)."""
+    calls in the simulation of scenario d with 10 foreign calls a window, against 2)."""
     return tuple((t, n + 1 if n < attempt and t >= since else n) for t, n in points)
 
 
