@@ -168,9 +168,9 @@ def test_full_queue_sheds_lowest_priority(governor_factory: GovFactory) -> None:
 
     run("first", Priority.NORMAL)
     lows = [threading.Thread(target=run, args=(f"low{i}", Priority.LOW)) for i in range(2)]
-    for t in lows:
+    for t in lows:  # one after the other: low1 is the younger in the queue
         t.start()
-    time.sleep(0.05)
+        time.sleep(0.05)
     high = threading.Thread(target=run, args=("high", Priority.HIGH))
     high.start()
     for t in [*lows, high]:
